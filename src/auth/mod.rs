@@ -1,0 +1,104 @@
+//! Token verification: a compact JWS against the issuers a route accepts, every check of
+//! SPEC.md "What every request gets", then claim requirements and claim header values.
+
+pub mod claims;
+mod strict_json;
+pub mod verify;
+
+pub use verify::{verify, Issuer, Verified};
+
+/// The fixed set of failure reasons used in metrics labels and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Missing,
+    Malformed,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    UnknownKey,
+    AlgorithmNotAllowed,
+    InsufficientClaims,
+}
+
+impl Reason {
+    /// The label value, as SPEC.md names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Malformed => "malformed",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::UnknownKey => "unknown_key",
+            Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Reason::InsufficientClaims => "insufficient_claims",
+        }
+    }
+}
+
+/// Why a request's credentials were refused. The message is the `error_description`: it says
+/// what failed and never echoes the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token was sent")]
+    Missing,
+    #[error("the token is longer than max_token_bytes ({limit} bytes)")]
+    TooLong { limit: usize },
+    #[error("the token is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the token is malformed: {0}")]
+    MalformedJson(String),
+    #[error("the token header is not accepted: {0}")]
+    Header(&'static str),
+    #[error("the token's typ {0:?} is not accepted by its issuer")]
+    Typ(String),
+    #[error("the token is signed with {0:?}, which its issuer does not allow")]
+    AlgorithmNotAllowed(String),
+    #[error("the token was not issued by an issuer this route accepts")]
+    WrongIssuer,
+    #[error("the token names a key (kid) that its issuer does not have")]
+    UnknownKey,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token expired at {exp} (now {now}, leeway {leeway}s)")]
+    Expired { exp: i64, now: i64, leeway: u64 },
+    #[error("the token is not valid before {nbf} (now {now}, leeway {leeway}s)")]
+    NotYetValid { nbf: i64, now: i64, leeway: u64 },
+    #[error("the token was issued in the future, at {iat} (now {now}, leeway {leeway}s)")]
+    IssuedInFuture { iat: i64, now: i64, leeway: u64 },
+    #[error(
+        "the token is not meant for this service: its aud does not contain an accepted audience"
+    )]
+    WrongAudience,
+    #[error("the token's claim {claim} cannot be sent as a header: it holds a control character")]
+    UnsafeClaim { claim: String },
+    #[error("the token lacks what this route requires: {0}")]
+    Insufficient(String),
+}
+
+impl AuthError {
+    /// The metrics/log reason for this failure.
+    pub fn reason(&self) -> Reason {
+        match self {
+            AuthError::Missing => Reason::Missing,
+            AuthError::TooLong { .. }
+            | AuthError::Malformed(_)
+            | AuthError::MalformedJson(_)
+            | AuthError::Header(_)
+            | AuthError::Typ(_)
+            | AuthError::UnsafeClaim { .. } => Reason::Malformed,
+            AuthError::AlgorithmNotAllowed(_) => Reason::AlgorithmNotAllowed,
+            AuthError::WrongIssuer => Reason::WrongIssuer,
+            AuthError::UnknownKey => Reason::UnknownKey,
+            AuthError::BadSignature => Reason::BadSignature,
+            AuthError::Expired { .. } => Reason::Expired,
+            AuthError::NotYetValid { .. } | AuthError::IssuedInFuture { .. } => Reason::NotYetValid,
+            AuthError::WrongAudience => Reason::WrongAudience,
+            AuthError::Insufficient(_) => Reason::InsufficientClaims,
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Verifying one compact JWS against the issuers a route accepts.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::strict_json::parse_object;
+use super::AuthError;
+use crate::alg::Alg;
+use crate::config::IssuerConfig;
+use crate::keys::KeySet;
+
+/// An issuer as the request path sees it: its config and its current keys.
+#[derive(Debug)]
+pub struct Issuer {
+    pub config: IssuerConfig,
+    pub keys: KeySet,
+}
+
+/// A token that passed every check.
+#[derive(Debug)]
+pub struct Verified {
+    /// Index of the issuer that vouched for it.
+    pub issuer: usize,
+    pub claims: Map<String, Value>,
+}
+
+fn b64(part: &str) -> Result<Vec<u8>, AuthError> {
+    // The URL-safe, unpadded alphabet with canonical trailing bits only: padding, `+`, `/` or
+    // a second spelling of the same bytes is refused rather than silently accepted.
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed("a segment is not base64url"))
+}
+
+/// Verifies `token` for a route that accepts `accepted` (indices into `issuers`).
+/// `now` is the current Unix time in seconds.
+pub fn verify(
+    token: &str,
+    issuers: &[Issuer],
+    accepted: &[usize],
+    max_token_bytes: usize,
+    now: i64,
+) -> Result<Verified, AuthError> {
+    if token.len() > max_token_bytes {
+        return Err(AuthError::TooLong {
+            limit: max_token_bytes,
+        });
+    }
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(s64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(if token.split('.').count() == 5 {
+            AuthError::Malformed("encrypted tokens (JWE) are not accepted")
+        } else {
+            AuthError::Malformed("a JWT has exactly three dot-separated segments")
+        });
+    };
+    let header =
+        parse_object(&b64(h64)?).map_err(|e| AuthError::MalformedJson(format!("header: {e}")))?;
+    let alg_name = match header.get("alg") {
+        Some(Value::String(a)) => a.as_str(),
+        Some(_) => return Err(AuthError::Header("alg is not a string")),
+        None => return Err(AuthError::Header("alg is missing")),
+    };
+    // jsonwebtoken ignores `crit`; RFC 7515 §4.1.11 says a recipient that does not understand
+    // every listed extension must refuse the token, and we understand none.
+    if header.contains_key("crit") {
+        return Err(AuthError::Header("crit extensions are not supported"));
+    }
+    // RFC 7797 unencoded payloads would change what the signature covers.
+    if header.contains_key("b64") {
+        return Err(AuthError::Header("b64 is not supported"));
+    }
+    if header.contains_key("enc") || header.contains_key("zip") {
+        return Err(AuthError::Header(
+            "encrypted or compressed tokens are not accepted",
+        ));
+    }
+    // jsonwebtoken reads `kid: null` as "no kid", which would widen the key search.
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.as_str()),
+        Some(_) => return Err(AuthError::Header("kid is not a string")),
+    };
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(_) => return Err(AuthError::Header("typ is not a string")),
+    };
+    // `jwk`, `jku`, `x5u`, `x5c`, `x5t` are never read: keys come only from the issuer config.
+
+    let payload = b64(p64)?;
+    let claims =
+        parse_object(&payload).map_err(|e| AuthError::MalformedJson(format!("claims: {e}")))?;
+    let iss = match claims.get("iss") {
+        Some(Value::String(i)) => i.as_str(),
+        Some(_) => return Err(AuthError::Malformed("iss is not a string")),
+        None => return Err(AuthError::WrongIssuer),
+    };
+    let Some(&issuer_idx) = accepted
+        .iter()
+        .find(|&&i| issuers.get(i).is_some_and(|is| is.config.issuer == iss))
+    else {
+        return Err(AuthError::WrongIssuer);
+    };
+    let issuer = &issuers[issuer_idx];
+    let cfg = &issuer.config;
+
+    let alg = match alg_name.parse::<Alg>() {
+        Ok(a) if cfg.algorithms.contains(&a) => a,
+        _ => return Err(AuthError::AlgorithmNotAllowed(truncate(alg_name))),
+    };
+    if let Some(t) = typ {
+        if !cfg.typ.iter().any(|allowed| typ_eq(allowed, t)) {
+            return Err(AuthError::Typ(truncate(t)));
+        }
+    }
+
+    let signature = b64(s64)?;
+    let signing_input = &token[..h64.len() + 1 + p64.len()];
+    verify_signature(&issuer.keys, kid, alg, signing_input.as_bytes(), &signature)?;
+
+    check_times(&claims, cfg, now)?;
+    check_audience(&claims, &cfg.audiences)?;
+    match claims.get("sub") {
+        Some(Value::String(s)) if !s.is_empty() => {}
+        _ => return Err(AuthError::Malformed("sub must be a non-empty string")),
+    }
+    Ok(Verified {
+        issuer: issuer_idx,
+        claims,
+    })
+}
+
+fn verify_signature(
+    keys: &KeySet,
+    kid: Option<&str>,
+    alg: Alg,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), AuthError> {
+    let mut tried = false;
+    for key in keys.candidates(kid).filter(|k| k.allows(alg)) {
+        tried = true;
+        if key.verify(alg, message, signature) {
+            return Ok(());
+        }
+    }
+    if tried {
+        Err(AuthError::BadSignature)
+    } else if kid.is_some() && keys.candidates(kid).next().is_none() {
+        Err(AuthError::UnknownKey)
+    } else {
+        // A key exists but none of them is pinned to this algorithm: the key type does not
+        // match (for example HS256 against an RSA key).
+        Err(AuthError::AlgorithmNotAllowed(alg.as_str().to_owned()))
+    }
+}
+
+/// Seconds, accepting any JSON number (NumericDate may be fractional) and nothing else.
+fn numeric(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or(AuthError::Malformed("a time claim is out of range")),
+        Some(_) => Err(AuthError::Malformed(match name {
+            "exp" => "exp is not a number",
+            "nbf" => "nbf is not a number",
+            _ => "iat is not a number",
+        })),
+    }
+}
+
+fn check_times(claims: &Map<String, Value>, cfg: &IssuerConfig, now: i64) -> Result<(), AuthError> {
+    let leeway = cfg.leeway.as_secs();
+    let (nowf, leewayf) = (now as f64, leeway as f64);
+    let Some(exp) = numeric(claims, "exp")? else {
+        return Err(AuthError::Malformed("exp is missing"));
+    };
+    // RFC 7519 §4.1.4: the token is valid only strictly before exp.
+    if nowf >= exp + leewayf {
+        return Err(AuthError::Expired {
+            exp: exp as i64,
+            now,
+            leeway,
+        });
+    }
+    if let Some(nbf) = numeric(claims, "nbf")? {
+        if nowf + leewayf < nbf {
+            return Err(AuthError::NotYetValid {
+                nbf: nbf as i64,
+                now,
+                leeway,
+            });
+        }
+    }
+    if let Some(iat) = numeric(claims, "iat")? {
+        if iat > nowf + leewayf {
+            return Err(AuthError::IssuedInFuture {
+                iat: iat as i64,
+                now,
+                leeway,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), AuthError> {
+    let ok = |a: &str| accepted.iter().any(|x| x == a);
+    match claims.get("aud") {
+        Some(Value::String(a)) if ok(a) => Ok(()),
+        Some(Value::String(_)) | None => Err(AuthError::WrongAudience),
+        Some(Value::Array(list)) => {
+            let mut found = false;
+            for a in list {
+                match a {
+                    Value::String(s) => found |= ok(s),
+                    _ => {
+                        return Err(AuthError::Malformed(
+                            "aud holds a value that is not a string",
+                        ))
+                    }
+                }
+            }
+            if found {
+                Ok(())
+            } else {
+                Err(AuthError::WrongAudience)
+            }
+        }
+        Some(_) => Err(AuthError::Malformed(
+            "aud is neither a string nor an array of strings",
+        )),
+    }
+}
+
+/// `typ` is a media type: case-insensitive, and `application/` may be left out (RFC 7515 §4.1.9).
+fn typ_eq(allowed: &str, got: &str) -> bool {
+    fn short(t: &str) -> &str {
+        match t.get(..12) {
+            Some(p) if p.eq_ignore_ascii_case("application/") => &t[12..],
+            _ => t,
+        }
+    }
+    short(allowed).eq_ignore_ascii_case(short(got))
+}
+
+/// Header values from an attacker go into error messages only shortened and printable.
+fn truncate(s: &str) -> String {
+    s.chars()
+        .take(32)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}

@@ -1,0 +1,916 @@
+//! `gateway.toml`: parsed as written ([`raw`]), then validated into runtime types, reporting
+//! every error at once as `file:line:col: message`.
+
+pub mod raw;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+use toml::Spanned;
+
+use crate::alg::Alg;
+use raw::{RawConfig, RawIssuer, RawRequirement, RawRoute};
+
+/// Where in the config file something was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Loc {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// One problem in the config, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub loc: Loc,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.loc.line,
+            self.loc.col,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a config, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from; relative paths inside it resolve against its directory.
+    pub path: PathBuf,
+    pub listen: Listen,
+    pub admin: Option<Admin>,
+    pub limits: Limits,
+    pub issuers: Vec<IssuerConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub certificates: Vec<CertFiles>,
+}
+
+/// The default certificate and optional client CA.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A certificate and its key.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub addr: SocketAddr,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_token_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_token_bytes: 8192,
+            max_header_bytes: 16384,
+            header_read_timeout: Duration::from_secs(10),
+            upstream_connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    JwksUrl(String),
+    DiscoveryUrl(String),
+    JwksFile(PathBuf),
+    PemFiles(Vec<PathBuf>),
+    HmacEnv(String),
+    HmacFile(PathBuf),
+}
+
+/// One `[[issuer]]`, validated.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Alg>,
+    pub source: KeySource,
+    /// Where the key source is written, for errors found while loading keys.
+    pub source_loc: Loc,
+    pub leeway: Duration,
+    pub refresh: Duration,
+    /// Accepted `typ` values, compared case-insensitively; an absent `typ` is always accepted.
+    pub typ: Vec<String>,
+}
+
+/// `auth = required | optional | none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Optional,
+    None,
+}
+
+/// A host pattern: exact, or `*.example.com` (one or more labels before the suffix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// The suffix including its leading dot: `.example.com`.
+    Wildcard(String),
+}
+
+/// Where a claim is read from: a top-level name or a JSON Pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimPath {
+    Name(String),
+    Pointer(String),
+}
+
+impl ClaimPath {
+    fn parse(s: &str) -> ClaimPath {
+        if s.starts_with('/') {
+            ClaimPath::Pointer(s.to_owned())
+        } else {
+            ClaimPath::Name(s.to_owned())
+        }
+    }
+
+    /// Looks the claim up in a claims object.
+    pub fn get<'a>(&self, claims: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+        match self {
+            ClaimPath::Name(n) => claims.get(n),
+            ClaimPath::Pointer(p) => claims.pointer(p),
+        }
+    }
+
+    /// The path as written in the config.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ClaimPath::Name(s) | ClaimPath::Pointer(s) => s,
+        }
+    }
+}
+
+/// A claim requirement of a route: every listed value must be present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    pub claim: ClaimPath,
+    pub values: Vec<String>,
+}
+
+/// The upstream a route forwards to.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// A base path prepended to the forwarded path; empty for none.
+    pub base_path: String,
+    /// The URL as written.
+    pub url: String,
+}
+
+/// One `[[route]]`, validated.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: Option<HostMatch>,
+    pub path_prefix: String,
+    pub methods: Option<Vec<Method>>,
+    pub upstream: Upstream,
+    pub auth: AuthMode,
+    /// Indices into [`Config::issuers`].
+    pub issuers: Vec<usize>,
+    pub require: Vec<Requirement>,
+    pub forward_token: bool,
+    pub websocket: bool,
+    pub upstream_ca: Option<PathBuf>,
+    pub upstream_http2: bool,
+    pub token_query: Option<String>,
+    pub token_cookie: Option<String>,
+    pub claim_headers: Vec<(HeaderName, ClaimPath)>,
+    /// Where the route is written, for warnings.
+    pub loc: Loc,
+}
+
+/// Headers the gateway sets itself or that carry the request's framing; a claim may not name them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// Leeway beyond this hides clock problems rather than absorbing skew.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// HMAC secrets shorter than this are guessable offline from any token (RFC 7518 §3.2 asks for
+/// at least the hash size; 32 bytes is the HS256 floor).
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                loc: Loc { line: 1, col: 1 },
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let mut v = Validator {
+            file: path.to_owned(),
+            base: path.parent().map(Path::to_owned).unwrap_or_default(),
+            text,
+            errors: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let at = e.span().map(|s| s.start).unwrap_or(0);
+                v.error_at(at, e.message().trim_end().to_owned());
+                return Err(ConfigErrors(v.errors));
+            }
+        };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            if let Some(config) = config {
+                return Ok(config);
+            }
+        }
+        v.errors.sort_by_key(|e| (e.loc.line, e.loc.col));
+        Err(ConfigErrors(v.errors))
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        resolve(self.path.parent().unwrap_or(Path::new("")), p)
+    }
+
+    /// The location of a byte offset in config text, for key-loading errors.
+    pub fn error(&self, loc: Loc, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            loc,
+            message: message.into(),
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+struct Validator<'t> {
+    file: PathBuf,
+    base: PathBuf,
+    text: &'t str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn loc(&self, offset: usize) -> Loc {
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
+            before[nl + 1..].chars().count()
+        }) + 1;
+        Loc { line, col }
+    }
+
+    fn error_at(&mut self, offset: usize, message: String) {
+        let loc = self.loc(offset);
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            loc,
+            message,
+        });
+    }
+
+    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.error_at(at.span().start, message.into());
+    }
+
+    fn duration(&mut self, s: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(s.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.error(s, format!("{key} must be greater than zero"));
+                default
+            }
+            Err(e) => {
+                self.error(
+                    s,
+                    format!("{key}: {e} (write a duration such as \"250ms\", \"30s\" or \"5m\")"),
+                );
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, s: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match s.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    s,
+                    format!(
+                        "{key} {:?} is not an IP address and port such as \"0.0.0.0:8443\"",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn file(&mut self, s: &Spanned<String>) -> PathBuf {
+        resolve(&self.base, Path::new(s.get_ref()))
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let listen = self.listen(&raw.listen);
+        let admin = raw
+            .admin
+            .as_ref()
+            .and_then(|a| self.addr(&a.addr, "admin addr").map(|addr| Admin { addr }));
+        let limits = self.limits(&raw.limits);
+        let issuers: Vec<IssuerConfig> = {
+            let mut names = HashSet::new();
+            raw.issuer
+                .iter()
+                .filter_map(|i| {
+                    if !names.insert(i.get_ref().name.get_ref().clone()) {
+                        self.error(
+                            &i.get_ref().name,
+                            format!("issuer name {:?} is used twice", i.get_ref().name.get_ref()),
+                        );
+                    }
+                    self.issuer(i.get_ref())
+                })
+                .collect()
+        };
+        if issuers.len() != raw.issuer.len() {
+            // Route issuer references index into a list that is already wrong; stop here so
+            // the errors stay about what is actually written.
+            return None;
+        }
+        let mut names = HashSet::new();
+        let mut routes = Vec::with_capacity(raw.route.len());
+        for r in &raw.route {
+            if !names.insert(r.get_ref().name.get_ref().clone()) {
+                self.error(
+                    &r.get_ref().name,
+                    format!("route name {:?} is used twice", r.get_ref().name.get_ref()),
+                );
+            }
+            if let Some(route) = self.route(r, &issuers) {
+                routes.push(route);
+            }
+        }
+        if raw.route.is_empty() {
+            self.error_at(
+                0,
+                "no [[route]] is defined: the gateway would answer 404 to everything".into(),
+            );
+        }
+        Some(Config {
+            path: self.file.clone(),
+            listen: listen?,
+            admin,
+            limits,
+            issuers,
+            routes,
+        })
+    }
+
+    fn listen(&mut self, raw: &Spanned<raw::RawListen>) -> Option<Listen> {
+        let l = raw.get_ref();
+        let addr = self.addr(&l.addr, "listen addr");
+        let tls = l.tls.as_ref().map(|t| {
+            let t = t.get_ref();
+            TlsFiles {
+                cert: self.file(&t.cert),
+                key: self.file(&t.key),
+                client_ca: t.client_ca.as_ref().map(|c| self.file(c)),
+            }
+        });
+        let certificates: Vec<CertFiles> = l
+            .certificates
+            .iter()
+            .map(|c| CertFiles {
+                cert: self.file(&c.get_ref().cert),
+                key: self.file(&c.get_ref().key),
+            })
+            .collect();
+        if !certificates.is_empty() && tls.is_none() {
+            self.error(
+                &l.certificates[0],
+                "[[listen.certificates]] needs [listen] tls, whose certificate is the default",
+            );
+        }
+        Some(Listen {
+            addr: addr?,
+            tls,
+            certificates,
+        })
+    }
+
+    fn limits(&mut self, raw: &raw::RawLimits) -> Limits {
+        let d = Limits::default();
+        let mut size = |v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: usize| {
+            let Some(v) = v else { return default };
+            if (min..=max).contains(v.get_ref()) {
+                usize::try_from(*v.get_ref()).unwrap_or(default)
+            } else {
+                self.error(v, format!("{key} must be between {min} and {max}"));
+                default
+            }
+        };
+        let max_token_bytes = size(
+            &raw.max_token_bytes,
+            "max_token_bytes",
+            256,
+            1 << 20,
+            d.max_token_bytes,
+        );
+        let max_header_bytes = size(
+            &raw.max_header_bytes,
+            "max_header_bytes",
+            8192,
+            1 << 20,
+            d.max_header_bytes,
+        );
+        Limits {
+            max_token_bytes,
+            max_header_bytes,
+            header_read_timeout: self.duration(
+                &raw.header_read_timeout,
+                "header_read_timeout",
+                d.header_read_timeout,
+            ),
+            upstream_connect_timeout: self.duration(
+                &raw.upstream_connect_timeout,
+                "upstream_connect_timeout",
+                d.upstream_connect_timeout,
+            ),
+            upstream_timeout: self.duration(
+                &raw.upstream_timeout,
+                "upstream_timeout",
+                d.upstream_timeout,
+            ),
+            shutdown_grace: self.duration(&raw.shutdown_grace, "shutdown_grace", d.shutdown_grace),
+        }
+    }
+
+    fn strings(&mut self, list: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<String> {
+        if list.get_ref().is_empty() {
+            self.error(list, format!("{key} must not be empty"));
+        }
+        list.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+    }
+
+    fn issuer(&mut self, i: &RawIssuer) -> Option<IssuerConfig> {
+        let name = i.name.get_ref().clone();
+        let before = self.errors.len();
+        if name.is_empty() {
+            self.error(&i.name, "issuer name must not be empty");
+        }
+        if i.issuer.get_ref().is_empty() {
+            self.error(
+                &i.issuer,
+                format!("issuer {name:?}: issuer (the expected iss) must not be empty"),
+            );
+        }
+        let audiences = self.strings(&i.audiences, &format!("issuer {name:?}: audiences"));
+        let mut algorithms = Vec::new();
+        if i.algorithms.get_ref().is_empty() {
+            self.error(
+                &i.algorithms,
+                format!("issuer {name:?}: algorithms must not be empty"),
+            );
+        }
+        for a in i.algorithms.get_ref() {
+            match a.get_ref().parse::<Alg>() {
+                Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                Ok(_) => {}
+                Err(e) => self.error(a, format!("issuer {name:?}: {e}")),
+            }
+        }
+        let mut sources: Vec<(KeySource, Loc)> = Vec::new();
+        if let Some(u) = &i.jwks_url {
+            self.url_ok(u, &name, "jwks_url");
+            sources.push((
+                KeySource::JwksUrl(u.get_ref().clone()),
+                self.loc(u.span().start),
+            ));
+        }
+        if let Some(u) = &i.discovery_url {
+            self.url_ok(u, &name, "discovery_url");
+            sources.push((
+                KeySource::DiscoveryUrl(u.get_ref().clone()),
+                self.loc(u.span().start),
+            ));
+        }
+        if let Some(f) = &i.jwks_file {
+            sources.push((KeySource::JwksFile(self.file(f)), self.loc(f.span().start)));
+        }
+        if let Some(k) = &i.keys {
+            if k.get_ref().is_empty() {
+                self.error(
+                    k,
+                    format!("issuer {name:?}: keys must list at least one PEM file"),
+                );
+            }
+            let files = k.get_ref().iter().map(|f| self.file(f)).collect();
+            sources.push((KeySource::PemFiles(files), self.loc(k.span().start)));
+        }
+        if let Some(e) = &i.hmac_secret_env {
+            sources.push((
+                KeySource::HmacEnv(e.get_ref().clone()),
+                self.loc(e.span().start),
+            ));
+        }
+        if let Some(f) = &i.hmac_secret_file {
+            sources.push((KeySource::HmacFile(self.file(f)), self.loc(f.span().start)));
+        }
+        let issuer_at = self.loc(i.name.span().start);
+        let (source, source_loc) = match sources.len() {
+            1 => sources.pop()?,
+            0 => {
+                self.error(
+                    &i.name,
+                    format!("issuer {name:?} has no keys: set one of jwks_url, discovery_url, jwks_file, keys, hmac_secret_env, hmac_secret_file"),
+                );
+                (KeySource::PemFiles(Vec::new()), issuer_at)
+            }
+            _ => {
+                self.error(
+                    &i.name,
+                    format!("issuer {name:?} sets more than one key source: keep exactly one of jwks_url, discovery_url, jwks_file, keys, hmac_secret_env, hmac_secret_file"),
+                );
+                (KeySource::PemFiles(Vec::new()), issuer_at)
+            }
+        };
+        let hmac_source = matches!(source, KeySource::HmacEnv(_) | KeySource::HmacFile(_));
+        let public_only = matches!(
+            source,
+            KeySource::JwksUrl(_) | KeySource::DiscoveryUrl(_) | KeySource::PemFiles(_)
+        );
+        for a in &algorithms {
+            if hmac_source && !a.is_hmac() {
+                self.error(&i.algorithms, format!("issuer {name:?}: {a} needs a public key, but the key source is an HMAC secret"));
+            }
+            if public_only && a.is_hmac() {
+                self.error(&i.algorithms, format!("issuer {name:?}: {a} needs a shared secret, but the key source only holds public keys (use hmac_secret_env, hmac_secret_file or a jwks_file with \"oct\" keys)"));
+            }
+        }
+        let leeway = self.duration(&i.leeway, "leeway", Duration::from_secs(30));
+        if leeway > MAX_LEEWAY {
+            if let Some(l) = &i.leeway {
+                self.error(l, format!("issuer {name:?}: leeway must be at most 5m"));
+            }
+        }
+        let refresh = self.duration(&i.refresh, "refresh", Duration::from_secs(300));
+        let typ = match &i.typ {
+            Some(t) => self.strings(t, &format!("issuer {name:?}: typ")),
+            None => vec!["JWT".into(), "at+jwt".into(), "application/at+jwt".into()],
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(IssuerConfig {
+            name,
+            issuer: i.issuer.get_ref().clone(),
+            audiences,
+            algorithms,
+            source,
+            source_loc,
+            leeway,
+            refresh,
+            typ,
+        })
+    }
+
+    fn url_ok(&mut self, u: &Spanned<String>, issuer: &str, key: &str) {
+        match u.get_ref().parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some() => {}
+            _ => self.error(
+                u,
+                format!("issuer {issuer:?}: {key} must be an http:// or https:// URL"),
+            ),
+        }
+    }
+
+    fn route(&mut self, r: &Spanned<RawRoute>, issuers: &[IssuerConfig]) -> Option<RouteConfig> {
+        let loc = self.loc(r.span().start);
+        let r = r.get_ref();
+        let name = r.name.get_ref().clone();
+        let before = self.errors.len();
+        if name.is_empty() {
+            self.error(&r.name, "route name must not be empty");
+        }
+        let path_prefix = match crate::path::normalize(r.path_prefix.get_ref()) {
+            Ok(p) if &p == r.path_prefix.get_ref() => p,
+            Ok(p) => {
+                self.error(
+                    &r.path_prefix,
+                    format!(
+                        "route {name:?}: path_prefix {:?} is not in normal form; write {p:?}",
+                        r.path_prefix.get_ref()
+                    ),
+                );
+                p
+            }
+            Err(e) => {
+                self.error(&r.path_prefix, format!("route {name:?}: path_prefix: {e}"));
+                String::new()
+            }
+        };
+        let host = r.host.as_ref().and_then(|h| self.host(h, &name));
+        let methods = r.methods.as_ref().map(|m| {
+            if m.get_ref().is_empty() {
+                self.error(m, format!("route {name:?}: methods must not be empty (leave it out to allow every method)"));
+            }
+            m.get_ref()
+                .iter()
+                .filter_map(|s| {
+                    let upper = s.get_ref().to_ascii_uppercase();
+                    match Method::from_bytes(upper.as_bytes()) {
+                        Ok(m) => Some(m),
+                        Err(_) => {
+                            self.error(s, format!("route {name:?}: {:?} is not an HTTP method", s.get_ref()));
+                            None
+                        }
+                    }
+                })
+                .collect()
+        });
+        let upstream = self.upstream(&r.upstream, &name);
+        let auth = match r.auth.get_ref().as_str() {
+            "required" => AuthMode::Required,
+            "optional" => AuthMode::Optional,
+            "none" => AuthMode::None,
+            other => {
+                self.error(
+                    &r.auth,
+                    format!(
+                        "route {name:?}: auth {other:?} must be one of required, optional, none"
+                    ),
+                );
+                AuthMode::Required
+            }
+        };
+        let route_issuers: Vec<usize> = match &r.issuers {
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    self.error(list, format!("route {name:?}: issuers must not be empty (leave it out to accept every issuer)"));
+                }
+                list.get_ref()
+                    .iter()
+                    .filter_map(|n| {
+                        let found = issuers.iter().position(|i| &i.name == n.get_ref());
+                        if found.is_none() {
+                            self.error(
+                                n,
+                                format!("route {name:?}: no [[issuer]] is named {:?}", n.get_ref()),
+                            );
+                        }
+                        found
+                    })
+                    .collect()
+            }
+            None => (0..issuers.len()).collect(),
+        };
+        if auth != AuthMode::None && issuers.is_empty() {
+            self.error(
+                &r.auth,
+                format!(
+                    "route {name:?}: auth = {:?} needs at least one [[issuer]]",
+                    r.auth.get_ref()
+                ),
+            );
+        }
+        let require = r
+            .require
+            .iter()
+            .map(|(claim, v)| Requirement {
+                claim: ClaimPath::parse(claim),
+                values: match v.get_ref() {
+                    RawRequirement::One(s) => {
+                        s.split_ascii_whitespace().map(str::to_owned).collect()
+                    }
+                    RawRequirement::All(list) => list.clone(),
+                    RawRequirement::Bool(b) => vec![b.to_string()],
+                    RawRequirement::Int(i) => vec![i.to_string()],
+                },
+            })
+            .collect::<Vec<_>>();
+        for (req, (_, v)) in require.iter().zip(r.require.iter()) {
+            if req.values.is_empty() {
+                self.error(
+                    v,
+                    format!(
+                        "route {name:?}: require.{} has no value to require",
+                        req.claim.as_str()
+                    ),
+                );
+            }
+        }
+        if auth == AuthMode::None && !r.require.is_empty() {
+            self.error(
+                &r.auth,
+                format!("route {name:?}: require has no effect with auth = \"none\""),
+            );
+        }
+        let mut claim_headers = Vec::with_capacity(r.claim_headers.len());
+        for (header, claim) in &r.claim_headers {
+            match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => {
+                    self.error(claim, format!("route {name:?}: claim_headers cannot set {header:?}: the gateway manages that header itself"));
+                }
+                Ok(h) if h.as_str().contains('_') => {
+                    self.error(claim, format!("route {name:?}: claim header {header:?} has '_': write it with '-' (inbound '_' variants are stripped anyway)"));
+                }
+                Ok(h) => {
+                    if claim.get_ref().is_empty() {
+                        self.error(
+                            claim,
+                            format!(
+                                "route {name:?}: claim for header {header:?} must not be empty"
+                            ),
+                        );
+                    } else {
+                        claim_headers.push((h, ClaimPath::parse(claim.get_ref())));
+                    }
+                }
+                Err(_) => self.error(
+                    claim,
+                    format!("route {name:?}: {header:?} is not a valid header name"),
+                ),
+            }
+        }
+        if upstream
+            .as_ref()
+            .is_some_and(|u| u.scheme == http::uri::Scheme::HTTPS)
+        {
+            self.error(&r.upstream, format!("route {name:?}: https:// upstreams are not supported by this build yet; use http://"));
+        }
+        let token_query = r.token_query.as_ref().map(|q| q.get_ref().clone());
+        let token_cookie = r.token_cookie.as_ref().map(|c| c.get_ref().clone());
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(RouteConfig {
+            name,
+            host,
+            path_prefix,
+            methods,
+            upstream: upstream?,
+            auth,
+            issuers: route_issuers,
+            require,
+            forward_token: r.forward_token.as_ref().is_some_and(|f| *f.get_ref()),
+            websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
+            upstream_ca: r.upstream_ca.as_ref().map(|c| self.file(c)),
+            upstream_http2: r.upstream_http2.as_ref().is_some_and(|h| *h.get_ref()),
+            token_query,
+            token_cookie,
+            claim_headers,
+            loc,
+        })
+    }
+
+    fn host(&mut self, h: &Spanned<String>, route: &str) -> Option<HostMatch> {
+        let host = h.get_ref().to_ascii_lowercase();
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if let Some(suffix) = host.strip_prefix("*.") {
+            if suffix.split('.').all(valid_label) {
+                return Some(HostMatch::Wildcard(format!(".{suffix}")));
+            }
+        } else if host.split('.').all(valid_label) || host.parse::<std::net::IpAddr>().is_ok() {
+            return Some(HostMatch::Exact(host));
+        }
+        self.error(h, format!("route {route:?}: host {:?} must be a host name such as \"api.example.com\" or \"*.example.com\" (no port)", h.get_ref()));
+        None
+    }
+
+    fn upstream(&mut self, u: &Spanned<String>, route: &str) -> Option<Upstream> {
+        let uri: http::Uri = match u.get_ref().parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                self.error(
+                    u,
+                    format!("route {route:?}: upstream {:?} is not a URL", u.get_ref()),
+                );
+                return None;
+            }
+        };
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            self.error(u, format!("route {route:?}: upstream must be an absolute URL such as \"http://127.0.0.1:8080\""));
+            return None;
+        };
+        if !matches!(scheme.as_str(), "http" | "https") {
+            self.error(
+                u,
+                format!("route {route:?}: upstream scheme must be http or https"),
+            );
+            return None;
+        }
+        if uri.query().is_some() || authority.as_str().contains('@') {
+            self.error(
+                u,
+                format!("route {route:?}: upstream must not carry a query or credentials"),
+            );
+            return None;
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Some(Upstream {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            base_path,
+            url: u.get_ref().clone(),
+        })
+    }
+}

@@ -1,0 +1,118 @@
+//! The first stage of config parsing: the TOML file as written, with spans for error messages.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// `gateway.toml` exactly as written; validated into [`super::Config`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Spanned<RawListen>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub issuer: Vec<Spanned<RawIssuer>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub addr: Spanned<String>,
+    pub tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    pub certificates: Vec<Spanned<RawCertificate>>,
+}
+
+/// `[listen] tls = { cert, key, client_ca }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Option<Spanned<String>>,
+}
+
+/// `[[listen.certificates]]`: more certificates chosen by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub addr: Spanned<String>,
+}
+
+/// `[limits]`; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_token_bytes: Option<Spanned<i64>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub upstream_connect_timeout: Option<Spanned<String>>,
+    pub upstream_timeout: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+}
+
+/// One `[[issuer]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub name: Spanned<String>,
+    pub issuer: Spanned<String>,
+    pub audiences: Spanned<Vec<Spanned<String>>>,
+    pub algorithms: Spanned<Vec<Spanned<String>>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub discovery_url: Option<Spanned<String>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub keys: Option<Spanned<Vec<Spanned<String>>>>,
+    pub hmac_secret_env: Option<Spanned<String>>,
+    pub hmac_secret_file: Option<Spanned<String>>,
+    pub leeway: Option<Spanned<String>>,
+    pub refresh: Option<Spanned<String>>,
+    pub typ: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Spanned<String>,
+    pub path_prefix: Spanned<String>,
+    pub host: Option<Spanned<String>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub upstream: Spanned<String>,
+    pub auth: Spanned<String>,
+    pub issuers: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub require: BTreeMap<String, Spanned<RawRequirement>>,
+    pub forward_token: Option<Spanned<bool>>,
+    pub websocket: Option<Spanned<bool>>,
+    pub upstream_ca: Option<Spanned<String>>,
+    pub upstream_http2: Option<Spanned<bool>>,
+    pub token_query: Option<Spanned<String>>,
+    pub token_cookie: Option<Spanned<String>>,
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, Spanned<String>>,
+}
+
+/// A claim requirement: one value or a list, every one required.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRequirement {
+    One(String),
+    All(Vec<String>),
+    Bool(bool),
+    Int(i64),
+}

@@ -1,0 +1,163 @@
+//! JWK Set documents (RFC 7517) into [`Key`]s.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::Value;
+
+use super::{Key, KeyError, Material};
+use crate::alg::{Alg, Family};
+
+/// Keys parsed from a JWKS, and the entries left out with the reason for each.
+pub struct Parsed {
+    pub keys: Vec<Key>,
+    pub skipped: Vec<String>,
+}
+
+/// Parses a JWKS. `allow_oct` admits symmetric keys (a local file may hold them; a URL never).
+/// Entries that are not for signatures, name an algorithm the issuer does not allow, or use a
+/// key type jwtgate does not know are skipped, not fatal: providers publish such keys.
+pub fn parse(json: &[u8], allowed: &[Alg], allow_oct: bool) -> Result<Parsed, KeyError> {
+    let doc: Value =
+        serde_json::from_slice(json).map_err(|e| KeyError::Invalid(format!("not JSON: {e}")))?;
+    let Some(list) = doc.get("keys").and_then(Value::as_array) else {
+        return Err(KeyError::Invalid(
+            "not a JWK Set: it has no \"keys\" array".into(),
+        ));
+    };
+    let mut keys = Vec::with_capacity(list.len());
+    let mut skipped = Vec::new();
+    for (i, jwk) in list.iter().enumerate() {
+        let name = match jwk.get("kid") {
+            Some(Value::String(k)) => format!("key {i} (kid {k:?})"),
+            _ => format!("key {i}"),
+        };
+        match one(jwk, allowed, allow_oct) {
+            Ok(Some(k)) => keys.push(k),
+            Ok(None) => skipped.push(format!("{name}: not usable for this issuer's algorithms")),
+            Err(e) => skipped.push(format!("{name}: {e}")),
+        }
+    }
+    Ok(Parsed { keys, skipped })
+}
+
+fn field<'a>(jwk: &'a Value, name: &str) -> Result<&'a str, KeyError> {
+    jwk.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| KeyError::Invalid(format!("missing string member {name:?}")))
+}
+
+fn b64(jwk: &Value, name: &str) -> Result<Vec<u8>, KeyError> {
+    URL_SAFE_NO_PAD
+        .decode(field(jwk, name)?)
+        .map_err(|_| KeyError::Invalid(format!("member {name:?} is not base64url")))
+}
+
+fn one(jwk: &Value, allowed: &[Alg], allow_oct: bool) -> Result<Option<Key>, KeyError> {
+    if !jwk.is_object() {
+        return Err(KeyError::Invalid("not a JSON object".into()));
+    }
+    let kid = match jwk.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(KeyError::Invalid("kid is not a string".into())),
+    };
+    if let Some(u) = jwk.get("use") {
+        if u.as_str() != Some("sig") {
+            return Ok(None);
+        }
+    }
+    // A key that names its algorithm is used for that one alone (RFC 7517 §4.4).
+    let allowed: Vec<Alg> = match jwk.get("alg") {
+        None => allowed.to_vec(),
+        Some(Value::String(a)) => match a.parse::<Alg>() {
+            Ok(a) if allowed.contains(&a) => vec![a],
+            _ => return Ok(None),
+        },
+        Some(_) => return Err(KeyError::Invalid("alg is not a string".into())),
+    };
+    let kty = field(jwk, "kty")?;
+    if kty != "oct" && jwk.get("d").is_some() {
+        return Err(KeyError::Invalid(
+            "holds a private key (\"d\"); publish only the public part".into(),
+        ));
+    }
+    let material = match kty {
+        "RSA" => Material::Public(Family::Rsa, rsa_pkcs1_der(&b64(jwk, "n")?, &b64(jwk, "e")?)),
+        "EC" => {
+            let (family, len) = match field(jwk, "crv")? {
+                "P-256" => (Family::EcP256, 32),
+                "P-384" => (Family::EcP384, 48),
+                other => return Err(KeyError::Invalid(format!("unsupported curve {other:?}"))),
+            };
+            let (x, y) = (b64(jwk, "x")?, b64(jwk, "y")?);
+            // RFC 7518 §6.2.1.2: coordinates are exactly the curve's size.
+            if x.len() != len || y.len() != len {
+                return Err(KeyError::Invalid(
+                    "EC coordinates have the wrong length".into(),
+                ));
+            }
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            Material::Public(family, point)
+        }
+        "OKP" => {
+            if field(jwk, "crv")? != "Ed25519" {
+                return Err(KeyError::Invalid(
+                    "only the Ed25519 OKP curve is supported".into(),
+                ));
+            }
+            Material::Public(Family::Ed25519, b64(jwk, "x")?)
+        }
+        "oct" if allow_oct => Material::Secret(b64(jwk, "k")?),
+        "oct" => {
+            return Err(KeyError::Invalid(
+                "symmetric (oct) keys are only accepted from a local jwks_file".into(),
+            ))
+        }
+        other => return Err(KeyError::Invalid(format!("unsupported key type {other:?}"))),
+    };
+    let family = match &material {
+        Material::Secret(_) => Family::Hmac,
+        Material::Public(f, _) => *f,
+    };
+    if !allowed.iter().any(|a| a.family() == family) {
+        return Ok(None);
+    }
+    Key::new(kid, material, &allowed).map(Some)
+}
+
+/// DER for PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
+/// Hand-written because it is twenty lines and the only ASN.1 jwtgate writes.
+fn rsa_pkcs1_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn integer(out: &mut Vec<u8>, bytes: &[u8]) {
+        let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+        let bytes = &bytes[start..];
+        let pad = bytes.first().is_none_or(|b| b & 0x80 != 0);
+        out.push(0x02);
+        length(out, bytes.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(bytes);
+    }
+    fn length(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let be = len.to_be_bytes();
+            let skip = be.iter().position(|b| *b != 0).unwrap_or(be.len() - 1);
+            out.push(0x80 | (be.len() - skip) as u8);
+            out.extend_from_slice(&be[skip..]);
+        }
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 6);
+    out.push(0x30);
+    length(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}

@@ -1,0 +1,142 @@
+//! The one place a failure becomes an answer: status, `WWW-Authenticate`, JSON body.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::auth::AuthError;
+
+/// What went wrong with the upstream, as the metrics label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    Connect,
+    Timeout,
+    Reset,
+    Tls,
+}
+
+impl UpstreamKind {
+    /// The `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Connect => "connect",
+            UpstreamKind::Timeout => "timeout",
+            UpstreamKind::Reset => "reset",
+            UpstreamKind::Tls => "tls",
+        }
+    }
+}
+
+/// Why the gateway answered instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("no route matches this request")]
+    NotFound,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("the keys of issuer {issuer} are not loaded yet")]
+    KeysNotLoaded {
+        issuer: String,
+        retry_after_secs: u64,
+    },
+    #[error("the upstream could not be reached ({})", kind.as_str())]
+    Upstream { kind: UpstreamKind },
+}
+
+impl ProxyError {
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::Auth(AuthError::Insufficient(_)) => StatusCode::FORBIDDEN,
+            ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::KeysNotLoaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream {
+                kind: UpstreamKind::Timeout,
+            } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `error` member of the body (RFC 6750 codes for auth failures).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "invalid_request",
+            ProxyError::NotFound => "not_found",
+            ProxyError::Auth(AuthError::Missing) => "missing_token",
+            ProxyError::Auth(AuthError::Insufficient(_)) => "insufficient_scope",
+            ProxyError::Auth(_) => "invalid_token",
+            ProxyError::KeysNotLoaded { .. } => "temporarily_unavailable",
+            ProxyError::Upstream {
+                kind: UpstreamKind::Timeout,
+            } => "upstream_timeout",
+            ProxyError::Upstream { .. } => "bad_gateway",
+        }
+    }
+
+    /// The answer, with `x-request-id` so a client can quote it when asking why.
+    pub fn response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+        let description = self.to_string();
+        let body = serde_json::json!({ "error": self.code(), "error_description": description });
+        let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+        *res.status_mut() = self.status();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(super::headers::X_REQUEST_ID.clone(), request_id.clone());
+        match self {
+            // RFC 6750 §3.1: a request without credentials gets no error code.
+            ProxyError::Auth(AuthError::Missing) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"jwtgate\""),
+                );
+            }
+            ProxyError::Auth(e) => {
+                let v = format!(
+                    "Bearer realm=\"jwtgate\", error=\"{}\", error_description=\"{}\"",
+                    self.code(),
+                    quoted(&e.to_string())
+                );
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ProxyError::BadRequest(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"jwtgate\", error=\"invalid_request\""),
+                );
+            }
+            ProxyError::KeysNotLoaded {
+                retry_after_secs, ..
+            } => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(*retry_after_secs.max(&1)),
+                );
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+/// RFC 6750 error_description allows %x20-21 / %x23-5B / %x5D-7E: no quote or backslash.
+fn quoted(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if (' '..='~').contains(&c) => c,
+            _ => '?',
+        })
+        .collect()
+}

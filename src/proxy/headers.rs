@@ -1,0 +1,155 @@
+//! Header hygiene: what a client sent that must never reach the upstream, and what the
+//! gateway adds in its place.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::RouteConfig;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones proxies still see).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Headers a `Connection` list may never remove: the request cannot be routed or framed
+/// without them, and removing ours would let a client unset what the gateway adds.
+static NOT_CONNECTION_REMOVABLE: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The claim header names of every route, in the form inbound names are compared in:
+/// lower case with `_` read as `-`. Built once per snapshot.
+#[derive(Debug, Default)]
+pub struct HeaderPlan {
+    claim_names: Vec<HeaderName>,
+}
+
+impl HeaderPlan {
+    /// Collects the claim header names of all routes.
+    pub fn new(routes: &[RouteConfig]) -> HeaderPlan {
+        let mut claim_names: Vec<HeaderName> = routes
+            .iter()
+            .flat_map(|r| r.claim_headers.iter().map(|(h, _)| h.clone()))
+            .collect();
+        claim_names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        claim_names.dedup();
+        HeaderPlan { claim_names }
+    }
+
+    /// True when an inbound header name is a claim header name, ignoring case (HeaderName is
+    /// already lower case) and reading `_` as `-`, since many servers (CGI, WSGI, Rack, PHP)
+    /// fold both to the same variable.
+    pub fn is_claim_name(&self, name: &HeaderName) -> bool {
+        let n = name.as_str().as_bytes();
+        self.claim_names.iter().any(|c| {
+            let c = c.as_str().as_bytes();
+            c.len() == n.len()
+                && c.iter()
+                    .zip(n)
+                    .all(|(a, b)| *a == *b || (*a == b'-' && *b == b'_'))
+        })
+    }
+
+    /// Removes hop-by-hop headers, the headers the `Connection` header lists, and every inbound
+    /// copy of every claim header name. Runs before the gateway adds its own headers, so
+    /// nothing a client sends can remove or replace them.
+    pub fn strip_request(&self, headers: &mut HeaderMap) {
+        remove_connection_listed(headers);
+        let mut doomed: Vec<HeaderName> = Vec::new();
+        for name in headers.keys() {
+            if self.is_claim_name(name) {
+                doomed.push(name.clone());
+            }
+        }
+        for name in &doomed {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes the headers named in `Connection`, then the hop-by-hop set itself.
+pub fn remove_connection_listed(headers: &mut HeaderMap) {
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                if !NOT_CONNECTION_REMOVABLE.contains(&name) {
+                    listed.push(name);
+                }
+            }
+        }
+    }
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client address to `X-Forwarded-For` (merging repeated headers into one) and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: std::net::IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let mut xff = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(v) = v.to_str() {
+            xff.push_str(v);
+            xff.push_str(", ");
+        }
+    }
+    xff.push_str(&client_ip.to_string());
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// The request id: the client's when it is short and printable, else a new random one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+/// 128 random bits as 32 hex digits.
+pub fn new_request_id() -> HeaderValue {
+    let mut bytes = [0u8; 16];
+    // aws-lc's DRBG; if it ever fails, a zero id is still a valid header.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    let mut hex = [0u8; 32];
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        hex[2 * i] = DIGITS[usize::from(b >> 4)];
+        hex[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}

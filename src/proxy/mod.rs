@@ -1,0 +1,271 @@
+//! The request path, top to bottom in [`Gateway::handle_inner`]: snapshot -> route -> token ->
+//! verify -> strip and add headers -> upstream -> answer.
+
+pub mod answer;
+pub mod bearer;
+pub mod headers;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::auth::{self, claims};
+use crate::config::AuthMode;
+use crate::routes::normalize_host;
+use crate::state::{Shared, Snapshot};
+pub use answer::{ProxyError, UpstreamKind};
+use bearer::Source;
+use upstream::UpstreamClient;
+
+/// The response body: the gateway's own answer, or the upstream's, streamed.
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// What the access log records about one request.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Route name, when one matched.
+    pub route: Option<String>,
+    /// `ok`, `none` (not checked), or the failure reason.
+    pub auth: &'static str,
+    pub upstream_ms: Option<f64>,
+    pub upstream_status: Option<u16>,
+    pub upstream_error: Option<&'static str>,
+}
+
+/// The shared state of the traffic listener.
+pub struct Gateway {
+    pub state: Shared,
+    client: UpstreamClient,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    proto: &'static str,
+}
+
+impl Gateway {
+    /// A gateway reading `state`; the upstream client pool lives as long as the gateway.
+    pub fn new(state: Shared, proto: &'static str) -> Gateway {
+        let client = upstream::client(&state.load().config.limits);
+        Gateway {
+            state,
+            client,
+            proto,
+        }
+    }
+
+    /// Answers one request, never with an error: failures become their answer, and every
+    /// request leaves one access-log line.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let start = Instant::now();
+        let snapshot = self.state.load_full();
+        let request_id = headers::request_id(req.headers());
+        let method = req.method().clone();
+        let path_for_log =
+            crate::path::normalize(req.uri().path()).unwrap_or_else(|_| "<invalid>".to_owned());
+        let mut outcome = Outcome {
+            auth: "none",
+            ..Outcome::default()
+        };
+        let mut res = match self
+            .handle_inner(&snapshot, req, client, &request_id, &mut outcome)
+            .await
+        {
+            Ok(res) => res.map(Either::Right),
+            Err(e) => {
+                if let ProxyError::Auth(a) = &e {
+                    outcome.auth = a.reason().as_str();
+                }
+                if let ProxyError::Upstream { kind } = &e {
+                    outcome.upstream_error = Some(kind.as_str());
+                }
+                e.response(&request_id).map(Either::Left)
+            }
+        };
+        res.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        tracing::info!(
+            target: "access",
+            request_id = request_id.to_str().unwrap_or(""),
+            client = %client.ip(),
+            route = outcome.route.as_deref().unwrap_or(""),
+            method = method.as_str(),
+            path = path_for_log.as_str(),
+            status = res.status().as_u16(),
+            duration_ms = start.elapsed().as_secs_f64() * 1e3,
+            upstream_ms = outcome.upstream_ms,
+            upstream_status = outcome.upstream_status,
+            upstream_error = outcome.upstream_error,
+            auth = outcome.auth,
+        );
+        res
+    }
+
+    async fn handle_inner(
+        &self,
+        snap: &Snapshot,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        request_id: &HeaderValue,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+
+        // Route: the normalised path is both what is matched and what is forwarded.
+        let path = crate::path::normalize(parts.uri.path())
+            .map_err(|_| ProxyError::BadRequest("the request path is malformed or ambiguous"))?;
+        let host_value = request_host(&parts)?;
+        let host = match &host_value {
+            Some(h) => normalize_host(
+                h.to_str()
+                    .map_err(|_| ProxyError::BadRequest("the Host header is not ASCII"))?,
+            )
+            .ok_or(ProxyError::BadRequest(
+                "the Host header is not a valid host",
+            ))?,
+            None => "".into(),
+        };
+        let idx = snap
+            .table
+            .find(&snap.config.routes, &host, &path, &parts.method)
+            .ok_or(ProxyError::NotFound)?;
+        let route = &snap.config.routes[idx];
+        outcome.route = Some(route.name.clone());
+
+        // Token: found, verified, checked against the route's requirements.
+        let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
+        let verified = match (route.auth, found) {
+            (AuthMode::None, _) => None,
+            (AuthMode::Required, None) => return Err(auth::AuthError::Missing.into()),
+            (AuthMode::Optional, None) => None,
+            (_, Some((token, _))) => {
+                let v = auth::verify(
+                    token,
+                    &snap.issuers,
+                    &route.issuers,
+                    snap.config.limits.max_token_bytes,
+                    unix_now(),
+                )?;
+                claims::check_requirements(&v.claims, &route.require)?;
+                Some(v)
+            }
+        };
+        let mut claim_values = Vec::with_capacity(route.claim_headers.len());
+        if let Some(v) = &verified {
+            outcome.auth = "ok";
+            for (name, path) in &route.claim_headers {
+                if let Some(value) = claims::header_value(&v.claims, path)? {
+                    claim_values.push((name, value));
+                }
+            }
+        }
+
+        // Headers: remove what a client may not send, then add ours.
+        let token_source = found.map(|(_, s)| s);
+        let query = match (token_source, &route.token_query) {
+            (Some(Source::Query), Some(param)) if !route.forward_token => parts
+                .uri
+                .query()
+                .and_then(|q| bearer::query_without(q, param)),
+            _ => parts.uri.query().map(str::to_owned),
+        };
+        let h = &mut parts.headers;
+        snap.headers.strip_request(h);
+        if !route.forward_token {
+            h.remove(header::AUTHORIZATION);
+            if let (Some(Source::Cookie), Some(name)) = (token_source, &route.token_cookie) {
+                let rest = h
+                    .get(header::COOKIE)
+                    .and_then(|c| c.to_str().ok())
+                    .and_then(|c| bearer::cookie_without(c, name));
+                h.remove(header::COOKIE);
+                if let Some(v) = rest.and_then(|r| HeaderValue::from_str(&r).ok()) {
+                    h.insert(header::COOKIE, v);
+                }
+            }
+        }
+        headers::set_forwarded(h, client.ip(), self.proto, host_value.as_ref());
+        if let Some(hv) = &host_value {
+            h.insert(header::HOST, hv.clone());
+        }
+        h.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        for (name, value) in claim_values {
+            h.insert(name.clone(), value);
+        }
+
+        // Upstream.
+        let up = &route.upstream;
+        let mut pq = String::with_capacity(
+            up.base_path.len() + path.len() + 1 + query.as_ref().map_or(0, String::len),
+        );
+        pq.push_str(&up.base_path);
+        pq.push_str(&path);
+        if let Some(q) = &query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        parts.uri =
+            Uri::builder()
+                .scheme(up.scheme.clone())
+                .authority(up.authority.clone())
+                .path_and_query(PathAndQuery::try_from(pq).map_err(|_| {
+                    ProxyError::BadRequest("the request target cannot be forwarded")
+                })?)
+                .build()
+                .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
+        parts.version = http::Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body);
+
+        let sent = Instant::now();
+        let result = tokio::time::timeout(
+            snap.config.limits.upstream_timeout,
+            self.client.request(upstream_req),
+        )
+        .await;
+        outcome.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
+        let mut res = match result {
+            Err(_) => {
+                return Err(ProxyError::Upstream {
+                    kind: UpstreamKind::Timeout,
+                })
+            }
+            Ok(Err(e)) => {
+                let kind = upstream::classify(&e);
+                tracing::warn!(route = %route.name, error = %e, "upstream request failed");
+                return Err(ProxyError::Upstream { kind });
+            }
+            Ok(Ok(res)) => res,
+        };
+        outcome.upstream_status = Some(res.status().as_u16());
+        headers::remove_connection_listed(res.headers_mut());
+        Ok(res)
+    }
+}
+
+/// The request's authority: the absolute-form target's or h2 `:authority` when present
+/// (RFC 9112 §3.2.2 says it wins over Host), else the single Host header.
+fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "the request has more than one Host header",
+        ));
+    }
+    if let Some(a) = parts.uri.authority() {
+        return HeaderValue::from_str(a.as_str())
+            .map(Some)
+            .map_err(|_| ProxyError::BadRequest("the request authority is not valid"));
+    }
+    Ok(first.cloned())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
