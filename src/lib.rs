@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,26 +27,23 @@ pub use state::Snapshot;
 
 /// Serves traffic on `listener` with `snapshot` until `shutdown` completes, then drains.
 /// The caller binds, so tests can listen on port 0.
-pub async fn run(listener: TcpListener, snapshot: Snapshot, shutdown: impl Future<Output = ()>) {
-    serve_shared(
-        listener,
-        Arc::new(ArcSwap::from_pointee(snapshot)),
-        shutdown,
-    )
-    .await;
+pub async fn run(
+    listener: TcpListener,
+    snapshot: Snapshot,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tls::TlsError> {
+    let tls = tls::TlsState::new(&snapshot.config.listen)?.map(Arc::new);
+    serve_shared(listener, Arc::new(ArcSwap::from_pointee(snapshot)), tls, shutdown).await;
+    Ok(())
 }
 
-/// Like [`run`], with a snapshot the caller can replace (config reload).
+/// Like [`run`], with a snapshot and TLS state the caller keeps to reload them.
 pub async fn serve_shared(
     listener: TcpListener,
     state: state::Shared,
+    tls: Option<Arc<tls::TlsState>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let proto = if state.load().config.listen.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let gateway = Arc::new(proxy::Gateway::new(state, proto));
-    server::serve(listener, gateway, shutdown).await;
+    let gateway = Arc::new(proxy::Gateway::new(state));
+    server::serve(listener, gateway, tls, shutdown).await;
 }

@@ -75,13 +75,37 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
     if prefix == "/" {
         return true;
     }
+    // `%2F`, `%5C` and `\` are read as `/` here: some upstreams (Go, IIS, Tomcat with encoded
+    // slashes allowed) decode them into separators, so `/admin%2Fx` must be as protected as
+    // `/admin/x`. Matching can only get stricter this way, never looser.
+    let (p, pre) = (path.as_bytes(), prefix.as_bytes());
+    let mut i = 0;
+    for &c in pre {
+        let step = separator_len(&p[i..]);
+        if c == b'/' && step > 0 {
+            i += step;
+        } else if p.get(i) == Some(&c) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
     if prefix.ends_with('/') {
-        return path.starts_with(prefix);
+        return true;
     }
     // ';' counts as a boundary because some upstreams (Tomcat) strip `;params`, so treating
     // `/admin;x=1` as under `/admin` errs towards the stricter route.
-    path.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', ';']))
+    let rest = &p[i..];
+    rest.is_empty() || rest[0] == b';' || separator_len(rest) > 0
+}
+
+/// The length of a separator at the start of `p`: `/`, `\`, `%2F` or `%5C` (any case).
+fn separator_len(p: &[u8]) -> usize {
+    match p {
+        [b'/' | b'\\', ..] => 1,
+        [b'%', b'2', b'F' | b'f', ..] | [b'%', b'5', b'C' | b'c', ..] => 3,
+        _ => 0,
+    }
 }
 
 enum Segment {
@@ -430,7 +454,12 @@ mod tests {
         assert!(!has_prefix("/api/ordersX", "/api/orders"));
         assert!(!has_prefix("/api/order", "/api/orders"));
         assert!(!has_prefix("/api", "/api/orders"));
-        assert!(!has_prefix("/api%2Forders", "/api"));
+        // Encoded slashes and backslashes separate segments for matching.
+        assert!(has_prefix("/api%2Forders", "/api"));
+        assert!(has_prefix("/api%2Forders", "/api/orders"));
+        assert!(has_prefix("/api\\orders\\1", "/api/orders"));
+        assert!(has_prefix("/api%5corders", "/api/orders"));
+        assert!(!has_prefix("/api%2Fordersx", "/api/orders"));
         assert!(!has_prefix("/API", "/api"));
     }
 

@@ -1,25 +1,40 @@
-//! The traffic listener: accept, serve HTTP/1.1 and HTTP/2, drain on shutdown.
+//! The traffic listener: accept, TLS handshake, HTTP/1.1 and HTTP/2 on one port, drain on
+//! shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 
 use crate::proxy::Gateway;
+use crate::tls::TlsState;
 
 /// Header count limit; beyond it hyper answers 431.
 const MAX_HEADERS: usize = 100;
+
+/// What the request path knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// True when the connection is TLS.
+    pub tls: bool,
+    /// The client certificate, verified against `client_ca` during the handshake (mTLS).
+    pub client_cert: Option<CertificateDer<'static>>,
+}
 
 /// Serves `listener` until `shutdown` completes, then lets in-flight requests finish for at
 /// most `shutdown_grace` (read from the snapshot at that moment).
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    tls: Option<Arc<TlsState>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = gateway.state.load().config.limits.clone();
@@ -34,6 +49,7 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -50,16 +66,29 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
-        let service = service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let (gw, builder, watcher, tls) = (gateway.clone(), builder.clone(), graceful.watcher(), tls.clone());
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, client = %peer, "connection ended with an error");
+            match tls {
+                None => {
+                    let info = ConnInfo { peer, tls: false, client_cert: None };
+                    serve_conn(TokioIo::new(stream), info, gw, &builder, watcher).await;
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
+                    let Ok(Ok(stream)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await else {
+                        tracing::debug!(client = %peer, "TLS handshake failed or timed out");
+                        return;
+                    };
+                    let client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.clone().into_owned());
+                    let info = ConnInfo { peer, tls: true, client_cert };
+                    serve_conn(TokioIo::new(stream), info, gw, &builder, watcher).await;
+                }
             }
         });
     }
@@ -68,5 +97,26 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
+async fn serve_conn<S>(
+    io: TokioIo<S>,
+    info: ConnInfo,
+    gw: Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let peer = info.peer;
+    let service = service_fn(move |req| {
+        let (gw, info) = (gw.clone(), info.clone());
+        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, &info).await) }
+    });
+    let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, client = %peer, "connection ended with an error");
     }
 }

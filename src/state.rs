@@ -9,6 +9,7 @@ use crate::auth::Issuer;
 use crate::config::{Config, ConfigErrors};
 use crate::keys::{load_static, KeySet};
 use crate::proxy::headers::HeaderPlan;
+use crate::proxy::upstream::Clients;
 use crate::routes::RouteTable;
 
 /// Everything a request needs, immutable once built.
@@ -18,6 +19,8 @@ pub struct Snapshot {
     pub issuers: Vec<Issuer>,
     pub table: RouteTable,
     pub headers: HeaderPlan,
+    /// Pooled upstream clients, per route.
+    pub clients: Clients,
     /// Entries of JWKS files that were left out, for `check` to print.
     pub skipped_keys: Vec<String>,
 }
@@ -28,6 +31,12 @@ pub type Shared = Arc<ArcSwap<Snapshot>>;
 impl Snapshot {
     /// Loads every local key and compiles the routes; all errors at once.
     pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
+        Snapshot::build_from(config, None)
+    }
+
+    /// Like [`Snapshot::build`], reusing what `previous` holds that did not change (warm
+    /// upstream connection pools).
+    pub fn build_from(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
         let mut issuers = Vec::with_capacity(config.issuers.len());
         let mut skipped_keys = Vec::new();
@@ -61,6 +70,16 @@ impl Snapshot {
                 keys,
             });
         }
+        let clients = match Clients::build(&config, previous.map(|p| &p.clients)) {
+            Ok(c) => c,
+            Err((route, e)) => {
+                errors.push(config.error(
+                    config.routes[route].loc,
+                    format!("route {:?}: upstream TLS: {e}", config.routes[route].name),
+                ));
+                Clients::default()
+            }
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -71,6 +90,7 @@ impl Snapshot {
             issuers,
             table,
             headers,
+            clients,
             skipped_keys,
         })
     }

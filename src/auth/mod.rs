@@ -58,6 +58,8 @@ pub enum AuthError {
     Typ(String),
     #[error("the token is signed with {0:?}, which its issuer does not allow")]
     AlgorithmNotAllowed(String),
+    #[error("the key named by the token is not a key for {0} (the key type does not match the algorithm)")]
+    KeyTypeMismatch(&'static str),
     #[error("the token was not issued by an issuer this route accepts")]
     WrongIssuer,
     #[error("the token names a key (kid) that its issuer does not have")]
@@ -91,7 +93,9 @@ impl AuthError {
             | AuthError::Header(_)
             | AuthError::Typ(_)
             | AuthError::UnsafeClaim { .. } => Reason::Malformed,
-            AuthError::AlgorithmNotAllowed(_) => Reason::AlgorithmNotAllowed,
+            AuthError::AlgorithmNotAllowed(_) | AuthError::KeyTypeMismatch(_) => {
+                Reason::AlgorithmNotAllowed
+            }
             AuthError::WrongIssuer => Reason::WrongIssuer,
             AuthError::UnknownKey => Reason::UnknownKey,
             AuthError::BadSignature => Reason::BadSignature,

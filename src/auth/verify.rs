@@ -155,7 +155,7 @@ fn verify_signature(
     } else {
         // A key exists but none of them is pinned to this algorithm: the key type does not
         // match (for example HS256 against an RSA key).
-        Err(AuthError::AlgorithmNotAllowed(alg.as_str().to_owned()))
+        Err(AuthError::KeyTypeMismatch(alg.as_str()))
     }
 }
 

@@ -78,6 +78,8 @@ pub struct Listen {
     pub addr: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub certificates: Vec<CertFiles>,
+    /// Where `tls` is written, for certificate errors.
+    pub tls_loc: Loc,
 }
 
 /// The default certificate and optional client CA.
@@ -484,10 +486,15 @@ impl Validator<'_> {
                 "[[listen.certificates]] needs [listen] tls, whose certificate is the default",
             );
         }
+        let tls_loc = l
+            .tls
+            .as_ref()
+            .map_or(Loc { line: 1, col: 1 }, |t| self.loc(t.span().start));
         Some(Listen {
             addr: addr?,
             tls,
             certificates,
+            tls_loc,
         })
     }
 
@@ -774,9 +781,12 @@ impl Validator<'_> {
             .map(|(claim, v)| Requirement {
                 claim: ClaimPath::parse(claim),
                 values: match v.get_ref() {
-                    RawRequirement::One(s) => {
+                    // Only scope lists are space-separated (RFC 8693 §4.2); any other
+                    // claim's value is one exact string, spaces included.
+                    RawRequirement::One(s) if matches!(claim.as_str(), "scope" | "scp") => {
                         s.split_ascii_whitespace().map(str::to_owned).collect()
                     }
+                    RawRequirement::One(s) => vec![s.clone()],
                     RawRequirement::All(list) => list.clone(),
                     RawRequirement::Bool(b) => vec![b.to_string()],
                     RawRequirement::Int(i) => vec![i.to_string()],
@@ -826,12 +836,6 @@ impl Validator<'_> {
                     format!("route {name:?}: {header:?} is not a valid header name"),
                 ),
             }
-        }
-        if upstream
-            .as_ref()
-            .is_some_and(|u| u.scheme == http::uri::Scheme::HTTPS)
-        {
-            self.error(&r.upstream, format!("route {name:?}: https:// upstreams are not supported by this build yet; use http://"));
         }
         let token_query = r.token_query.as_ref().map(|q| q.get_ref().clone());
         let token_cookie = r.token_cookie.as_ref().map(|c| c.get_ref().clone());

@@ -89,13 +89,3 @@ pub fn query_without(query: &str, param: &str) -> Option<String> {
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
 }
-
-/// A `Cookie` value without the named cookie; `None` when nothing is left.
-pub fn cookie_without(cookie: &str, name: &str) -> Option<String> {
-    let kept: Vec<&str> = cookie
-        .split(';')
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(n, _)| n) != name)
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
-}

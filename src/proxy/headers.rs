@@ -153,3 +153,36 @@ pub fn new_request_id() -> HeaderValue {
     }
     HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
+
+/// Joins every `Cookie` field into one, as RFC 9113 §8.2.3 asks before HTTP/1.1 (HTTP/2
+/// clients send each cookie as its own field, and many backends read only the first), leaving
+/// out the cookie named `drop` (a token the upstream must not see).
+pub fn join_cookies(headers: &mut HeaderMap, drop: Option<&str>) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(_), more) = (values.next(), values.next().is_some()) else {
+        return;
+    };
+    if !more && drop.is_none() {
+        return;
+    }
+    let mut joined = String::new();
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        for c in v.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+            let name = c.split_once('=').map_or(c, |(n, _)| n);
+            if drop == Some(name) {
+                continue;
+            }
+            if !joined.is_empty() {
+                joined.push_str("; ");
+            }
+            joined.push_str(c);
+        }
+    }
+    headers.remove(header::COOKIE);
+    if !joined.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}

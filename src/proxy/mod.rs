@@ -6,7 +6,6 @@ pub mod bearer;
 pub mod headers;
 pub mod upstream;
 
-use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -22,7 +21,7 @@ use crate::routes::normalize_host;
 use crate::state::{Shared, Snapshot};
 pub use answer::{ProxyError, UpstreamKind};
 use bearer::Source;
-use upstream::UpstreamClient;
+use crate::server::ConnInfo;
 
 /// The response body: the gateway's own answer, or the upstream's, streamed.
 pub type Body = Either<Full<Bytes>, Incoming>;
@@ -42,25 +41,17 @@ pub struct Outcome {
 /// The shared state of the traffic listener.
 pub struct Gateway {
     pub state: Shared,
-    client: UpstreamClient,
-    /// `http` or `https`, for `X-Forwarded-Proto`.
-    proto: &'static str,
 }
 
 impl Gateway {
-    /// A gateway reading `state`; the upstream client pool lives as long as the gateway.
-    pub fn new(state: Shared, proto: &'static str) -> Gateway {
-        let client = upstream::client(&state.load().config.limits);
-        Gateway {
-            state,
-            client,
-            proto,
-        }
+    /// A gateway reading `state`.
+    pub fn new(state: Shared) -> Gateway {
+        Gateway { state }
     }
 
     /// Answers one request, never with an error: failures become their answer, and every
     /// request leaves one access-log line.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let start = Instant::now();
         let snapshot = self.state.load_full();
         let request_id = headers::request_id(req.headers());
@@ -72,7 +63,7 @@ impl Gateway {
             ..Outcome::default()
         };
         let mut res = match self
-            .handle_inner(&snapshot, req, client, &request_id, &mut outcome)
+            .handle_inner(&snapshot, req, conn, &request_id, &mut outcome)
             .await
         {
             Ok(res) => res.map(Either::Right),
@@ -91,7 +82,7 @@ impl Gateway {
         tracing::info!(
             target: "access",
             request_id = request_id.to_str().unwrap_or(""),
-            client = %client.ip(),
+            client = %conn.peer.ip(),
             route = outcome.route.as_deref().unwrap_or(""),
             method = method.as_str(),
             path = path_for_log.as_str(),
@@ -108,11 +99,14 @@ impl Gateway {
     async fn handle_inner(
         &self,
         snap: &Snapshot,
-        req: Request<Incoming>,
-        client: SocketAddr,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
         request_id: &HeaderValue,
         outcome: &mut Outcome,
     ) -> Result<Response<Incoming>, ProxyError> {
+        // Taken before the request is forwarded: the client side of a WebSocket tunnel.
+        let client_upgrade = is_websocket_upgrade(req.headers(), req.version())
+            .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 
         // Route: the normalised path is both what is matched and what is forwarded.
@@ -175,20 +169,23 @@ impl Gateway {
         };
         let h = &mut parts.headers;
         snap.headers.strip_request(h);
+        let token_cookie = match (token_source, &route.token_cookie) {
+            (Some(Source::Cookie), Some(name)) if !route.forward_token => Some(name.as_str()),
+            _ => None,
+        };
+        headers::join_cookies(h, token_cookie);
         if !route.forward_token {
             h.remove(header::AUTHORIZATION);
-            if let (Some(Source::Cookie), Some(name)) = (token_source, &route.token_cookie) {
-                let rest = h
-                    .get(header::COOKIE)
-                    .and_then(|c| c.to_str().ok())
-                    .and_then(|c| bearer::cookie_without(c, name));
-                h.remove(header::COOKIE);
-                if let Some(v) = rest.and_then(|r| HeaderValue::from_str(&r).ok()) {
-                    h.insert(header::COOKIE, v);
-                }
-            }
         }
-        headers::set_forwarded(h, client.ip(), self.proto, host_value.as_ref());
+        let proto = if conn.tls { "https" } else { "http" };
+        headers::set_forwarded(h, conn.peer.ip(), proto, host_value.as_ref());
+        // Only a WebSocket upgrade on a route that allows it survives hop-by-hop removal:
+        // `Upgrade: h2c` or anything else never opens a tunnel.
+        let websocket = client_upgrade.is_some() && route.websocket;
+        if websocket {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
         if let Some(hv) = &host_value {
             h.insert(header::HOST, hv.clone());
         }
@@ -220,12 +217,11 @@ impl Gateway {
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
 
+        let client = snap.clients.for_route(idx).ok_or(ProxyError::NotFound)?;
         let sent = Instant::now();
-        let result = tokio::time::timeout(
-            snap.config.limits.upstream_timeout,
-            self.client.request(upstream_req),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(snap.config.limits.upstream_timeout, client.request(upstream_req))
+                .await;
         outcome.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
         let mut res = match result {
             Err(_) => {
@@ -241,8 +237,44 @@ impl Gateway {
             Ok(Ok(res)) => res,
         };
         outcome.upstream_status = Some(res.status().as_u16());
+        if websocket && res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut res);
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            }
+            // The 101 keeps its Upgrade and Connection headers: they are the protocol switch.
+            return Ok(res);
+        }
         headers::remove_connection_listed(res.headers_mut());
         Ok(res)
+    }
+}
+
+/// True for an HTTP/1.1 WebSocket handshake: `Connection: upgrade` and `Upgrade: websocket`.
+fn is_websocket_upgrade(h: &http::HeaderMap, version: http::Version) -> bool {
+    version == http::Version::HTTP_11
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+        && h.get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Copies bytes both ways between an upgraded client and upstream until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "WebSocket tunnel closed with an error");
     }
 }
 

@@ -1,0 +1,278 @@
+//! TLS termination: rustls with aws-lc-rs, TLS 1.2 and 1.3, ALPN h2 and http/1.1, optional
+//! client certificates, certificates chosen by SNI, and reload without dropping connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Listen;
+
+/// Why certificates or keys could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{cert} and {key} do not belong together: {message}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        message: String,
+    },
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
+}
+
+/// The crypto provider for every TLS use in the process (server and upstream client).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads every certificate of a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid {
+            path: path.to_owned(),
+            message: format!("not a PEM certificate file: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// One certificate chain with its key, the names it serves and when it expires.
+#[derive(Debug)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the leaf's subjectAltName, lower case; `*.x` for wildcards.
+    pub names: Vec<String>,
+    /// Unix time of the leaf's notAfter.
+    pub not_after: i64,
+    pub cert_path: PathBuf,
+}
+
+/// Loads a cert/key pair and checks that the key belongs to the leaf certificate.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
+    let chain = read_certs(cert)?;
+    let key_bytes = read(key)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Invalid {
+        path: key.to_owned(),
+        message: format!("not a PEM private key: {e}"),
+    })?;
+    let (names, not_after) = leaf_info(&chain[0]).map_err(|message| TlsError::Invalid {
+        path: cert.to_owned(),
+        message,
+    })?;
+    let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
+        TlsError::Mismatch {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        names,
+        not_after,
+        cert_path: cert.to_owned(),
+    })
+}
+
+fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok((names, cert.validity().not_after.timestamp()))
+}
+
+/// The certificates the listener serves.
+#[derive(Debug)]
+pub struct CertStore {
+    pub default: LoadedCert,
+    pub others: Vec<LoadedCert>,
+}
+
+impl CertStore {
+    /// Loads `[listen] tls` and every `[[listen.certificates]]`; any failure fails the whole.
+    pub fn load(listen: &Listen) -> Result<Option<CertStore>, TlsError> {
+        let Some(tls) = &listen.tls else {
+            return Ok(None);
+        };
+        let default = load_pair(&tls.cert, &tls.key)?;
+        let others = listen
+            .certificates
+            .iter()
+            .map(|c| load_pair(&c.cert, &c.key))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(CertStore { default, others }))
+    }
+
+    /// The certificate for an SNI name: an exact SAN, then a wildcard SAN one label up, then
+    /// the default.
+    pub fn pick(&self, sni: Option<&str>) -> &LoadedCert {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else {
+            return &self.default;
+        };
+        let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+        let all = || std::iter::once(&self.default).chain(self.others.iter());
+        all()
+            .find(|c| c.names.iter().any(|n| *n == name))
+            .or_else(|| {
+                let w = wildcard.as_deref()?;
+                all().find(|c| c.names.iter().any(|n| n == w))
+            })
+            .unwrap_or(&self.default)
+    }
+
+    /// Every certificate file with its expiry, for metrics.
+    pub fn expiries(&self) -> impl Iterator<Item = (&Path, i64)> {
+        std::iter::once(&self.default)
+            .chain(self.others.iter())
+            .map(|c| (c.cert_path.as_path(), c.not_after))
+    }
+}
+
+/// Chooses the certificate per handshake from a store that reloads swap.
+#[derive(Debug)]
+pub struct CertResolver {
+    pub store: ArcSwap<CertStore>,
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.store.load().pick(hello.server_name()).key.clone())
+    }
+}
+
+/// Builds the server config around `resolver`: TLS 1.2 and 1.3, ALPN h2 then http/1.1, and
+/// client certificates required from `client_ca` when set.
+pub fn server_config(
+    client_ca: Option<&Path>,
+    resolver: Arc<CertResolver>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(ca)? {
+                roots.add(c).map_err(|e| TlsError::Invalid {
+                    path: ca.to_owned(),
+                    message: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Setup(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The listener's live TLS state: the config new handshakes use, and its certificates.
+pub struct TlsState {
+    pub resolver: Arc<CertResolver>,
+    pub config: ArcSwap<ServerConfig>,
+    /// What was last loaded (or refused), to reload only on change and log a bad file once.
+    fingerprint: std::sync::Mutex<u64>,
+}
+
+impl TlsState {
+    /// Loads certificates and builds the config; `Ok(None)` for a plain-HTTP listener.
+    pub fn new(listen: &Listen) -> Result<Option<TlsState>, TlsError> {
+        let Some(store) = CertStore::load(listen)? else {
+            return Ok(None);
+        };
+        let resolver = Arc::new(CertResolver {
+            store: ArcSwap::from_pointee(store),
+        });
+        let client_ca = listen.tls.as_ref().and_then(|t| t.client_ca.as_deref());
+        let config = server_config(client_ca, resolver.clone())?;
+        Ok(Some(TlsState {
+            resolver,
+            config: ArcSwap::new(config),
+            fingerprint: std::sync::Mutex::new(fingerprint(listen)),
+        }))
+    }
+
+    /// Re-reads the files when their content changed; a bad file keeps the last good
+    /// certificates. Returns `Ok(true)` when new ones were swapped in.
+    pub fn reload(&self, listen: &Listen) -> Result<bool, TlsError> {
+        let now = fingerprint(listen);
+        // The lock is held only by the reload task and SIGHUP, never by a request.
+        let mut last = self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last == now {
+            return Ok(false);
+        }
+        // Remember a refused version too, so a bad file is logged once, not every poll.
+        *last = now;
+        let Some(store) = CertStore::load(listen)? else {
+            return Ok(false);
+        };
+        let client_ca = listen.tls.as_ref().and_then(|t| t.client_ca.as_deref());
+        let config = server_config(client_ca, self.resolver.clone())?;
+        self.resolver.store.store(Arc::new(store));
+        self.config.store(config);
+        Ok(true)
+    }
+}
+
+/// A hash of every TLS file's bytes (read by path each time, so a symlink flip is seen).
+fn fingerprint(listen: &Listen) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut paths: Vec<&Path> = Vec::new();
+    if let Some(t) = &listen.tls {
+        paths.extend([t.cert.as_path(), t.key.as_path()]);
+        paths.extend(t.client_ca.as_deref());
+    }
+    for c in &listen.certificates {
+        paths.extend([c.cert.as_path(), c.key.as_path()]);
+    }
+    for p in paths {
+        p.hash(&mut h);
+        std::fs::read(p).ok().hash(&mut h);
+    }
+    h.finish()
+}
