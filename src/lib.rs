@@ -33,7 +33,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tls::TlsError> {
     let tls = tls::TlsState::new(&snapshot.config.listen)?.map(Arc::new);
-    serve_shared(listener, Arc::new(ArcSwap::from_pointee(snapshot)), tls, shutdown).await;
+    serve_shared(
+        listener,
+        Arc::new(ArcSwap::from_pointee(snapshot)),
+        tls,
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 

@@ -114,7 +114,9 @@ fn load(path: &Path) -> Result<Snapshot, jwtgate::config::ConfigErrors> {
 fn load_tls(snap: &Snapshot) -> Result<Option<TlsState>, jwtgate::config::ConfigErrors> {
     let listen = &snap.config.listen;
     TlsState::new(listen).map_err(|e| {
-        jwtgate::config::ConfigErrors(vec![snap.config.error(listen.tls_loc, format!("[listen] tls: {e}"))])
+        jwtgate::config::ConfigErrors(vec![snap
+            .config
+            .error(listen.tls_loc, format!("[listen] tls: {e}"))])
     })
 }
 
@@ -230,7 +232,9 @@ fn reload_config(path: &Path, state: &jwtgate::state::Shared) {
             state.store(Arc::new(s));
             tracing::info!(config = %path.display(), "config reloaded");
         }
-        Err(e) => tracing::error!(config = %path.display(), errors = %e, "config reload refused; the previous config keeps serving"),
+        Err(e) => {
+            tracing::error!(config = %path.display(), errors = %e, "config reload refused; the previous config keeps serving")
+        }
     }
 }
 
@@ -238,7 +242,9 @@ fn reload_certificates(tls: &TlsState, listen: &jwtgate::config::Listen) {
     match tls.reload(listen) {
         Ok(true) => tracing::info!("TLS certificates reloaded"),
         Ok(false) => {}
-        Err(e) => tracing::error!(error = %e, "TLS certificate reload refused; the previous certificates keep serving"),
+        Err(e) => {
+            tracing::error!(error = %e, "TLS certificate reload refused; the previous certificates keep serving")
+        }
     }
 }
 

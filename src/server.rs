@@ -66,17 +66,28 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (gw, builder, watcher, tls) = (gateway.clone(), builder.clone(), graceful.watcher(), tls.clone());
+        let (gw, builder, watcher, tls) = (
+            gateway.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let info = ConnInfo { peer, tls: false, client_cert: None };
+                    let info = ConnInfo {
+                        peer,
+                        tls: false,
+                        client_cert: None,
+                    };
                     serve_conn(TokioIo::new(stream), info, gw, &builder, watcher).await;
                 }
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
-                    let Ok(Ok(stream)) = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await else {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                    else {
                         tracing::debug!(client = %peer, "TLS handshake failed or timed out");
                         return;
                     };
@@ -86,7 +97,11 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| c.clone().into_owned());
-                    let info = ConnInfo { peer, tls: true, client_cert };
+                    let info = ConnInfo {
+                        peer,
+                        tls: true,
+                        client_cert,
+                    };
                     serve_conn(TokioIo::new(stream), info, gw, &builder, watcher).await;
                 }
             }
@@ -115,7 +130,11 @@ async fn serve_conn<S>(
         let (gw, info) = (gw.clone(), info.clone());
         async move { Ok::<_, std::convert::Infallible>(gw.handle(req, &info).await) }
     });
-    let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+    let conn = watcher.watch(
+        builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned(),
+    );
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, client = %peer, "connection ended with an error");
     }

@@ -36,7 +36,10 @@ impl Snapshot {
 
     /// Like [`Snapshot::build`], reusing what `previous` holds that did not change (warm
     /// upstream connection pools).
-    pub fn build_from(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+    pub fn build_from(
+        config: Config,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
         let mut issuers = Vec::with_capacity(config.issuers.len());
         let mut skipped_keys = Vec::new();

@@ -88,13 +88,12 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
         path: cert.to_owned(),
         message,
     })?;
-    let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
-        TlsError::Mismatch {
+    let certified =
+        CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| TlsError::Mismatch {
             cert: cert.to_owned(),
             key: key.to_owned(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     Ok(LoadedCert {
         key: Arc::new(certified),
         names,
@@ -148,7 +147,7 @@ impl CertStore {
         let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
         let all = || std::iter::once(&self.default).chain(self.others.iter());
         all()
-            .find(|c| c.names.iter().any(|n| *n == name))
+            .find(|c| c.names.contains(&name))
             .or_else(|| {
                 let w = wildcard.as_deref()?;
                 all().find(|c| c.names.iter().any(|n| n == w))

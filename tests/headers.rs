@@ -1251,7 +1251,6 @@ async fn h2_get(h: &Harness, path: &str, headers: &[(&str, &str)]) -> Answer {
 }
 
 #[tokio::test]
-#[ignore = "BUG: token_cookie removal keeps only the first Cookie field; other cookies in further Cookie fields (HTTP/2 cookie crumbs) are dropped"]
 async fn token_cookie_removal_keeps_other_cookies_in_split_cookie_headers() {
     // HTTP/2 clients (browsers) send each cookie as its own `cookie` field (RFC 9113 §8.2.3).
     let h = Harness::start(&config()).await;
@@ -1325,7 +1324,6 @@ async fn spoofed_claim_headers_removed_over_http2() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: HTTP/2 cookie crumbs are forwarded to the HTTP/1.1 upstream as several Cookie lines instead of one joined with \"; \" (RFC 9113 §8.2.3)"]
 async fn http2_cookie_crumbs_joined_for_http1_upstream() {
     let h = Harness::start(&config()).await;
     let a = h2_get(&h, "/public/x", &[("cookie", "a=1"), ("cookie", "b=2")]).await;

@@ -18,10 +18,10 @@ use hyper::body::Incoming;
 use crate::auth::{self, claims};
 use crate::config::AuthMode;
 use crate::routes::normalize_host;
+use crate::server::ConnInfo;
 use crate::state::{Shared, Snapshot};
 pub use answer::{ProxyError, UpstreamKind};
 use bearer::Source;
-use crate::server::ConnInfo;
 
 /// The response body: the gateway's own answer, or the upstream's, streamed.
 pub type Body = Either<Full<Bytes>, Incoming>;
@@ -219,9 +219,11 @@ impl Gateway {
 
         let client = snap.clients.for_route(idx).ok_or(ProxyError::NotFound)?;
         let sent = Instant::now();
-        let result =
-            tokio::time::timeout(snap.config.limits.upstream_timeout, client.request(upstream_req))
-                .await;
+        let result = tokio::time::timeout(
+            snap.config.limits.upstream_timeout,
+            client.request(upstream_req),
+        )
+        .await;
         outcome.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
         let mut res = match result {
             Err(_) => {
@@ -254,8 +256,10 @@ impl Gateway {
 fn is_websocket_upgrade(h: &http::HeaderMap, version: http::Version) -> bool {
     version == http::Version::HTTP_11
         && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
         })
         && h.get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())

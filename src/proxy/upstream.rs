@@ -110,7 +110,10 @@ pub struct Clients {
 
 impl Clients {
     /// Builds (or reuses from `previous`) a client for every route.
-    pub fn build(config: &Config, previous: Option<&Clients>) -> Result<Clients, (usize, TlsError)> {
+    pub fn build(
+        config: &Config,
+        previous: Option<&Clients>,
+    ) -> Result<Clients, (usize, TlsError)> {
         let mut out = Clients::default();
         for (i, route) in config.routes.iter().enumerate() {
             let key = ClientKey::for_route(route, config);

@@ -324,9 +324,15 @@ impl Harness {
             .expect("bind gateway");
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(jwtgate::run(listener, snapshot, async move {
-            let _ = stop_rx.await;
-        }));
+        let server = tokio::spawn(async move {
+            if let Err(e) = jwtgate::run(listener, snapshot, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+            {
+                panic!("gateway failed to start: {e}");
+            }
+        });
         Ok(Harness {
             dir,
             addr,
