@@ -135,7 +135,7 @@ fn the_base_config_of_these_tests_is_valid() {
 #[test]
 fn unknown_key_at_top_level_is_located() {
     let text = format!("# gateway\n  bogus = 1\n{}", valid());
-    assert_one_error(&text, "bogus", &["unknown field", "bogus"]);
+    assert_one_error(&text, "bogus", &["unknown key", "bogus"]);
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn unknown_key_in_listen_is_located() {
         "addr = \"127.0.0.1:0\"\n",
         "addr = \"127.0.0.1:0\"\nport = 8443\n",
     );
-    assert_one_error(&text, "port", &["unknown field", "port"]);
+    assert_one_error(&text, "port", &["unknown key", "port"]);
 }
 
 #[test]
@@ -153,29 +153,25 @@ fn unknown_key_in_listen_tls_is_located() {
         "addr = \"127.0.0.1:0\"\n",
         "addr = \"127.0.0.1:0\"\ntls = { cert = \"a.crt\", key = \"a.key\", ca = \"x\" }\n",
     );
-    assert_one_error(&text, "ca =", &["unknown field", "ca"]);
+    assert_one_error(&text, "ca =", &["unknown key", "ca"]);
 }
 
 #[test]
 fn unknown_key_in_limits_is_located() {
     let text = format!("{LISTEN}[limits]\nmax_body_bytes = 10\n{ISSUER}{ROUTE}");
-    assert_one_error(
-        &text,
-        "max_body_bytes",
-        &["unknown field", "max_body_bytes"],
-    );
+    assert_one_error(&text, "max_body_bytes", &["unknown key", "max_body_bytes"]);
 }
 
 #[test]
 fn unknown_key_in_issuer_is_located() {
     let text = with_issuer_line("keys = [", "colour = \"blue\"\nkeys = [");
-    assert_one_error(&text, "colour", &["unknown field", "colour"]);
+    assert_one_error(&text, "colour", &["unknown key", "colour"]);
 }
 
 #[test]
 fn unknown_key_in_route_is_located() {
     let text = format!("{}   retries = 3\n", valid());
-    assert_one_error(&text, "retries", &["unknown field", "retries"]);
+    assert_one_error(&text, "retries", &["unknown key", "retries"]);
 }
 
 #[test]
@@ -185,7 +181,7 @@ fn misspelled_key_in_route_is_an_error_not_ignored() {
         "auth = \"required\"",
         "auth = \"required\"\nforward-token = true",
     );
-    assert_one_error(&text, "forward-token", &["unknown field", "forward-token"]);
+    assert_one_error(&text, "forward-token", &["unknown key", "forward-token"]);
 }
 
 #[test]
@@ -193,10 +189,14 @@ fn a_secret_written_in_the_file_is_refused() {
     // Secrets come from the environment or a mounted file, never from gateway.toml itself.
     let text = with_issuer_line(
         "keys = [\"certs/signing.pem\"]",
-        "hmac_secret = \"0123456789abcdef0123456789abcdef\"",
+        "hmac_secret_env = \"JWT_SECRET\"\nhmac_secret = \"0123456789abcdef0123456789abcdef\"",
     )
     .replace("[\"ES256\"]", "[\"HS256\"]");
-    assert_one_error(&text, "hmac_secret", &["unknown field", "hmac_secret"]);
+    assert_one_error(
+        &text,
+        "hmac_secret =",
+        &["unknown key", "hmac_secret", "environment"],
+    );
 }
 
 #[test]
@@ -727,7 +727,6 @@ auth = "none"
 }
 
 #[test]
-#[ignore = "BUG: an error in any [[issuer]] hides every [[route]] error (Validator::config returns early)"]
 fn issuer_errors_do_not_hide_route_errors() {
     let text = with_issuer_line("[\"ES256\"]", "[\"ES257\"]")
         .replace("auth = \"required\"", "auth = \"sometimes\"");
@@ -743,7 +742,6 @@ fn issuer_errors_do_not_hide_route_errors() {
 }
 
 #[test]
-#[ignore = "BUG: an unknown key (serde deny_unknown_fields) hides every other error in the file"]
 fn unknown_keys_do_not_hide_other_errors() {
     let text = format!(
         "{LISTEN}[limits]\nupstream_timeout = \"5 parsecs\"\n{}{}",

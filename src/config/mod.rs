@@ -296,11 +296,35 @@ impl Config {
             text,
             errors: Vec::new(),
         };
-        let raw: RawConfig = match toml::from_str(text) {
+        let table = match toml::de::DeTable::parse(text) {
+            Ok(t) => t,
+            Err(e) => {
+                let at = e.span().map(|s| s.start).unwrap_or(0);
+                v.error_at(at, e.message().trim_end().to_owned());
+                return Err(ConfigErrors(v.errors));
+            }
+        };
+        let mut unknown: Vec<Vec<Seg>> = Vec::new();
+        let de = match toml::Deserializer::parse(text) {
+            Ok(de) => de,
+            Err(e) => {
+                let at = e.span().map(|s| s.start).unwrap_or(0);
+                v.error_at(at, e.message().trim_end().to_owned());
+                return Err(ConfigErrors(v.errors));
+            }
+        };
+        let parsed: Result<RawConfig, _> =
+            serde_ignored::deserialize(de, |path| unknown.push(segments(&path)));
+        for path in &unknown {
+            let at = locate(table.get_ref(), path).unwrap_or(0);
+            v.error_at(at, format!("unknown key {}", describe_path(path)));
+        }
+        let raw = match parsed {
             Ok(raw) => raw,
             Err(e) => {
                 let at = e.span().map(|s| s.start).unwrap_or(0);
                 v.error_at(at, e.message().trim_end().to_owned());
+                v.errors.sort_by_key(|e| (e.loc.line, e.loc.col));
                 return Err(ConfigErrors(v.errors));
             }
         };
@@ -326,6 +350,89 @@ impl Config {
             loc,
             message: message.into(),
         }
+    }
+}
+
+/// One step of a path into the TOML document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Seg> {
+    use serde_ignored::Path as P;
+    let mut out = match path {
+        P::Root => return Vec::new(),
+        P::Seq { parent, .. }
+        | P::Map { parent, .. }
+        | P::Some { parent }
+        | P::NewtypeStruct { parent }
+        | P::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        P::Seq { index, .. } => out.push(Seg::Index(*index)),
+        // toml's Spanned wrapper shows up as private keys; they are not part of the document.
+        P::Map { key, .. } if !key.starts_with("$__") => out.push(Seg::Key(key.clone())),
+        _ => {}
+    }
+    out
+}
+
+/// The byte offset of the key (or array element) a path names.
+fn locate(table: &toml::de::DeTable<'_>, path: &[Seg]) -> Option<usize> {
+    let (Seg::Key(first), rest) = path.split_first()? else {
+        return None;
+    };
+    let (k, v) = table.get_key_value(first.as_str())?;
+    if rest.is_empty() {
+        return Some(k.span().start);
+    }
+    let mut value = v;
+    for (i, seg) in rest.iter().enumerate() {
+        let last = i + 1 == rest.len();
+        match (seg, value.get_ref()) {
+            (Seg::Key(key), toml::de::DeValue::Table(t)) => {
+                let (k, v) = t.get_key_value(key.as_str())?;
+                if last {
+                    return Some(k.span().start);
+                }
+                value = v;
+            }
+            (Seg::Index(n), toml::de::DeValue::Array(a)) => {
+                value = a.get(*n)?;
+                if last {
+                    return Some(value.span().start);
+                }
+            }
+            _ => return Some(value.span().start),
+        }
+    }
+    Some(value.span().start)
+}
+
+/// `colour` in `[[issuer]]` #1 → "`colour` in [[issuer]] number 1".
+fn describe_path(path: &[Seg]) -> String {
+    let name = match path.last() {
+        Some(Seg::Key(k)) => k.as_str(),
+        _ => "?",
+    };
+    let section: Vec<String> = path[..path.len().saturating_sub(1)]
+        .iter()
+        .filter_map(|s| match s {
+            Seg::Key(k) => Some(k.clone()),
+            Seg::Index(_) => None,
+        })
+        .collect();
+    if name.contains("secret") || name.contains("password") {
+        format!("{name:?}: secrets are never read from this file; use hmac_secret_env (environment) or hmac_secret_file (a mounted file)")
+    } else if section.is_empty() {
+        format!("{name:?} at the top level")
+    } else {
+        format!(
+            "{name:?} in [{}] (a misspelled key would silently change behaviour, so it is refused)",
+            section.join(".")
+        )
     }
 }
 
@@ -378,7 +485,10 @@ impl Validator<'_> {
             Err(e) => {
                 self.error(
                     s,
-                    format!("{key}: {e} (write a duration such as \"250ms\", \"30s\" or \"5m\")"),
+                    format!(
+                        "{key}: {:?} is not a duration: {e} (write one such as \"250ms\", \"30s\" or \"5m\")",
+                        s.get_ref()
+                    ),
                 );
                 default
             }
@@ -412,11 +522,11 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|a| self.addr(&a.addr, "admin addr").map(|addr| Admin { addr }));
         let limits = self.limits(&raw.limits);
-        let issuers: Vec<IssuerConfig> = {
+        let issuers: Vec<Option<IssuerConfig>> = {
             let mut names = HashSet::new();
             raw.issuer
                 .iter()
-                .filter_map(|i| {
+                .map(|i| {
                     if !names.insert(i.get_ref().name.get_ref().clone()) {
                         self.error(
                             &i.get_ref().name,
@@ -427,11 +537,12 @@ impl Validator<'_> {
                 })
                 .collect()
         };
-        if issuers.len() != raw.issuer.len() {
-            // Route issuer references index into a list that is already wrong; stop here so
-            // the errors stay about what is actually written.
-            return None;
-        }
+        // Routes name issuers as written, so they are checked even when an issuer is invalid.
+        let issuer_names: Vec<&str> = raw
+            .issuer
+            .iter()
+            .map(|i| i.get_ref().name.get_ref().as_str())
+            .collect();
         let mut names = HashSet::new();
         let mut routes = Vec::with_capacity(raw.route.len());
         for r in &raw.route {
@@ -441,7 +552,7 @@ impl Validator<'_> {
                     format!("route name {:?} is used twice", r.get_ref().name.get_ref()),
                 );
             }
-            if let Some(route) = self.route(r, &issuers) {
+            if let Some(route) = self.route(r, &issuer_names) {
                 routes.push(route);
             }
         }
@@ -451,6 +562,7 @@ impl Validator<'_> {
                 "no [[route]] is defined: the gateway would answer 404 to everything".into(),
             );
         }
+        let issuers = issuers.into_iter().collect::<Option<Vec<_>>>()?;
         Some(Config {
             path: self.file.clone(),
             listen: listen?,
@@ -686,7 +798,7 @@ impl Validator<'_> {
         }
     }
 
-    fn route(&mut self, r: &Spanned<RawRoute>, issuers: &[IssuerConfig]) -> Option<RouteConfig> {
+    fn route(&mut self, r: &Spanned<RawRoute>, issuers: &[&str]) -> Option<RouteConfig> {
         let loc = self.loc(r.span().start);
         let r = r.get_ref();
         let name = r.name.get_ref().clone();
@@ -753,7 +865,7 @@ impl Validator<'_> {
                 list.get_ref()
                     .iter()
                     .filter_map(|n| {
-                        let found = issuers.iter().position(|i| &i.name == n.get_ref());
+                        let found = issuers.iter().position(|i| *i == n.get_ref());
                         if found.is_none() {
                             self.error(
                                 n,

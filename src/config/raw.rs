@@ -1,4 +1,6 @@
 //! The first stage of config parsing: the TOML file as written, with spans for error messages.
+//! Unknown keys are collected with `serde_ignored` rather than refused by
+//! `deny_unknown_fields`, which would stop at the first one and hide every other error.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +9,6 @@ use toml::Spanned;
 
 /// `gateway.toml` exactly as written; validated into [`super::Config`].
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Spanned<RawListen>,
     pub admin: Option<RawAdmin>,
@@ -21,7 +22,6 @@ pub struct RawConfig {
 
 /// `[listen]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawListen {
     pub addr: Spanned<String>,
     pub tls: Option<Spanned<RawTls>>,
@@ -31,7 +31,6 @@ pub struct RawListen {
 
 /// `[listen] tls = { cert, key, client_ca }`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
@@ -40,7 +39,6 @@ pub struct RawTls {
 
 /// `[[listen.certificates]]`: more certificates chosen by SNI.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCertificate {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
@@ -48,14 +46,12 @@ pub struct RawCertificate {
 
 /// `[admin]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub addr: Spanned<String>,
 }
 
 /// `[limits]`; every key optional.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_token_bytes: Option<Spanned<i64>>,
     pub max_header_bytes: Option<Spanned<i64>>,
@@ -67,7 +63,6 @@ pub struct RawLimits {
 
 /// One `[[issuer]]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawIssuer {
     pub name: Spanned<String>,
     pub issuer: Spanned<String>,
@@ -86,7 +81,6 @@ pub struct RawIssuer {
 
 /// One `[[route]]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: Spanned<String>,
     pub path_prefix: Spanned<String>,
