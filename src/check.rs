@@ -34,11 +34,14 @@ pub fn describe(snap: &Snapshot) -> String {
                 .map(|a| a.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            i.keys
-                .iter()
-                .map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into()))
-                .collect::<Vec<_>>()
-                .join(", ")
+            match i.keys.current() {
+                Some(keys) => keys
+                    .iter()
+                    .map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => "(not fetched)".into(),
+            }
         );
     }
     let _ = writeln!(out, "routes:");

@@ -2,6 +2,7 @@
 //! claims to the upstream as plain headers.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod alg;
 pub mod auth;
 pub mod check;
@@ -9,21 +10,36 @@ pub mod config;
 pub mod devtoken;
 pub mod echo;
 pub mod keys;
+pub mod logging;
+pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;
 pub mod tls;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 pub use config::Config;
 pub use state::Snapshot;
+
+use admin::Health;
+use config::ConfigErrors;
+use metrics::Metrics;
+use tls::TlsState;
+
+/// How long startup waits for remote issuers' first fetch before serving anyway (their routes
+/// answer 503 until keys arrive, and `/readyz` stays 503).
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
 
 /// Serves traffic on `listener` with `snapshot` until `shutdown` completes, then drains.
 /// The caller binds, so tests can listen on port 0.
@@ -32,24 +48,220 @@ pub async fn run(
     snapshot: Snapshot,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tls::TlsError> {
-    let tls = tls::TlsState::new(&snapshot.config.listen)?.map(Arc::new);
-    serve_shared(
-        listener,
-        Arc::new(ArcSwap::from_pointee(snapshot)),
-        tls,
-        shutdown,
-    )
+    let app = Arc::new(App::new(snapshot, Metrics::new(), None)?);
+    let grace = app.state.load().config.limits.shutdown_grace;
+    app.serve(listener, None, async move {
+        shutdown.await;
+        grace
+    })
     .await;
     Ok(())
 }
 
-/// Like [`run`], with a snapshot and TLS state the caller keeps to reload them.
+/// Like [`run`], with a snapshot and TLS state the caller keeps (to swap or reload them).
 pub async fn serve_shared(
     listener: TcpListener,
     state: state::Shared,
-    tls: Option<Arc<tls::TlsState>>,
+    tls: Option<Arc<TlsState>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let gateway = Arc::new(proxy::Gateway::new(state));
-    server::serve(listener, gateway, tls, shutdown).await;
+    let grace = state.load().config.limits.shutdown_grace;
+    let app = Arc::new(App {
+        config_path: None,
+        state,
+        metrics: Metrics::new(),
+        tls,
+        health: Arc::new(Health::default()),
+        reload_now: Notify::new(),
+    });
+    app.serve(listener, None, async move {
+        shutdown.await;
+        grace
+    })
+    .await;
+}
+
+/// Everything a running gateway holds: the live snapshot, certificates, metrics, readiness.
+pub struct App {
+    /// The config file, re-read by path on every reload.
+    pub config_path: Option<PathBuf>,
+    pub state: state::Shared,
+    pub metrics: Metrics,
+    pub tls: Option<Arc<TlsState>>,
+    pub health: Arc<Health>,
+    pub(crate) reload_now: Notify,
+}
+
+impl App {
+    /// Wraps a built snapshot; loads the listener's certificates.
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Metrics,
+        config_path: Option<PathBuf>,
+    ) -> Result<App, tls::TlsError> {
+        let tls = TlsState::new(&snapshot.config.listen)?.map(Arc::new);
+        let app = App {
+            config_path,
+            state: Arc::new(ArcSwap::from_pointee(snapshot)),
+            metrics,
+            tls,
+            health: Arc::new(Health::default()),
+            reload_now: Notify::new(),
+        };
+        app.metrics
+            .config_last_reload_success
+            .set(unix_now() as f64);
+        app.record_cert_expiry();
+        Ok(app)
+    }
+
+    /// Loads a config file whole: config, keys, certificates; every error located.
+    pub fn load(path: &Path) -> Result<App, ConfigErrors> {
+        let metrics = Metrics::new();
+        let snapshot = Snapshot::build_from(Config::load(path)?, None, &metrics)?;
+        let tls_loc = snapshot.config.listen.tls_loc;
+        let located = |e: tls::TlsError, snap: &Config| {
+            ConfigErrors(vec![snap.error(tls_loc, format!("[listen] tls: {e}"))])
+        };
+        let config = snapshot.config.clone();
+        App::new(snapshot, metrics, Some(path.to_owned())).map_err(|e| located(e, &config))
+    }
+
+    /// Asks the reload task to re-read everything now (SIGHUP).
+    pub fn request_reload(&self) {
+        self.reload_now.notify_one();
+    }
+
+    /// Re-reads the config and its key files; applied whole or not at all.
+    pub fn reload_config(&self) -> Result<(), ConfigErrors> {
+        let Some(path) = &self.config_path else {
+            return Ok(());
+        };
+        let current = self.state.load_full();
+        let result =
+            Config::load(path).and_then(|c| Snapshot::build_from(c, Some(&current), &self.metrics));
+        match result {
+            Ok(s) => {
+                if s.config.listen.addr != current.config.listen.addr {
+                    tracing::warn!(
+                        old = %current.config.listen.addr,
+                        new = %s.config.listen.addr,
+                        "listen addr changed: a restart is needed to move the listener"
+                    );
+                }
+                self.state.store(Arc::new(s));
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                self.metrics
+                    .config_last_reload_success
+                    .set(unix_now() as f64);
+                tracing::info!(config = %path.display(), "config reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(config = %path.display(), errors = %e, "config reload refused; the previous config keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-reads certificate files when they changed; a bad pair keeps the last good one.
+    pub fn reload_tls(&self) {
+        let Some(tls) = &self.tls else { return };
+        match tls.reload(&self.state.load().config.listen) {
+            Ok(true) => {
+                self.metrics
+                    .tls_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                self.record_cert_expiry();
+                tracing::info!("TLS certificates reloaded");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.metrics
+                    .tls_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(error = %e, "TLS certificate reload refused; the previous certificates keep serving");
+            }
+        }
+    }
+
+    fn record_cert_expiry(&self) {
+        if let Some(tls) = &self.tls {
+            for (path, not_after) in tls.resolver.store.load().expiries() {
+                self.metrics
+                    .tls_cert_expiry
+                    .with_label_values(&[&path.display().to_string()])
+                    .set(not_after as f64);
+            }
+        }
+    }
+
+    /// Serves traffic (and the admin endpoints, when given a listener) until `shutdown`
+    /// yields the grace period to drain with; readiness turns 503 first.
+    pub async fn serve(
+        self: Arc<Self>,
+        traffic: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = Duration>,
+    ) {
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(l) = admin {
+            let a = admin::Admin {
+                state: self.state.clone(),
+                metrics: self.metrics.clone(),
+                health: self.health.clone(),
+            };
+            tokio::spawn(admin::serve(l, a, async move {
+                let _ = admin_stopped.await;
+            }));
+        }
+        let ready = self.clone();
+        tokio::spawn(async move { ready.become_ready().await });
+        let watcher = self.clone();
+        let watch_task = tokio::spawn(async move { reload::watch(watcher).await });
+        let gateway = Arc::new(proxy::Gateway::new(
+            self.state.clone(),
+            self.metrics.clone(),
+        ));
+        let health = self.health.clone();
+        server::serve(traffic, gateway, self.tls.clone(), async move {
+            let grace = shutdown.await;
+            health.set_draining();
+            grace
+        })
+        .await;
+        watch_task.abort();
+        let _ = stop_admin.send(());
+    }
+
+    /// Releases the readiness latch once every issuer a route needs has keys.
+    async fn become_ready(&self) {
+        let first: Vec<_> = self.state.load().remote_keys().cloned().collect();
+        for r in first {
+            r.first_attempt(FIRST_FETCH_WAIT).await;
+        }
+        loop {
+            if self.state.load().keys_ready() {
+                self.health.set_ready();
+                tracing::info!("ready");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -29,13 +29,13 @@ pub struct ConnInfo {
     pub client_cert: Option<CertificateDer<'static>>,
 }
 
-/// Serves `listener` until `shutdown` completes, then lets in-flight requests finish for at
-/// most `shutdown_grace` (read from the snapshot at that moment).
+/// Serves `listener` until `shutdown` yields a grace period, then closes the listener and lets
+/// in-flight requests finish for at most that long.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     tls: Option<Arc<TlsState>>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Duration>,
 ) {
     let limits = gateway.state.load().config.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -52,7 +52,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
-    loop {
+    let grace = loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -63,7 +63,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            grace = &mut shutdown => break grace,
         };
         let _ = stream.set_nodelay(true);
         let (gw, builder, watcher, tls) = (
@@ -106,9 +106,8 @@ pub async fn serve(
                 }
             }
         });
-    }
+    };
     drop(listener);
-    let grace = gateway.state.load().config.limits.shutdown_grace;
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),

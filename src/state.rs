@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::auth::Issuer;
-use crate::config::{Config, ConfigErrors};
+use crate::auth::{Issuer, IssuerKeys};
+use crate::config::{AuthMode, Config, ConfigErrors};
+use crate::keys::remote::RemoteKeys;
 use crate::keys::{load_static, KeySet};
+use crate::metrics::Metrics;
 use crate::proxy::headers::HeaderPlan;
 use crate::proxy::upstream::Clients;
 use crate::routes::RouteTable;
@@ -29,16 +31,18 @@ pub struct Snapshot {
 pub type Shared = Arc<ArcSwap<Snapshot>>;
 
 impl Snapshot {
-    /// Loads every local key and compiles the routes; all errors at once.
+    /// Loads every local key, starts fetching remote ones, and compiles the routes; all
+    /// errors at once. Needs a Tokio runtime (remote issuers spawn their refresh task).
     pub fn build(config: Config) -> Result<Snapshot, ConfigErrors> {
-        Snapshot::build_from(config, None)
+        Snapshot::build_from(config, None, &Metrics::new())
     }
 
-    /// Like [`Snapshot::build`], reusing what `previous` holds that did not change (warm
-    /// upstream connection pools).
+    /// Like [`Snapshot::build`], keeping from `previous` whatever did not change: remote
+    /// issuers' keys (no gap, no refetch storm) and warm upstream connection pools.
     pub fn build_from(
         config: Config,
         previous: Option<&Snapshot>,
+        metrics: &Metrics,
     ) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
         let mut issuers = Vec::with_capacity(config.issuers.len());
@@ -51,21 +55,37 @@ impl Snapshot {
                             .into_iter()
                             .map(|s| format!("issuer {:?}: {s}", ic.name)),
                     );
-                    keys
+                    metrics
+                        .keys_loaded
+                        .with_label_values(&[ic.name.as_str()])
+                        .set(keys.len() as i64);
+                    IssuerKeys::Static(Arc::new(keys))
                 }
                 Ok(None) => {
-                    errors.push(config.error(
-                        ic.source_loc,
-                        format!(
-                            "issuer {:?}: jwks_url and discovery_url are not supported by this build yet; use jwks_file, keys or an HMAC secret",
-                            ic.name
-                        ),
-                    ));
-                    KeySet::default()
+                    let reused = previous.and_then(|p| {
+                        p.issuers.iter().find_map(|i| match &i.keys {
+                            IssuerKeys::Remote(r)
+                                if i.config.name == ic.name
+                                    && r.serves(&ic.source, &ic.algorithms, ic.refresh) =>
+                            {
+                                Some(r.clone())
+                            }
+                            _ => None,
+                        })
+                    });
+                    IssuerKeys::Remote(reused.unwrap_or_else(|| {
+                        Arc::new(RemoteKeys::start(
+                            &ic.name,
+                            ic.source.clone(),
+                            ic.algorithms.clone(),
+                            ic.refresh,
+                            metrics.clone(),
+                        ))
+                    }))
                 }
                 Err(e) => {
                     errors.push(config.error(ic.source_loc, format!("issuer {:?}: {e}", ic.name)));
-                    KeySet::default()
+                    IssuerKeys::Static(Arc::new(KeySet::default()))
                 }
             };
             issuers.push(Issuer {
@@ -95,6 +115,24 @@ impl Snapshot {
             headers,
             clients,
             skipped_keys,
+        })
+    }
+
+    /// True when every issuer that a route needs has keys (the readiness condition).
+    pub fn keys_ready(&self) -> bool {
+        self.config
+            .routes
+            .iter()
+            .filter(|r| r.auth != AuthMode::None)
+            .flat_map(|r| r.issuers.iter())
+            .all(|&i| self.issuers[i].keys.current().is_some())
+    }
+
+    /// Remote issuers, for waiting on their first fetch.
+    pub fn remote_keys(&self) -> impl Iterator<Item = &Arc<RemoteKeys>> {
+        self.issuers.iter().filter_map(|i| match &i.keys {
+            IssuerKeys::Remote(r) => Some(r),
+            IssuerKeys::Static(_) => None,
         })
     }
 }

@@ -812,7 +812,13 @@ fn relative_key_paths_load_from_the_config_directory_not_the_working_directory()
         .replace("[\"ES256\"]", "[\"ES256\", \"RS256\"]")
         .replace("certs/signing.pem", "keys/ec256.pem\", \"keys/rsa.pem");
     let snap = build_in(dir.path(), &issuer).unwrap_or_else(|e| panic!("should load: {e}"));
-    let kids: Vec<Option<String>> = snap.issuers[0].keys.iter().map(|k| k.kid.clone()).collect();
+    let kids: Vec<Option<String>> = snap.issuers[0]
+        .keys
+        .current()
+        .expect("static keys")
+        .iter()
+        .map(|k| k.kid.clone())
+        .collect();
     assert_eq!(kids, [Some("ec256".to_owned()), Some("rsa".to_owned())]);
 }
 
@@ -977,7 +983,10 @@ fn hmac_secret_env_shorter_than_32_bytes_or_unset_is_refused() {
         &format!("hmac_secret_env = \"{good}\""),
     );
     let snap = build_in(dir.path(), &issuer).unwrap_or_else(|e| panic!("32 bytes is enough: {e}"));
-    assert_eq!(snap.issuers[0].keys.len(), 1);
+    assert_eq!(
+        snap.issuers[0].keys.current().expect("static keys").len(),
+        1
+    );
 }
 
 #[test]

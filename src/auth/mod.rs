@@ -5,7 +5,7 @@ pub mod claims;
 mod strict_json;
 pub mod verify;
 
-pub use verify::{verify, Issuer, Verified};
+pub use verify::{parse, verify, Issuer, IssuerKeys, Parsed, Verified};
 
 /// The fixed set of failure reasons used in metrics labels and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

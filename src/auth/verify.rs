@@ -8,13 +8,48 @@ use super::strict_json::parse_object;
 use super::AuthError;
 use crate::alg::Alg;
 use crate::config::IssuerConfig;
+use std::sync::Arc;
+
+use crate::keys::remote::RemoteKeys;
 use crate::keys::KeySet;
 
-/// An issuer as the request path sees it: its config and its current keys.
+/// An issuer as the request path sees it: its config and its keys.
 #[derive(Debug)]
 pub struct Issuer {
     pub config: IssuerConfig,
-    pub keys: KeySet,
+    pub keys: IssuerKeys,
+}
+
+/// Where an issuer's keys live.
+#[derive(Debug, Clone)]
+pub enum IssuerKeys {
+    /// Loaded from local files with the snapshot.
+    Static(Arc<KeySet>),
+    /// Fetched and refreshed in the background; shared across snapshots.
+    Remote(Arc<RemoteKeys>),
+}
+
+impl IssuerKeys {
+    /// The current keys; `None` until a remote issuer's first fetch succeeds.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        match self {
+            IssuerKeys::Static(k) => Some(k.clone()),
+            IssuerKeys::Remote(r) => r.keys(),
+        }
+    }
+}
+
+/// A token whose structure, issuer, algorithm and `typ` passed, awaiting its signature and
+/// claim checks.
+#[derive(Debug)]
+pub struct Parsed<'t> {
+    /// Index of the issuer named by `iss`.
+    pub issuer: usize,
+    pub alg: Alg,
+    pub kid: Option<String>,
+    signing_input: &'t str,
+    signature: Vec<u8>,
+    claims: Map<String, Value>,
 }
 
 /// A token that passed every check.
@@ -33,8 +68,9 @@ fn b64(part: &str) -> Result<Vec<u8>, AuthError> {
         .map_err(|_| AuthError::Malformed("a segment is not base64url"))
 }
 
-/// Verifies `token` for a route that accepts `accepted` (indices into `issuers`).
-/// `now` is the current Unix time in seconds.
+/// Verifies `token` with keys already at hand (static keys, or tests); the request path uses
+/// [`parse`], then [`Parsed::check_signature`] (which may wait for a refetch), then
+/// [`Parsed::finish`]. `now` is the current Unix time in seconds.
 pub fn verify(
     token: &str,
     issuers: &[Issuer],
@@ -42,6 +78,23 @@ pub fn verify(
     max_token_bytes: usize,
     now: i64,
 ) -> Result<Verified, AuthError> {
+    let parsed = parse(token, issuers, accepted, max_token_bytes)?;
+    let keys = issuers[parsed.issuer]
+        .keys
+        .current()
+        .ok_or(AuthError::UnknownKey)?;
+    parsed.check_signature(&keys)?;
+    let cfg = &issuers[parsed.issuer].config;
+    parsed.finish(cfg, now)
+}
+
+/// Checks everything that needs no key: size, structure, header, issuer, algorithm, `typ`.
+pub fn parse<'t>(
+    token: &'t str,
+    issuers: &[Issuer],
+    accepted: &[usize],
+    max_token_bytes: usize,
+) -> Result<Parsed<'t>, AuthError> {
     if token.len() > max_token_bytes {
         return Err(AuthError::TooLong {
             limit: max_token_bytes,
@@ -105,8 +158,7 @@ pub fn verify(
     else {
         return Err(AuthError::WrongIssuer);
     };
-    let issuer = &issuers[issuer_idx];
-    let cfg = &issuer.config;
+    let cfg = &issuers[issuer_idx].config;
 
     let alg = match alg_name.parse::<Alg>() {
         Ok(a) if cfg.algorithms.contains(&a) => a,
@@ -119,19 +171,41 @@ pub fn verify(
     }
 
     let signature = b64(s64)?;
-    let signing_input = &token[..h64.len() + 1 + p64.len()];
-    verify_signature(&issuer.keys, kid, alg, signing_input.as_bytes(), &signature)?;
-
-    check_times(&claims, cfg, now)?;
-    check_audience(&claims, &cfg.audiences)?;
-    match claims.get("sub") {
-        Some(Value::String(s)) if !s.is_empty() => {}
-        _ => return Err(AuthError::Malformed("sub must be a non-empty string")),
-    }
-    Ok(Verified {
+    Ok(Parsed {
         issuer: issuer_idx,
+        alg,
+        kid: kid.map(str::to_owned),
+        signing_input: &token[..h64.len() + 1 + p64.len()],
+        signature,
         claims,
     })
+}
+
+impl Parsed<'_> {
+    /// Checks the signature against the issuer's keys.
+    pub fn check_signature(&self, keys: &KeySet) -> Result<(), AuthError> {
+        verify_signature(
+            keys,
+            self.kid.as_deref(),
+            self.alg,
+            self.signing_input.as_bytes(),
+            &self.signature,
+        )
+    }
+
+    /// The claim checks that follow a good signature: times, audience, subject.
+    pub fn finish(self, cfg: &IssuerConfig, now: i64) -> Result<Verified, AuthError> {
+        check_times(&self.claims, cfg, now)?;
+        check_audience(&self.claims, &cfg.audiences)?;
+        match self.claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => {}
+            _ => return Err(AuthError::Malformed("sub must be a non-empty string")),
+        }
+        Ok(Verified {
+            issuer: self.issuer,
+            claims: self.claims,
+        })
+    }
 }
 
 fn verify_signature(

@@ -3,6 +3,7 @@
 
 pub mod jwks;
 mod load;
+pub mod remote;
 
 pub use load::load_static;
 

@@ -15,8 +15,10 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::auth::{self, claims};
+use crate::auth::{self, claims, IssuerKeys};
 use crate::config::AuthMode;
+use crate::keys::remote::RemoteKeys;
+use crate::metrics::Metrics;
 use crate::routes::normalize_host;
 use crate::server::ConnInfo;
 use crate::state::{Shared, Snapshot};
@@ -41,18 +43,37 @@ pub struct Outcome {
 /// The shared state of the traffic listener.
 pub struct Gateway {
     pub state: Shared,
+    pub metrics: Metrics,
 }
 
 impl Gateway {
-    /// A gateway reading `state`.
-    pub fn new(state: Shared) -> Gateway {
-        Gateway { state }
+    /// A gateway reading `state` and recording into `metrics`.
+    pub fn new(state: Shared, metrics: Metrics) -> Gateway {
+        Gateway { state, metrics }
     }
 
     /// Answers one request, never with an error: failures become their answer, and every
     /// request leaves one access-log line.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let start = Instant::now();
+        let _in_flight = InFlight::new(&self.metrics.in_flight);
+        let host_for_log = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let trace_id = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(trace_id)
+            .map(str::to_owned);
         let snapshot = self.state.load_full();
         let request_id = headers::request_id(req.headers());
         let method = req.method().clone();
@@ -68,26 +89,48 @@ impl Gateway {
         {
             Ok(res) => res.map(Either::Right),
             Err(e) => {
+                let route = outcome.route.as_deref().unwrap_or("");
                 if let ProxyError::Auth(a) = &e {
                     outcome.auth = a.reason().as_str();
+                    self.metrics
+                        .auth_failures
+                        .with_label_values(&[route, outcome.auth])
+                        .inc();
                 }
                 if let ProxyError::Upstream { kind } = &e {
                     outcome.upstream_error = Some(kind.as_str());
+                    self.metrics
+                        .upstream_errors
+                        .with_label_values(&[route, kind.as_str()])
+                        .inc();
                 }
                 e.response(&request_id).map(Either::Left)
             }
         };
+        let route = outcome.route.as_deref().unwrap_or("");
+        let elapsed = start.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[route, res.status().as_str()])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+
         res.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         tracing::info!(
             target: "access",
             request_id = request_id.to_str().unwrap_or(""),
             client = %conn.peer.ip(),
-            route = outcome.route.as_deref().unwrap_or(""),
+            host = host_for_log.as_str(),
+            trace_id = trace_id.as_deref(),
+            route = route,
             method = method.as_str(),
             path = path_for_log.as_str(),
             status = res.status().as_u16(),
-            duration_ms = start.elapsed().as_secs_f64() * 1e3,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
             upstream_ms = outcome.upstream_ms,
             upstream_status = outcome.upstream_status,
             upstream_error = outcome.upstream_error,
@@ -137,13 +180,7 @@ impl Gateway {
             (AuthMode::Required, None) => return Err(auth::AuthError::Missing.into()),
             (AuthMode::Optional, None) => None,
             (_, Some((token, _))) => {
-                let v = auth::verify(
-                    token,
-                    &snap.issuers,
-                    &route.issuers,
-                    snap.config.limits.max_token_bytes,
-                    unix_now(),
-                )?;
+                let v = verify(snap, token, &route.issuers).await?;
                 claims::check_requirements(&v.claims, &route.require)?;
                 Some(v)
             }
@@ -250,6 +287,63 @@ impl Gateway {
         headers::remove_connection_listed(res.headers_mut());
         Ok(res)
     }
+}
+
+/// Counts a request in flight until it is answered or its client goes away.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Verifies a token; a kid the issuer's remote keys do not have triggers one (shared,
+/// rate-limited) refetch that this request waits for, so a key rotation never costs a 401.
+async fn verify(
+    snap: &Snapshot,
+    token: &str,
+    accepted: &[usize],
+) -> Result<auth::Verified, ProxyError> {
+    let parsed = auth::parse(
+        token,
+        &snap.issuers,
+        accepted,
+        snap.config.limits.max_token_bytes,
+    )?;
+    let issuer = &snap.issuers[parsed.issuer];
+    let not_loaded = |r: &RemoteKeys| ProxyError::KeysNotLoaded {
+        issuer: issuer.config.name.clone(),
+        retry_after_secs: r.retry_after_secs(),
+    };
+    match (&issuer.keys, issuer.keys.current()) {
+        (_, Some(keys)) => match parsed.check_signature(&keys) {
+            Err(auth::AuthError::UnknownKey) => {
+                let IssuerKeys::Remote(remote) = &issuer.keys else {
+                    return Err(auth::AuthError::UnknownKey.into());
+                };
+                let keys = remote.refetch().await.ok_or_else(|| not_loaded(remote))?;
+                parsed.check_signature(&keys)?;
+            }
+            other => other?,
+        },
+        (IssuerKeys::Remote(remote), None) => return Err(not_loaded(remote)),
+        (IssuerKeys::Static(_), None) => return Err(auth::AuthError::UnknownKey.into()),
+    }
+    Ok(parsed.finish(&issuer.config, unix_now())?)
+}
+
+/// The trace id of a W3C `traceparent` (`version-traceid-parentid-flags`).
+fn trace_id(tp: &str) -> Option<&str> {
+    let id = tp.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 /// True for an HTTP/1.1 WebSocket handshake: `Connection: upgrade` and `Upgrade: websocket`.

@@ -1,0 +1,212 @@
+//! The admin listener, separate from traffic: `/healthz`, `/readyz`, `/config`, `/metrics`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::{AuthMode, Config, HostMatch, KeySource};
+use crate::metrics::Metrics;
+use crate::state::Shared;
+
+/// Readiness: a latch released once the config is loaded, the listeners are bound and every
+/// issuer a route needs has keys; it stays released on last-good keys, and draining ends it.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// Releases the latch.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks the process as draining: `/readyz` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// What `/readyz` says.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct Admin {
+    pub state: Shared,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+}
+
+/// Serves the admin endpoints until `shutdown` completes.
+pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            s = listener.accept() => match s {
+                Ok((s, _)) => s,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue }
+            },
+            () = &mut shutdown => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.answer(&req)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+impl Admin {
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET only\n".into(),
+            );
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            "/readyz" => {
+                if self.health.is_ready() {
+                    text(StatusCode::OK, "text/plain", "ready\n".into())
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "not ready\n".into(),
+                    )
+                }
+            }
+            "/metrics" => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            ),
+            "/config" => text(
+                StatusCode::OK,
+                "application/json",
+                effective_config(&self.state.load().config).to_string(),
+            ),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "try /healthz /readyz /config /metrics\n".into(),
+            ),
+        }
+    }
+}
+
+/// The running config as JSON. It holds no secret: HMAC secrets are named by their variable or
+/// file, never read into the config, and that is all this shows.
+pub fn effective_config(c: &Config) -> serde_json::Value {
+    let issuers: Vec<_> = c
+        .issuers
+        .iter()
+        .map(|i| {
+            let (kind, value) = match &i.source {
+                KeySource::JwksUrl(u) => ("jwks_url", json!(u)),
+                KeySource::DiscoveryUrl(u) => ("discovery_url", json!(u)),
+                KeySource::JwksFile(f) => ("jwks_file", json!(f)),
+                KeySource::PemFiles(fs) => ("keys", json!(fs)),
+                KeySource::HmacEnv(v) => ("hmac_secret_env", json!(v)),
+                KeySource::HmacFile(f) => ("hmac_secret_file", json!(f)),
+            };
+            json!({
+                "name": i.name,
+                "issuer": i.issuer,
+                "audiences": i.audiences,
+                "algorithms": i.algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                kind: value,
+                "leeway": humantime::format_duration(i.leeway).to_string(),
+                "refresh": humantime::format_duration(i.refresh).to_string(),
+                "typ": i.typ,
+            })
+        })
+        .collect();
+    let routes: Vec<_> = c
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "host": r.host.as_ref().map(|h| match h {
+                    HostMatch::Exact(h) => h.clone(),
+                    HostMatch::Wildcard(s) => format!("*{s}"),
+                }),
+                "path_prefix": r.path_prefix,
+                "methods": r.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
+                "upstream": r.upstream.url,
+                "auth": match r.auth {
+                    AuthMode::Required => "required",
+                    AuthMode::Optional => "optional",
+                    AuthMode::None => "none",
+                },
+                "issuers": r.issuers.iter().map(|&i| c.issuers[i].name.as_str()).collect::<Vec<_>>(),
+                "require": r.require.iter().map(|q| (q.claim.as_str().to_owned(), json!(q.values))).collect::<serde_json::Map<_, _>>(),
+                "forward_token": r.forward_token,
+                "websocket": r.websocket,
+                "upstream_ca": r.upstream_ca,
+                "upstream_http2": r.upstream_http2,
+                "token_query": r.token_query,
+                "token_cookie": r.token_cookie,
+                "claim_headers": r.claim_headers.iter().map(|(h, p)| (h.as_str().to_owned(), json!(p.as_str()))).collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect();
+    let l = &c.limits;
+    json!({
+        "file": c.path,
+        "listen": {
+            "addr": c.listen.addr.to_string(),
+            "tls": c.listen.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key, "client_ca": t.client_ca})),
+            "certificates": c.listen.certificates.iter().map(|x| json!({"cert": x.cert, "key": x.key})).collect::<Vec<_>>(),
+        },
+        "admin": c.admin.as_ref().map(|a| json!({"addr": a.addr.to_string()})),
+        "limits": {
+            "max_token_bytes": l.max_token_bytes,
+            "max_header_bytes": l.max_header_bytes,
+            "header_read_timeout": humantime::format_duration(l.header_read_timeout).to_string(),
+            "upstream_connect_timeout": humantime::format_duration(l.upstream_connect_timeout).to_string(),
+            "upstream_timeout": humantime::format_duration(l.upstream_timeout).to_string(),
+            "shutdown_grace": humantime::format_duration(l.shutdown_grace).to_string(),
+        },
+        "issuers": issuers,
+        "routes": routes,
+    })
+}
