@@ -9,6 +9,7 @@ pub mod check;
 pub mod config;
 pub mod devtoken;
 pub mod echo;
+pub mod explain;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

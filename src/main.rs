@@ -60,6 +60,22 @@ enum Command {
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Dry-run one request: the route chosen and why, every verification step, the headers the
+    /// upstream would receive. Sends no traffic (a jwks_url issuer may fetch its keys).
+    Explain {
+        /// The token to check ("-" reads it from standard input); leave out for none.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Request path, with an optional query.
+        path: String,
+    },
     /// Run the shipped config with a built-in echo upstream and print a curl command to try.
     Demo,
     /// Exit 0 when the running gateway's admin listener reports ready (for exec probes).
@@ -87,6 +103,13 @@ fn main() -> ExitCode {
         Command::Run => serve(&cli.config, &cli.log_format, &cli.log_level, false),
         Command::Demo => serve(&cli.config, &cli.log_format, &cli.log_level, true),
         Command::Healthcheck { addr, live } => healthcheck(&cli.config, addr, live),
+        Command::Explain {
+            token,
+            method,
+            host,
+            json,
+            path,
+        } => explain(&cli.config, token, &method, &host, &path, json),
     }
 }
 
@@ -156,6 +179,66 @@ fn check(path: &Path) -> ExitCode {
         }
         print!("{}", jwtgate::check::describe(&snap));
         ExitCode::SUCCESS
+    })
+}
+
+fn explain(
+    config: &Path,
+    token: Option<String>,
+    method: &str,
+    host: &str,
+    path: &str,
+    json: bool,
+) -> ExitCode {
+    let token = match token.as_deref() {
+        Some("-") => {
+            let mut t = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut t) {
+                eprintln!("jwtgate explain: reading the token from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            Some(t.trim().to_owned())
+        }
+        other => other.map(str::to_owned),
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("jwtgate explain: {method:?} is not an HTTP method");
+        return ExitCode::FAILURE;
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jwtgate: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let app = match App::load(config) {
+            Ok(app) => app,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let snap = app.state.load_full();
+        let report = jwtgate::explain::explain(&snap, token.as_deref(), &method, host, path).await;
+        if json {
+            match serde_json::to_string_pretty(&report) {
+                Ok(s) => println!("{s}"),
+                Err(e) => {
+                    eprintln!("jwtgate explain: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            print!("{}", jwtgate::explain::render_text(&report));
+        }
+        // Exit 0 when the request would be forwarded, 2 when the gateway would refuse it.
+        if report.status == 200 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        }
     })
 }
 

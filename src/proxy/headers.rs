@@ -3,6 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::bearer::Source;
 use crate::config::RouteConfig;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones proxies still see).
@@ -64,6 +65,48 @@ impl HeaderPlan {
         })
     }
 
+    /// Turns a client's headers into what the upstream receives: strips everything a client
+    /// may not send, then adds the gateway's own headers and the claim headers.
+    pub fn prepare(
+        &self,
+        h: &mut HeaderMap,
+        f: &Forward<'_>,
+        claims: Vec<(&HeaderName, HeaderValue)>,
+    ) {
+        self.strip_request(h);
+        let token_cookie = match (f.token_source, &f.route.token_cookie) {
+            (Some(Source::Cookie), Some(name)) if !f.route.forward_token => Some(name.as_str()),
+            _ => None,
+        };
+        join_cookies(h, token_cookie);
+        if !f.route.forward_token {
+            h.remove(header::AUTHORIZATION);
+        }
+        let proto = if f.tls { "https" } else { "http" };
+        set_forwarded(h, f.client_ip, proto, f.host);
+        // Only a WebSocket upgrade on a route that allows it survives hop-by-hop removal:
+        // `Upgrade: h2c` or anything else never opens a tunnel.
+        if f.websocket {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        match f.host {
+            // RFC 9113 §8.3.1: over HTTP/2 `:authority` (the upstream's) and a different Host
+            // must not both be sent; the client's host still arrives as X-Forwarded-Host.
+            _ if f.route.upstream_http2 => {
+                h.remove(header::HOST);
+            }
+            Some(hv) => {
+                h.insert(header::HOST, hv.clone());
+            }
+            None => {}
+        }
+        h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
+        for (name, value) in claims {
+            h.insert(name.clone(), value);
+        }
+    }
+
     /// Removes hop-by-hop headers, the headers the `Connection` header lists, and every inbound
     /// copy of every claim header name. Runs before the gateway adds its own headers, so
     /// nothing a client sends can remove or replace them.
@@ -79,6 +122,20 @@ impl HeaderPlan {
             headers.remove(name);
         }
     }
+}
+
+/// What [`HeaderPlan::prepare`] needs to know about the request besides its headers.
+pub struct Forward<'a> {
+    pub route: &'a RouteConfig,
+    /// Where the token came from, if one was sent.
+    pub token_source: Option<Source>,
+    pub tls: bool,
+    pub client_ip: std::net::IpAddr,
+    /// The request's authority (Host), as the client sent it.
+    pub host: Option<&'a HeaderValue>,
+    /// True when a WebSocket upgrade is being forwarded.
+    pub websocket: bool,
+    pub request_id: &'a HeaderValue,
 }
 
 /// Removes the headers named in `Connection`, then the hop-by-hop set itself.

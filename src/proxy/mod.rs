@@ -204,32 +204,20 @@ impl Gateway {
                 .and_then(|q| bearer::query_without(q, param)),
             _ => parts.uri.query().map(str::to_owned),
         };
-        let h = &mut parts.headers;
-        snap.headers.strip_request(h);
-        let token_cookie = match (token_source, &route.token_cookie) {
-            (Some(Source::Cookie), Some(name)) if !route.forward_token => Some(name.as_str()),
-            _ => None,
-        };
-        headers::join_cookies(h, token_cookie);
-        if !route.forward_token {
-            h.remove(header::AUTHORIZATION);
-        }
-        let proto = if conn.tls { "https" } else { "http" };
-        headers::set_forwarded(h, conn.peer.ip(), proto, host_value.as_ref());
-        // Only a WebSocket upgrade on a route that allows it survives hop-by-hop removal:
-        // `Upgrade: h2c` or anything else never opens a tunnel.
         let websocket = client_upgrade.is_some() && route.websocket;
-        if websocket {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        }
-        if let Some(hv) = &host_value {
-            h.insert(header::HOST, hv.clone());
-        }
-        h.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-        for (name, value) in claim_values {
-            h.insert(name.clone(), value);
-        }
+        snap.headers.prepare(
+            &mut parts.headers,
+            &headers::Forward {
+                route,
+                token_source,
+                tls: conn.tls,
+                client_ip: conn.peer.ip(),
+                host: host_value.as_ref(),
+                websocket,
+                request_id,
+            },
+            claim_values,
+        );
 
         // Upstream.
         let up = &route.upstream;

@@ -156,11 +156,16 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamKind {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return UpstreamKind::Timeout;
             }
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return UpstreamKind::Tls;
+            // hyper-rustls wraps tokio-rustls's io::Error(rustls::Error) in another io::Error,
+            // and `source()` skips the inner one: follow `get_ref()` down by hand.
+            let mut inner = io.get_ref();
+            while let Some(i) = inner {
+                if i.downcast_ref::<rustls::Error>().is_some() {
+                    return UpstreamKind::Tls;
+                }
+                inner = i
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref());
             }
         }
         source = e.source();
