@@ -404,17 +404,28 @@ async fn start_demo(
     } else {
         gateway_addr.to_string()
     };
+    let (scheme, ca) = if snapshot.config.listen.tls.is_some() {
+        let ca = base.join("certs/dev-ca.crt");
+        ("https", format!("--cacert {} ", ca.display()))
+    } else {
+        ("http", String::new())
+    };
+    let upstreams = started
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     eprintln!(
-        "\njwtgate demo: gateway on http://{host}, echo upstream on {}\n\
-         Try (the upstream echoes what it received, claim headers included):\n\n  \
-         curl -s -H 'Authorization: Bearer {token}' http://{host}/api/orders/42\n\n\
-         Without the token the answer is 401:\n\n  curl -si http://{host}/api/orders/42\n\n\
+        "\njwtgate demo: gateway on {scheme}://{host}, echo upstream on {upstreams}\n\
+         Try it (the upstream echoes what it received, claim headers included):\n\n  \
+         TOKEN={token}\n\n  \
+         curl -s {ca}-H \"Authorization: Bearer $TOKEN\" {scheme}://{host}/api/orders/42\n  \
+         curl -s {ca}--http2 -H \"Authorization: Bearer $TOKEN\" {scheme}://{host}/api/orders/42\n\n\
+         Without the token the answer is 401, and explain says why:\n\n  \
+         curl -si {ca}{scheme}://{host}/api/orders/42\n  \
+         jwtgate explain --config {} --token \"$TOKEN\" /api/orders/42\n\n\
          Press Ctrl-C to stop.\n",
-        started
-            .iter()
-            .map(|a| format!("http://{a}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        config_path.display()
     );
     Ok(())
 }

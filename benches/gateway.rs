@@ -1,0 +1,628 @@
+//! Micro-benchmarks of the request path (issue 6), run with
+//! `cargo bench --bench gateway` (add `-- --warm-up-time 1 --measurement-time 2` for a short
+//! run, or a filter such as `-- verify/`):
+//!
+//! - `verify/*`: one token through `jwtgate::auth::verify` (structure, issuer, algorithm,
+//!   signature, times, audience, subject) per algorithm, next to `jsonwebtoken::decode` with
+//!   the same key as a reference, and `parse` alone (everything but the signature).
+//! - `routes/*`: `RouteTable::find` on a table of 1,000 routes (exact hosts, wildcard hosts,
+//!   host-less prefixes): a hit, a host hit, a miss that scans every route, path
+//!   normalisation plus lookup, and compiling the table.
+//! - `headers/*`: the header plan of a 1,000-route config: stripping a client's headers, and
+//!   strip plus claim headers (claim values read from verified claims, then `prepare`).
+//! - `handle/*`: one HTTP/1.1 round trip over a kept-alive connection through the whole
+//!   gateway (`jwtgate::run`) to the in-process echo upstream, for a route without auth and a
+//!   `required` route per algorithm, with the echo upstream called directly as the floor.
+//!
+//! The same binary has a second use: `benches/load.sh` mints its token lists with it, since
+//! signing 20,000 RS256 tokens one `jwtgate dev-token` process at a time is slow. That mode
+//! runs only when `JWTGATE_BENCH_MINT` is set (see [`mint`]).
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use aws_lc_rs::{hmac, rsa};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use jwtgate::auth::{self, claims as auth_claims};
+use jwtgate::proxy::bearer::Source;
+use jwtgate::proxy::headers::Forward;
+use jwtgate::routes::RouteTable;
+use jwtgate::{Config, Snapshot};
+
+const ISS: &str = "https://issuer.bench/";
+const AUD: &str = "bench-api";
+const ROUTES: usize = 1_000;
+
+// ---------------------------------------------------------------------------------------------
+// Keys and tokens (the same construction as tests/common/mod.rs)
+// ---------------------------------------------------------------------------------------------
+
+struct Keys {
+    rsa: RsaKeyPair,
+    ec256: EcdsaKeyPair,
+    ed25519: Ed25519KeyPair,
+    hmac_secret: Vec<u8>,
+}
+
+impl Keys {
+    fn generate() -> Keys {
+        let mut secret = vec![0u8; 48];
+        aws_lc_rs::rand::fill(&mut secret).expect("rand");
+        Keys {
+            rsa: RsaKeyPair::generate(rsa::KeySize::Rsa2048).expect("rsa keygen"),
+            ec256: EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("ec256"),
+            ed25519: Ed25519KeyPair::generate().expect("ed25519"),
+            hmac_secret: secret
+                .iter()
+                .map(|b| b"abcdefghijklmnopqrstuvwxyz0123456789"[usize::from(*b) % 36])
+                .collect(),
+        }
+    }
+
+    /// Writes `jwks.json` (kids `rsa`, `ec256`, `ed25519`, `hmac`) into `dir`.
+    fn write_jwks(&self, dir: &Path) {
+        let comps = rsa::PublicKeyComponents::<Vec<u8>>::from(self.rsa.public_key());
+        let p256 = self.ec256.public_key().as_ref().to_vec();
+        let jwks = json!({ "keys": [
+            { "kty": "RSA", "kid": "rsa", "n": b64(&comps.n), "e": b64(&comps.e) },
+            { "kty": "EC", "kid": "ec256", "crv": "P-256", "x": b64(&p256[1..33]), "y": b64(&p256[33..]) },
+            { "kty": "OKP", "kid": "ed25519", "crv": "Ed25519", "x": b64(self.ed25519.public_key().as_ref()) },
+            { "kty": "oct", "kid": "hmac", "k": b64(&self.hmac_secret) },
+        ]});
+        std::fs::write(dir.join("jwks.json"), jwks.to_string()).expect("write jwks.json");
+    }
+
+    fn sign(&self, alg: &str, claims: &Value) -> String {
+        let kid = match alg {
+            "HS256" => "hmac",
+            "RS256" => "rsa",
+            "ES256" => "ec256",
+            "EdDSA" => "ed25519",
+            other => panic!("no bench key for {other}"),
+        };
+        let header = json!({ "alg": alg, "typ": "JWT", "kid": kid });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let msg = input.as_bytes();
+        let rng = SystemRandom::new();
+        let signature = match alg {
+            "HS256" => hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.hmac_secret), msg)
+                .as_ref()
+                .to_vec(),
+            "RS256" => {
+                let mut out = vec![0u8; self.rsa.public_modulus_len()];
+                self.rsa
+                    .sign(&sig::RSA_PKCS1_SHA256, &rng, msg, &mut out)
+                    .expect("rsa sign");
+                out
+            }
+            "ES256" => self.ec256.sign(&rng, msg).expect("es256").as_ref().to_vec(),
+            _ => self.ed25519.sign(msg).as_ref().to_vec(),
+        };
+        format!("{input}.{}", b64(&signature))
+    }
+
+    /// The same key as a `jsonwebtoken` decoding key, for the reference measurement.
+    fn decoding_key(&self, alg: &str) -> jsonwebtoken::DecodingKey {
+        match alg {
+            "HS256" => jsonwebtoken::DecodingKey::from_secret(&self.hmac_secret),
+            "RS256" => {
+                let c = rsa::PublicKeyComponents::<Vec<u8>>::from(self.rsa.public_key());
+                jsonwebtoken::DecodingKey::from_rsa_components(&b64(&c.n), &b64(&c.e))
+                    .expect("rsa components")
+            }
+            "ES256" => {
+                let p = self.ec256.public_key().as_ref();
+                jsonwebtoken::DecodingKey::from_ec_components(&b64(&p[1..33]), &b64(&p[33..]))
+                    .expect("ec components")
+            }
+            _ => jsonwebtoken::DecodingKey::from_ed_der(self.ed25519.public_key().as_ref()),
+        }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Claims of a typical access token: the registered ones, an e-mail, realm roles and a scope.
+fn claims() -> Value {
+    json!({
+        "iss": ISS, "aud": AUD, "sub": "alice", "iat": now(), "exp": now() + 3600,
+        "email": "alice@example.com",
+        "realm_access": { "roles": ["orders:read", "orders:write", "admin"] },
+        "scope": "openid profile orders:read",
+    })
+}
+
+const ALGS: [&str; 4] = ["HS256", "RS256", "ES256", "EdDSA"];
+
+/// A config whose one issuer reads `jwks.json` and accepts every benchmarked algorithm.
+fn issuer_toml() -> String {
+    format!(
+        r#"
+[[issuer]]
+name = "bench"
+issuer = "{ISS}"
+audiences = ["{AUD}"]
+algorithms = ["HS256", "RS256", "ES256", "EdDSA"]
+jwks_file = "jwks.json"
+"#
+    )
+}
+
+/// 1,000 routes: 100 on ten exact hosts, 100 on ten wildcard hosts, 800 without a host
+/// (`/api/team{t}/svc{s}`), none of them a catch-all, so a miss looks at every candidate.
+/// Every route names the same three claim headers and every tenth route one of its own.
+fn thousand_routes(upstream: &str) -> String {
+    let mut s = String::with_capacity(ROUTES * 220);
+    for i in 0..ROUTES {
+        let (host, prefix) = match i {
+            0..=99 => (
+                format!("host = \"svc{}.example.com\"\n", i % 10),
+                format!("/v{}/items", i / 10),
+            ),
+            100..=199 => (
+                format!("host = \"*.tenant{}.example.com\"\n", i % 10),
+                format!("/v{}/things", i / 10),
+            ),
+            _ => (String::new(), format!("/api/team{}/svc{}", i / 10, i % 10)),
+        };
+        s.push_str(&format!(
+            "\n[[route]]\nname = \"r{i}\"\n{host}path_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\nauth = \"required\"\n[route.claim_headers]\n\"X-Auth-Sub\" = \"sub\"\n\"X-Auth-Email\" = \"email\"\n\"X-Auth-Roles\" = \"/realm_access/roles\"\n"
+        ));
+        if i % 10 == 0 {
+            s.push_str(&format!("\"X-Tenant-{}\" = \"tenant\"\n", i / 10));
+        }
+    }
+    s
+}
+
+/// Writes the keys and parses `body` (issuer and routes) as a config file in `dir`.
+fn config(dir: &Path, keys: &Keys, body: &str) -> Config {
+    keys.write_jwks(dir);
+    let text = format!("[listen]\naddr = \"127.0.0.1:0\"\n{}{body}", issuer_toml());
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, &text).expect("write config");
+    Config::parse(&path, &text).unwrap_or_else(|e| panic!("bench config refused:\n{e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify/*
+// ---------------------------------------------------------------------------------------------
+
+fn bench_verify(c: &mut Criterion, keys: &Keys) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshot = Snapshot::build(config(dir.path(), keys, "")).expect("snapshot");
+    let claims = claims();
+    let mut g = c.benchmark_group("verify");
+    for alg in ALGS {
+        let token = keys.sign(alg, &claims);
+        let t = now();
+        auth::verify(&token, &snapshot.issuers, &[0], 8192, t).expect("bench token verifies");
+        g.bench_function(format!("jwtgate/{alg}"), |b| {
+            b.iter(|| auth::verify(black_box(&token), &snapshot.issuers, &[0], 8192, t))
+        });
+
+        let key = keys.decoding_key(alg);
+        let mut validation = jsonwebtoken::Validation::new(alg.parse().expect("jsonwebtoken alg"));
+        validation.set_issuer(&[ISS]);
+        validation.set_audience(&[AUD]);
+        jsonwebtoken::decode::<Map<String, Value>>(&token, &key, &validation)
+            .expect("jsonwebtoken accepts the bench token");
+        g.bench_function(format!("jsonwebtoken/{alg}"), |b| {
+            b.iter(|| jsonwebtoken::decode::<Map<String, Value>>(black_box(&token), &key, &validation))
+        });
+    }
+    let token = keys.sign("ES256", &claims);
+    g.bench_function("parse_only/ES256", |b| {
+        b.iter(|| auth::parse(black_box(&token), &snapshot.issuers, &[0], 8192).map(|p| p.alg))
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// routes/*
+// ---------------------------------------------------------------------------------------------
+
+fn bench_routes(c: &mut Criterion, keys: &Keys) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), keys, &thousand_routes("http://127.0.0.1:9"));
+    let routes = &cfg.routes;
+    assert_eq!(routes.len(), ROUTES);
+    let table = RouteTable::new(routes);
+    let get = Method::GET;
+    let cases: [(&str, &str, &str, Option<&str>); 4] = [
+        // A host-less route in the middle of the 800.
+        ("hit_prefix", "api.example.com", "/api/team47/svc3/orders/42", Some("r473")),
+        // An exact host: its own small group is searched first.
+        ("hit_exact_host", "svc3.example.com", "/v5/items/7", Some("r53")),
+        // A wildcard host.
+        ("hit_wildcard_host", "a.tenant4.example.com", "/v19/things/x", Some("r194")),
+        // No route: every wildcard suffix and all 800 host-less prefixes are looked at.
+        ("miss", "api.example.com", "/nothing/here", None),
+    ];
+    let mut g = c.benchmark_group("routes");
+    for (name, host, path, want) in cases {
+        let found = table.find(routes, host, path, &get).map(|i| routes[i].name.as_str());
+        assert_eq!(found, want, "route case {name}");
+        g.bench_function(format!("find_1000/{name}"), |b| {
+            b.iter(|| table.find(routes, black_box(host), black_box(path), &get))
+        });
+    }
+    // What the request path does per request: normalise the raw path, then look it up.
+    let raw = "/api/team47/./svc3/%6Frders//42";
+    assert_eq!(
+        jwtgate::path::normalize(raw).ok().as_deref(),
+        Some("/api/team47/svc3/orders/42")
+    );
+    g.bench_function("normalize_and_find_1000", |b| {
+        b.iter(|| {
+            let path = jwtgate::path::normalize(black_box(raw)).expect("normalizes");
+            table.find(routes, "api.example.com", &path, &get)
+        })
+    });
+    // What a config reload pays to compile the table.
+    g.bench_function("build_table_1000", |b| b.iter(|| RouteTable::new(black_box(routes))));
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// headers/*
+// ---------------------------------------------------------------------------------------------
+
+/// A typical API client's request headers, with a token, a spoofed claim header in both
+/// spellings, a `Connection` list and an existing `X-Forwarded-For`.
+fn inbound_headers(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut add = |n: &'static str, v: &str| {
+        h.append(
+            HeaderName::from_static(n),
+            HeaderValue::from_str(v).expect("header value"),
+        );
+    };
+    add("host", "api.example.com");
+    add("user-agent", "Mozilla/5.0 (X11; Linux x86_64) bench/1.0");
+    add("accept", "application/json, text/plain, */*");
+    add("accept-encoding", "gzip, deflate, br");
+    add("accept-language", "en-GB,en;q=0.9");
+    add("authorization", &format!("Bearer {token}"));
+    add("connection", "keep-alive, x-debug");
+    add("x-debug", "1");
+    add("x-forwarded-for", "203.0.113.7");
+    add("x-request-id", "7f3c2a9e-5d41-4c9b-8a6e-1b2c3d4e5f60");
+    add(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    add("cookie", "theme=dark; session=abc123");
+    add("content-type", "application/json");
+    add("x-auth-sub", "mallory");
+    add("x_auth_email", "mallory@example.com");
+    h
+}
+
+fn bench_headers(c: &mut Criterion, keys: &Keys) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), keys, &thousand_routes("http://127.0.0.1:9"));
+    let plan = jwtgate::proxy::headers::HeaderPlan::new(&cfg.routes);
+    let route = &cfg.routes[473];
+    let token = keys.sign("ES256", &claims());
+    let verified = claims().as_object().cloned().expect("claims object");
+    let inbound = inbound_headers(&token);
+    let host = HeaderValue::from_static("api.example.com");
+    let request_id = jwtgate::proxy::headers::request_id(&inbound);
+    let forward = Forward {
+        route,
+        token_source: Some(Source::Header),
+        tls: true,
+        client_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23)),
+        host: Some(&host),
+        websocket: false,
+        request_id: &request_id,
+    };
+    let claim_values = |route: &jwtgate::config::RouteConfig| {
+        let mut out = Vec::with_capacity(route.claim_headers.len());
+        for (name, path) in &route.claim_headers {
+            if let Some(v) = auth_claims::header_value(&verified, path).expect("claim value") {
+                out.push((name, v));
+            }
+        }
+        out
+    };
+    // Check once that the plan does what the bench claims to measure.
+    let mut check = inbound.clone();
+    plan.prepare(&mut check, &forward, claim_values(route));
+    assert_eq!(check.get_all("x-auth-sub").iter().count(), 1);
+    assert_eq!(check["x-auth-sub"], "alice");
+    assert_eq!(check["x-auth-roles"], "orders:read,orders:write,admin");
+    assert!(check.get("x_auth_email").is_none() && check.get("authorization").is_none());
+    assert!(check.get("x-debug").is_none());
+
+    let mut g = c.benchmark_group("headers");
+    g.bench_function("strip_1000_routes", |b| {
+        b.iter_batched(
+            || inbound.clone(),
+            |mut h| {
+                plan.strip_request(&mut h);
+                h
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("strip_and_claims_1000_routes", |b| {
+        b.iter_batched(
+            || inbound.clone(),
+            |mut h| {
+                plan.prepare(&mut h, &forward, claim_values(route));
+                h
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The clone that feeds each iteration above, to subtract.
+    g.bench_function("clone_headers_only", |b| b.iter(|| black_box(&inbound).clone()));
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// handle/*
+// ---------------------------------------------------------------------------------------------
+
+/// The echo upstream and the gateway on 127.0.0.1:0, served by `rt` until dropped.
+struct Running {
+    gateway: String,
+    echo: String,
+    _dir: tempfile::TempDir,
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+fn start(rt: &tokio::runtime::Runtime, keys: &Keys) -> Running {
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let echo = format!("http://{}", up.local_addr().expect("addr"));
+        let (stop_echo, echo_stopped) = oneshot::channel::<()>();
+        tokio::spawn(jwtgate::echo::serve(up, async move {
+            let _ = echo_stopped.await;
+        }));
+        let body = format!(
+            r#"
+[[route]]
+name = "open"
+path_prefix = "/open"
+upstream = "{echo}"
+auth = "none"
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+
+[[route]]
+name = "api"
+path_prefix = "/api"
+upstream = "{echo}"
+auth = "required"
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+"X-Auth-Roles" = "/realm_access/roles"
+"#
+        );
+        let snapshot = Snapshot::build(config(dir.path(), keys, &body)).expect("snapshot");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let gateway = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop_gw, gw_stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            jwtgate::run(listener, snapshot, async move {
+                let _ = gw_stopped.await;
+            })
+            .await
+            .expect("gateway starts");
+        });
+        Running {
+            gateway,
+            echo,
+            _dir: dir,
+            _stop: vec![stop_echo, stop_gw],
+        }
+    })
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// One GET, read whole; panics unless it is a 200 (a bench of 401s would measure nothing).
+async fn round_trip(client: &HttpClient, url: &str, auth: Option<&HeaderValue>) -> usize {
+    let mut req = http::Request::get(url);
+    if let Some(a) = auth {
+        req = req.header(http::header::AUTHORIZATION, a.clone());
+    }
+    let res = client
+        .request(req.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("gateway answers");
+    let status = res.status();
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    body.len()
+}
+
+fn bench_handle(c: &mut Criterion, keys: &Keys) {
+    // One thread runs the client, the gateway and the echo upstream: the differences between
+    // the cases are the gateway's work, not scheduling between threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = start(&rt, keys);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    let claims = claims();
+
+    let mut cases: Vec<(String, String, Option<HeaderValue>)> = vec![
+        ("echo_direct".into(), format!("{}/open/x", running.echo), None),
+        ("auth_none".into(), format!("{}/open/x", running.gateway), None),
+    ];
+    for alg in ["HS256", "RS256", "ES256"] {
+        let bearer = format!("Bearer {}", keys.sign(alg, &claims));
+        cases.push((
+            format!("auth_required/{alg}"),
+            format!("{}/api/x", running.gateway),
+            Some(HeaderValue::from_str(&bearer).expect("bearer")),
+        ));
+    }
+    let mut g = c.benchmark_group("handle");
+    for (name, url, auth) in &cases {
+        // Warms the pooled connection and proves the case answers 200.
+        rt.block_on(round_trip(&client, url, auth.as_ref()));
+        g.bench_function(name.as_str(), |b| {
+            b.iter(|| rt.block_on(round_trip(&client, url, auth.as_ref())))
+        });
+    }
+    g.finish();
+    drop(client);
+    drop(running);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token minting for benches/load.sh
+// ---------------------------------------------------------------------------------------------
+
+/// `JWTGATE_BENCH_MINT=1 <bench binary> ALG PKCS8_PEM_OR_SECRET_FILE COUNT OUT ISS AUD KID`
+/// writes COUNT distinct tokens (subject `user-<n>`, valid for two hours), one a line, to OUT,
+/// signing on every CPU. ALG is HS256, RS256 or ES256; the key file holds a PKCS#8 PEM
+/// private key, or the HMAC secret.
+mod mint {
+    use super::*;
+
+    enum Signer {
+        Hmac(hmac::Key),
+        Rsa(RsaKeyPair),
+        Ec(EcdsaKeyPair),
+    }
+
+    impl Signer {
+        fn sign(&self, msg: &[u8], rng: &SystemRandom) -> Vec<u8> {
+            match self {
+                Signer::Hmac(k) => hmac::sign(k, msg).as_ref().to_vec(),
+                Signer::Rsa(k) => {
+                    let mut out = vec![0u8; k.public_modulus_len()];
+                    k.sign(&sig::RSA_PKCS1_SHA256, rng, msg, &mut out)
+                        .expect("rsa sign");
+                    out
+                }
+                Signer::Ec(k) => k.sign(rng, msg).expect("ecdsa sign").as_ref().to_vec(),
+            }
+        }
+    }
+
+    fn pkcs8(path: &str) -> Vec<u8> {
+        let text = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        pem::parse(text)
+            .unwrap_or_else(|e| panic!("{path} is not PEM: {e}"))
+            .into_contents()
+    }
+
+    pub fn run(args: &[String]) -> Result<(), String> {
+        let [alg, key, count, out, iss, aud, kid] = args else {
+            return Err("usage: JWTGATE_BENCH_MINT=1 gateway ALG KEY_FILE COUNT OUT ISS AUD KID".into());
+        };
+        let count: usize = count.parse().map_err(|e| format!("COUNT: {e}"))?;
+        let signer = match alg.as_str() {
+            "HS256" => {
+                let mut secret = std::fs::read(key).map_err(|e| format!("{key}: {e}"))?;
+                while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    secret.pop();
+                }
+                Signer::Hmac(hmac::Key::new(hmac::HMAC_SHA256, &secret))
+            }
+            "RS256" => Signer::Rsa(
+                RsaKeyPair::from_pkcs8(&pkcs8(key)).map_err(|e| format!("{key}: {e}"))?,
+            ),
+            "ES256" => Signer::Ec(
+                EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8(key))
+                    .map_err(|e| format!("{key}: {e}"))?,
+            ),
+            other => return Err(format!("ALG {other}: use HS256, RS256 or ES256")),
+        };
+        let header = b64(json!({ "alg": alg, "typ": "JWT", "kid": kid }).to_string().as_bytes());
+        let t = now();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let signer = Arc::new(signer);
+        let chunks: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|w| {
+                    let (signer, header) = (signer.clone(), header.clone());
+                    s.spawn(move || {
+                        let rng = SystemRandom::new();
+                        let mut text = String::new();
+                        for n in (w..count).step_by(threads) {
+                            let claims = json!({
+                                "iss": iss, "aud": aud, "sub": format!("user-{n}"),
+                                "iat": t, "exp": t + 7200,
+                            });
+                            let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+                            let signature = signer.sign(input.as_bytes(), &rng);
+                            text.push_str(&input);
+                            text.push('.');
+                            text.push_str(&b64(&signature));
+                            text.push('\n');
+                        }
+                        text
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("minting thread"))
+                .collect()
+        });
+        std::fs::write(out, chunks.concat()).map_err(|e| format!("{out}: {e}"))
+    }
+}
+
+fn main() {
+    if std::env::var_os("JWTGATE_BENCH_MINT").is_some() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if let Err(e) = mint::run(&args) {
+            eprintln!("mint: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    let keys = Keys::generate();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    bench_verify(&mut c, &keys);
+    bench_routes(&mut c, &keys);
+    bench_headers(&mut c, &keys);
+    bench_handle(&mut c, &keys);
+    c.final_summary();
+}
