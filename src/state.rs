@@ -23,9 +23,14 @@ pub struct Snapshot {
     pub headers: HeaderPlan,
     /// Pooled upstream clients, per route.
     pub clients: Clients,
+    /// Unique per snapshot: cached verifications are only reused within the snapshot that
+    /// made them, so a reload that changes an issuer's rules can never be bypassed by the cache.
+    pub generation: u64,
     /// Entries of JWKS files that were left out, for `check` to print.
     pub skipped_keys: Vec<String>,
 }
+
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The live snapshot; requests `load()` it once each.
 pub type Shared = Arc<ArcSwap<Snapshot>>;
@@ -114,6 +119,7 @@ impl Snapshot {
             table,
             headers,
             clients,
+            generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             skipped_keys,
         })
     }

@@ -1,11 +1,12 @@
 //! Token verification: a compact JWS against the issuers a route accepts, every check of
 //! SPEC.md "What every request gets", then claim requirements and claim header values.
 
+pub mod cache;
 pub mod claims;
 mod strict_json;
 pub mod verify;
 
-pub use verify::{parse, verify, Issuer, IssuerKeys, Parsed, Verified};
+pub use verify::{check_claims, parse, verify, Issuer, IssuerKeys, Parsed, Verified};
 
 /// The fixed set of failure reasons used in metrics labels and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

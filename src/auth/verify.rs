@@ -57,7 +57,7 @@ pub struct Parsed<'t> {
 pub struct Verified {
     /// Index of the issuer that vouched for it.
     pub issuer: usize,
-    pub claims: Map<String, Value>,
+    pub claims: Arc<Map<String, Value>>,
 }
 
 fn b64(part: &str) -> Result<Vec<u8>, AuthError> {
@@ -195,16 +195,26 @@ impl Parsed<'_> {
 
     /// The claim checks that follow a good signature: times, audience, subject.
     pub fn finish(self, cfg: &IssuerConfig, now: i64) -> Result<Verified, AuthError> {
-        check_times(&self.claims, cfg, now)?;
-        check_audience(&self.claims, &cfg.audiences)?;
-        match self.claims.get("sub") {
-            Some(Value::String(s)) if !s.is_empty() => {}
-            _ => return Err(AuthError::Malformed("sub must be a non-empty string")),
-        }
+        check_claims(&self.claims, cfg, now)?;
         Ok(Verified {
             issuer: self.issuer,
-            claims: self.claims,
+            claims: Arc::new(self.claims),
         })
+    }
+}
+
+/// The checks that do not depend on the signature: times, audience, subject. They run on
+/// every request, also when the token cache vouches for the signature.
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    cfg: &IssuerConfig,
+    now: i64,
+) -> Result<(), AuthError> {
+    check_times(claims, cfg, now)?;
+    check_audience(claims, &cfg.audiences)?;
+    match claims.get("sub") {
+        Some(Value::String(s)) if !s.is_empty() => Ok(()),
+        _ => Err(AuthError::Malformed("sub must be a non-empty string")),
     }
 }
 

@@ -112,6 +112,8 @@ pub struct Limits {
     pub upstream_connect_timeout: Duration,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Verified tokens remembered (0 turns the cache off); read once at start.
+    pub token_cache_entries: usize,
 }
 
 impl Default for Limits {
@@ -123,6 +125,7 @@ impl Default for Limits {
             upstream_connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
+            token_cache_entries: 10_000,
         }
     }
 }
@@ -635,6 +638,13 @@ impl Validator<'_> {
             1 << 20,
             d.max_header_bytes,
         );
+        let token_cache_entries = size(
+            &raw.token_cache_entries,
+            "token_cache_entries",
+            0,
+            1_000_000,
+            d.token_cache_entries,
+        );
         Limits {
             max_token_bytes,
             max_header_bytes,
@@ -654,6 +664,7 @@ impl Validator<'_> {
                 d.upstream_timeout,
             ),
             shutdown_grace: self.duration(&raw.shutdown_grace, "shutdown_grace", d.shutdown_grace),
+            token_cache_entries,
         }
     }
 

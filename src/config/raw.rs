@@ -59,6 +59,7 @@ pub struct RawLimits {
     pub upstream_connect_timeout: Option<Spanned<String>>,
     pub upstream_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub token_cache_entries: Option<Spanned<i64>>,
 }
 
 /// One `[[issuer]]`.

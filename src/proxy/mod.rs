@@ -15,6 +15,9 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
+use crate::auth::cache::TokenCache;
 use crate::auth::{self, claims, IssuerKeys};
 use crate::config::AuthMode;
 use crate::keys::remote::RemoteKeys;
@@ -44,12 +47,25 @@ pub struct Outcome {
 pub struct Gateway {
     pub state: Shared,
     pub metrics: Metrics,
+    cache: Option<TokenCache>,
+    cache_hits: prometheus::IntCounter,
+    cache_misses: prometheus::IntCounter,
 }
+
+/// Memory budget of the verified-token cache.
+const TOKEN_CACHE_BYTES: u64 = 32 << 20;
 
 impl Gateway {
     /// A gateway reading `state` and recording into `metrics`.
     pub fn new(state: Shared, metrics: Metrics) -> Gateway {
-        Gateway { state, metrics }
+        let entries = state.load().config.limits.token_cache_entries;
+        Gateway {
+            cache: (entries > 0).then(|| TokenCache::new(entries, TOKEN_CACHE_BYTES)),
+            cache_hits: metrics.token_cache.with_label_values(&["hit"]),
+            cache_misses: metrics.token_cache.with_label_values(&["miss"]),
+            state,
+            metrics,
+        }
     }
 
     /// Answers one request, never with an error: failures become their answer, and every
@@ -180,7 +196,7 @@ impl Gateway {
             (AuthMode::Required, None) => return Err(auth::AuthError::Missing.into()),
             (AuthMode::Optional, None) => None,
             (_, Some((token, _))) => {
-                let v = verify(snap, token, &route.issuers).await?;
+                let v = self.verify(snap, token, &route.issuers).await?;
                 claims::check_requirements(&v.claims, &route.require)?;
                 Some(v)
             }
@@ -293,39 +309,93 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Verifies a token; a kid the issuer's remote keys do not have triggers one (shared,
-/// rate-limited) refetch that this request waits for, so a key rotation never costs a 401.
-async fn verify(
+impl Gateway {
+    /// Verifies a token, through the verified-token cache when it has a usable entry; a kid the
+    /// issuer's remote keys do not have triggers one (shared, rate-limited) refetch that this
+    /// request waits for, so a key rotation never costs a 401.
+    async fn verify(
+        &self,
+        snap: &Snapshot,
+        token: &str,
+        accepted: &[usize],
+    ) -> Result<auth::Verified, ProxyError> {
+        let now = unix_now();
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cached(cache, snap, token, accepted, now) {
+                self.cache_hits.inc();
+                let issuer = &snap.issuers[hit.issuer];
+                auth::check_claims(&hit.claims, &issuer.config, now)?;
+                return Ok(hit);
+            }
+            self.cache_misses.inc();
+        }
+        let parsed = auth::parse(
+            token,
+            &snap.issuers,
+            accepted,
+            snap.config.limits.max_token_bytes,
+        )?;
+        let issuer = &snap.issuers[parsed.issuer];
+        let not_loaded = |r: &RemoteKeys| ProxyError::KeysNotLoaded {
+            issuer: issuer.config.name.clone(),
+            retry_after_secs: r.retry_after_secs(),
+        };
+        let keys = match (&issuer.keys, issuer.keys.current()) {
+            (_, Some(keys)) => match parsed.check_signature(&keys) {
+                Err(auth::AuthError::UnknownKey) => {
+                    let IssuerKeys::Remote(remote) = &issuer.keys else {
+                        return Err(auth::AuthError::UnknownKey.into());
+                    };
+                    let keys = remote.refetch().await.ok_or_else(|| not_loaded(remote))?;
+                    parsed.check_signature(&keys)?;
+                    keys
+                }
+                Err(e) => return Err(e.into()),
+                Ok(()) => keys,
+            },
+            (IssuerKeys::Remote(remote), None) => return Err(not_loaded(remote)),
+            (IssuerKeys::Static(_), None) => return Err(auth::AuthError::UnknownKey.into()),
+        };
+        let verified = parsed.finish(&issuer.config, now)?;
+        if let Some(cache) = &self.cache {
+            cache.insert(
+                token,
+                &issuer.config.issuer,
+                snap.generation,
+                &keys,
+                verified.claims.clone(),
+            );
+        }
+        Ok(verified)
+    }
+}
+
+/// A cache entry that still applies: made by this snapshot, for an issuer this route accepts,
+/// with that issuer's current key set, before the token's `exp`.
+fn cached(
+    cache: &TokenCache,
     snap: &Snapshot,
     token: &str,
     accepted: &[usize],
-) -> Result<auth::Verified, ProxyError> {
-    let parsed = auth::parse(
-        token,
-        &snap.issuers,
-        accepted,
-        snap.config.limits.max_token_bytes,
-    )?;
-    let issuer = &snap.issuers[parsed.issuer];
-    let not_loaded = |r: &RemoteKeys| ProxyError::KeysNotLoaded {
-        issuer: issuer.config.name.clone(),
-        retry_after_secs: r.retry_after_secs(),
-    };
-    match (&issuer.keys, issuer.keys.current()) {
-        (_, Some(keys)) => match parsed.check_signature(&keys) {
-            Err(auth::AuthError::UnknownKey) => {
-                let IssuerKeys::Remote(remote) = &issuer.keys else {
-                    return Err(auth::AuthError::UnknownKey.into());
-                };
-                let keys = remote.refetch().await.ok_or_else(|| not_loaded(remote))?;
-                parsed.check_signature(&keys)?;
-            }
-            other => other?,
-        },
-        (IssuerKeys::Remote(remote), None) => return Err(not_loaded(remote)),
-        (IssuerKeys::Static(_), None) => return Err(auth::AuthError::UnknownKey.into()),
+    now: i64,
+) -> Option<auth::Verified> {
+    let c = cache.get(token)?;
+    if c.generation != snap.generation || now as f64 >= c.expires {
+        cache.remove(token);
+        return None;
     }
-    Ok(parsed.finish(&issuer.config, unix_now())?)
+    let &issuer = accepted
+        .iter()
+        .find(|&&i| snap.issuers[i].config.issuer == c.iss)?;
+    let current = snap.issuers[issuer].keys.current()?;
+    if !std::ptr::eq(c.keys.as_ptr(), Arc::as_ptr(&current)) {
+        cache.remove(token);
+        return None;
+    }
+    Some(auth::Verified {
+        issuer,
+        claims: c.claims.clone(),
+    })
 }
 
 /// The trace id of a W3C `traceparent` (`version-traceid-parentid-flags`).
