@@ -34,8 +34,12 @@ pub type Body = Either<Full<Bytes>, Incoming>;
 /// What the access log records about one request.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Route name, when one matched.
-    pub route: Option<String>,
+    /// Index of the route, when one matched.
+    pub route: Option<usize>,
+    /// The normalised path, once known (the log never shows the raw one or the query).
+    pub path: Option<String>,
+    /// The request's authority, as sent.
+    pub host: Option<HeaderValue>,
     /// `ok`, `none` (not checked), or the failure reason.
     pub auth: &'static str,
     pub upstream_ms: Option<f64>,
@@ -73,28 +77,15 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let start = Instant::now();
         let _in_flight = InFlight::new(&self.metrics.in_flight);
-        let host_for_log = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        let trace_id = req
+        let trace = req
             .headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(trace_id)
-            .map(str::to_owned);
+            .and_then(|t| <[u8; 32]>::try_from(t.as_bytes()).ok());
         let snapshot = self.state.load_full();
         let request_id = headers::request_id(req.headers());
         let method = req.method().clone();
-        let path_for_log =
-            crate::path::normalize(req.uri().path()).unwrap_or_else(|_| "<invalid>".to_owned());
         let mut outcome = Outcome {
             auth: "none",
             ..Outcome::default()
@@ -105,7 +96,9 @@ impl Gateway {
         {
             Ok(res) => res.map(Either::Right),
             Err(e) => {
-                let route = outcome.route.as_deref().unwrap_or("");
+                let route = outcome
+                    .route
+                    .map_or("", |i| snapshot.config.routes[i].name.as_str());
                 if let ProxyError::Auth(a) = &e {
                     outcome.auth = a.reason().as_str();
                     self.metrics
@@ -123,7 +116,9 @@ impl Gateway {
                 e.response(&request_id).map(Either::Left)
             }
         };
-        let route = outcome.route.as_deref().unwrap_or("");
+        let route = outcome
+            .route
+            .map_or("", |i| snapshot.config.routes[i].name.as_str());
         let elapsed = start.elapsed();
         self.metrics
             .requests
@@ -140,11 +135,11 @@ impl Gateway {
             target: "access",
             request_id = request_id.to_str().unwrap_or(""),
             client = %conn.peer.ip(),
-            host = host_for_log.as_str(),
-            trace_id = trace_id.as_deref(),
+            host = outcome.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            trace_id = trace.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
             route = route,
             method = method.as_str(),
-            path = path_for_log.as_str(),
+            path = outcome.path.as_deref().unwrap_or("<invalid>"),
             status = res.status().as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1e3,
             upstream_ms = outcome.upstream_ms,
@@ -187,7 +182,14 @@ impl Gateway {
             .find(&snap.config.routes, &host, &path, &parts.method)
             .ok_or(ProxyError::NotFound)?;
         let route = &snap.config.routes[idx];
-        outcome.route = Some(route.name.clone());
+        outcome.route = Some(idx);
+        outcome.host = host_value.clone();
+        let up = &route.upstream;
+        let query_len = parts.uri.query().map_or(0, str::len);
+        let mut pq = String::with_capacity(up.base_path.len() + path.len() + 1 + query_len);
+        pq.push_str(&up.base_path);
+        pq.push_str(&path);
+        outcome.path = Some(path);
 
         // Token: found, verified, checked against the route's requirements.
         let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
@@ -236,12 +238,6 @@ impl Gateway {
         );
 
         // Upstream.
-        let up = &route.upstream;
-        let mut pq = String::with_capacity(
-            up.base_path.len() + path.len() + 1 + query.as_ref().map_or(0, String::len),
-        );
-        pq.push_str(&up.base_path);
-        pq.push_str(&path);
         if let Some(q) = &query {
             pq.push('?');
             pq.push_str(q);
