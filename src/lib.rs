@@ -74,6 +74,7 @@ pub async fn serve_shared(
         tls,
         health: Arc::new(Health::default()),
         reload_now: Notify::new(),
+        loaded_files: std::sync::atomic::AtomicU64::new(0),
     });
     app.serve(listener, None, async move {
         shutdown.await;
@@ -91,6 +92,9 @@ pub struct App {
     pub tls: Option<Arc<TlsState>>,
     pub health: Arc<Health>,
     pub(crate) reload_now: Notify,
+    /// A hash of the files the running config was loaded from, taken before reading them, so
+    /// a change made while loading (or before the watcher starts) is still seen.
+    pub(crate) loaded_files: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -108,6 +112,7 @@ impl App {
             tls,
             health: Arc::new(Health::default()),
             reload_now: Notify::new(),
+            loaded_files: std::sync::atomic::AtomicU64::new(0),
         };
         app.metrics
             .config_last_reload_success
@@ -119,13 +124,18 @@ impl App {
     /// Loads a config file whole: config, keys, certificates; every error located.
     pub fn load(path: &Path) -> Result<App, ConfigErrors> {
         let metrics = Metrics::new();
+        let before = reload::files_fingerprint(path);
         let snapshot = Snapshot::build_from(Config::load(path)?, None, &metrics)?;
         let tls_loc = snapshot.config.listen.tls_loc;
         let located = |e: tls::TlsError, snap: &Config| {
             ConfigErrors(vec![snap.error(tls_loc, format!("[listen] tls: {e}"))])
         };
         let config = snapshot.config.clone();
-        App::new(snapshot, metrics, Some(path.to_owned())).map_err(|e| located(e, &config))
+        let app =
+            App::new(snapshot, metrics, Some(path.to_owned())).map_err(|e| located(e, &config))?;
+        app.loaded_files
+            .store(before, std::sync::atomic::Ordering::SeqCst);
+        Ok(app)
     }
 
     /// Asks the reload task to re-read everything now (SIGHUP).

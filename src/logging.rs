@@ -3,7 +3,6 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -11,38 +10,84 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-/// Formats events as JSON lines whose first member is `time` (RFC 3339, UTC).
+/// Formats events as JSON lines whose first member is `time` (RFC 3339, UTC). Written straight
+/// into the output buffer: this runs once per request for the access log.
 pub struct JsonLines;
 
-struct Fields(Map<String, Value>);
+/// Writes `s` as a JSON string (quotes included). Hand-written because it is the hot part of
+/// every access-log line and needs no allocation.
+fn json_str(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f | 0x7f => "",
+            _ => continue,
+        };
+        w.write_str(&s[start..i])?;
+        if esc.is_empty() {
+            write!(w, "\\u{b:04x}")?;
+        } else {
+            w.write_str(esc)?;
+        }
+        start = i + 1;
+    }
+    w.write_str(&s[start..])?;
+    w.write_char('"')
+}
 
-impl Visit for Fields {
+struct Fields<'a, 'w> {
+    w: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn key(&mut self, field: &Field) -> fmt::Result {
+        self.w.write_char(',')?;
+        json_str(self.w, field.name())?;
+        self.w.write_char(':')
+    }
+
+    fn put(&mut self, field: &Field, f: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|()| f(self.w));
+        }
+    }
+}
+
+impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.put(field, |w| json_str(w, value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.put(field, |w| write!(w, "{value}"));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.put(field, |w| write!(w, "{value}"));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        // Milliseconds to the microsecond are plenty for a log line.
-        self.0.insert(
-            field.name().to_owned(),
-            Value::from((value * 1000.0).round() / 1000.0),
-        );
+        if value.is_finite() {
+            // Milliseconds to the microsecond are plenty for a log line.
+            self.put(field, |w| {
+                write!(w, "{}", (value * 1000.0).round() / 1000.0)
+            });
+        } else {
+            self.put(field, |w| w.write_str("null"));
+        }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.put(field, |w| write!(w, "{value}"));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
+        self.put(field, |w| json_str(w, &format!("{value:?}")));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(value.to_string()));
+        self.put(field, |w| json_str(w, &value.to_string()));
     }
 }
 
@@ -57,19 +102,27 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut fields = Fields(Map::new());
-        fields.0.insert(
-            "time".into(),
-            Value::from(humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()),
-        );
         let meta = event.metadata();
-        fields.0.insert(
-            "level".into(),
-            Value::from(meta.level().as_str().to_ascii_lowercase()),
-        );
-        fields.0.insert("target".into(), Value::from(meta.target()));
+        write!(
+            writer,
+            "{{\"time\":\"{}\",\"level\":\"{}\",\"target\":",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now()),
+            match *meta.level() {
+                tracing::Level::ERROR => "error",
+                tracing::Level::WARN => "warn",
+                tracing::Level::INFO => "info",
+                tracing::Level::DEBUG => "debug",
+                tracing::Level::TRACE => "trace",
+            }
+        )?;
+        json_str(&mut writer, meta.target())?;
+        let mut fields = Fields {
+            w: &mut writer,
+            result: Ok(()),
+        };
         event.record(&mut fields);
-        writeln!(writer, "{}", Value::Object(fields.0))
+        fields.result?;
+        writer.write_str("}\n")
     }
 }
 

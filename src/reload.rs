@@ -49,6 +49,15 @@ fn fingerprint(files: &[PathBuf]) -> u64 {
     h.finish()
 }
 
+/// The fingerprint of a config file and every file it names (as it reads now). A config that
+/// does not parse counts as just its own bytes.
+pub fn files_fingerprint(config_path: &Path) -> u64 {
+    match Config::load(config_path) {
+        Ok(c) => fingerprint(&watched_files(config_path, &c)),
+        Err(_) => fingerprint(&[config_path.to_owned()]),
+    }
+}
+
 fn directories(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     files
         .iter()
@@ -80,7 +89,9 @@ pub async fn watch(app: Arc<App>) {
     };
     let mut files = watched_files(&config_path, &app.state.load().config);
     let mut watched_dirs = BTreeSet::new();
-    let mut last = fingerprint(&files);
+    // Compare against what was loaded, not what is on disk now: a change made between load
+    // and this point must still be applied.
+    let mut last = app.loaded_files.load(std::sync::atomic::Ordering::SeqCst);
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     loop {
         // The watched directories follow the config: a reload may name new files.
@@ -108,6 +119,7 @@ pub async fn watch(app: Arc<App>) {
         };
         let now = fingerprint(&files);
         if forced || now != last {
+            // A refused config is remembered too, so it is logged once, not on every poll.
             let _ = app.reload_config();
             files = watched_files(&config_path, &app.state.load().config);
             last = fingerprint(&files);

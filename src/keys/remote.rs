@@ -208,7 +208,9 @@ struct Inner {
     algorithms: Vec<Alg>,
     refresh: Duration,
     current: ArcSwapOption<KeySet>,
-    /// Counts finished fetch attempts, so unknown-kid waiters see the one they asked for.
+    /// Counts started fetch attempts.
+    started: std::sync::atomic::AtomicU64,
+    /// Counts finished fetch attempts; a waiter waits for one that started after it asked.
     attempts: watch::Sender<u64>,
     wake: Notify,
     next_attempt_unix: AtomicI64,
@@ -248,6 +250,7 @@ impl RemoteKeys {
             algorithms,
             refresh,
             current: ArcSwapOption::empty(),
+            started: std::sync::atomic::AtomicU64::new(0),
             attempts,
             wake: Notify::new(),
             next_attempt_unix: AtomicI64::new(unix_now()),
@@ -280,9 +283,12 @@ impl RemoteKeys {
     /// [`UNKNOWN_KID_WAIT`]) for the next fetch attempt to finish. Many callers share one fetch.
     pub async fn refetch(&self) -> Option<Arc<KeySet>> {
         let mut rx = self.inner.attempts.subscribe();
-        let seen = *rx.borrow_and_update();
+        // A fetch already in flight may have read the document before the rotation this
+        // request depends on: wait for one that starts after now. Fetches run one at a time,
+        // so that one has finished when the finished count passes the started count.
+        let started = self.inner.started.load(Ordering::SeqCst);
         self.inner.wake.notify_one();
-        let _ = tokio::time::timeout(UNKNOWN_KID_WAIT, rx.wait_for(|n| *n > seen)).await;
+        let _ = tokio::time::timeout(UNKNOWN_KID_WAIT, rx.wait_for(|n| *n > started)).await;
         self.keys()
     }
 
@@ -306,6 +312,7 @@ async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
     let labels = [inner.issuer.as_str()];
     loop {
         let started = Instant::now();
+        inner.started.fetch_add(1, Ordering::SeqCst);
         let wait = match fetch(&inner.source, &inner.algorithms).await {
             Ok((keys, skipped, max_age)) => {
                 for s in &skipped {
