@@ -391,18 +391,13 @@ async fn verify(
         snap.config.limits.max_token_bytes,
     )?;
     let issuer = &snap.issuers[parsed.issuer];
-    let keys = match &issuer.keys {
-        auth::IssuerKeys::Remote(r) => {
-            r.first_attempt(Duration::from_secs(5)).await;
-            match r.keys() {
-                Some(k) => k,
-                None => r.refetch().await.ok_or(AuthError::UnknownKey)?,
-            }
-        }
-        k => k.current().ok_or(AuthError::UnknownKey)?,
-    };
-    parsed.check_signature(&keys)?;
-    parsed.finish(&issuer.config, now).map(Some)
+    match issuer.check_signature(&parsed).await {
+        Ok(_) => parsed.finish(&issuer.config, now).map(Some),
+        Err(auth::SignatureError::Auth(e)) => Err(e),
+        // explain waits for first fetches before it starts; still none means the provider
+        // could not be reached.
+        Err(auth::SignatureError::NotLoaded { .. }) => Err(AuthError::UnknownKey),
+    }
 }
 
 /// Decodes what can be shown of a token without trusting it, as the steps' details.

@@ -143,7 +143,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn check(path: &Path) -> ExitCode {
+/// Builds a runtime, loads the config whole (printing every error), and runs `f` on it.
+fn with_loaded<F, Fut>(path: &Path, f: F) -> ExitCode
+where
+    F: FnOnce(Arc<Snapshot>) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -152,14 +157,18 @@ fn check(path: &Path) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let app = match App::load(path) {
-            Ok(app) => app,
+        match App::load(path) {
+            Ok(app) => f(app.state.load_full()).await,
             Err(errors) => {
                 eprintln!("{errors}");
-                return ExitCode::FAILURE;
+                ExitCode::FAILURE
             }
-        };
-        let snap = app.state.load_full();
+        }
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    with_loaded(path, |snap| async move {
         // `check` fetches every JWKS URL once: a provider that cannot be reached is an error.
         let mut failed = false;
         for i in &snap.issuers {
@@ -205,22 +214,11 @@ fn explain(
         eprintln!("jwtgate explain: {method:?} is not an HTTP method");
         return ExitCode::FAILURE;
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("jwtgate: {e:#}");
-            return ExitCode::FAILURE;
+    with_loaded(config, |snap| async move {
+        // A fresh process: give remote issuers their first fetch before judging the token.
+        for r in snap.remote_keys() {
+            r.first_attempt(Duration::from_secs(5)).await;
         }
-    };
-    rt.block_on(async {
-        let app = match App::load(config) {
-            Ok(app) => app,
-            Err(errors) => {
-                eprintln!("{errors}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let snap = app.state.load_full();
         let report = jwtgate::explain::explain(&snap, token.as_deref(), &method, host, path).await;
         if json {
             match serde_json::to_string_pretty(&report) {

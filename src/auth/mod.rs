@@ -6,7 +6,9 @@ pub mod claims;
 mod strict_json;
 pub mod verify;
 
-pub use verify::{check_claims, parse, verify, Issuer, IssuerKeys, Parsed, Verified};
+pub use verify::{
+    check_claims, parse, verify, Issuer, IssuerKeys, Parsed, SignatureError, Verified,
+};
 
 /// The fixed set of failure reasons used in metrics labels and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -39,6 +39,51 @@ impl IssuerKeys {
     }
 }
 
+/// Why a token's signature could not be checked or did not verify.
+#[derive(Debug)]
+pub enum SignatureError {
+    /// The token is refused.
+    Auth(AuthError),
+    /// The issuer's keys have not been fetched yet: answer 503, retry after this long.
+    NotLoaded { retry_after_secs: u64 },
+}
+
+impl From<AuthError> for SignatureError {
+    fn from(e: AuthError) -> Self {
+        SignatureError::Auth(e)
+    }
+}
+
+impl Issuer {
+    /// Checks a parsed token's signature with this issuer's keys and returns the key set that
+    /// verified it. A kid that remote keys do not have triggers one (shared, rate-limited)
+    /// refetch that this call waits for, so a key rotation never costs a 401.
+    pub async fn check_signature(
+        &self,
+        parsed: &Parsed<'_>,
+    ) -> Result<Arc<KeySet>, SignatureError> {
+        let not_loaded = |r: &RemoteKeys| SignatureError::NotLoaded {
+            retry_after_secs: r.retry_after_secs(),
+        };
+        match (&self.keys, self.keys.current()) {
+            (_, Some(keys)) => match parsed.check_signature(&keys) {
+                Ok(()) => Ok(keys),
+                Err(AuthError::UnknownKey) => {
+                    let IssuerKeys::Remote(remote) = &self.keys else {
+                        return Err(AuthError::UnknownKey.into());
+                    };
+                    let keys = remote.refetch().await.ok_or_else(|| not_loaded(remote))?;
+                    parsed.check_signature(&keys)?;
+                    Ok(keys)
+                }
+                Err(e) => Err(e.into()),
+            },
+            (IssuerKeys::Remote(remote), None) => Err(not_loaded(remote)),
+            (IssuerKeys::Static(_), None) => Err(AuthError::UnknownKey.into()),
+        }
+    }
+}
+
 /// A token whose structure, issuer, algorithm and `typ` passed, awaiting its signature and
 /// claim checks.
 #[derive(Debug)]

@@ -18,9 +18,8 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 
 use crate::auth::cache::TokenCache;
-use crate::auth::{self, claims, IssuerKeys};
+use crate::auth::{self, claims};
 use crate::config::AuthMode;
-use crate::keys::remote::RemoteKeys;
 use crate::metrics::Metrics;
 use crate::routes::normalize_host;
 use crate::server::ConnInfo;
@@ -332,26 +331,13 @@ impl Gateway {
             snap.config.limits.max_token_bytes,
         )?;
         let issuer = &snap.issuers[parsed.issuer];
-        let not_loaded = |r: &RemoteKeys| ProxyError::KeysNotLoaded {
-            issuer: issuer.config.name.clone(),
-            retry_after_secs: r.retry_after_secs(),
-        };
-        let keys = match (&issuer.keys, issuer.keys.current()) {
-            (_, Some(keys)) => match parsed.check_signature(&keys) {
-                Err(auth::AuthError::UnknownKey) => {
-                    let IssuerKeys::Remote(remote) = &issuer.keys else {
-                        return Err(auth::AuthError::UnknownKey.into());
-                    };
-                    let keys = remote.refetch().await.ok_or_else(|| not_loaded(remote))?;
-                    parsed.check_signature(&keys)?;
-                    keys
-                }
-                Err(e) => return Err(e.into()),
-                Ok(()) => keys,
+        let keys = issuer.check_signature(&parsed).await.map_err(|e| match e {
+            auth::SignatureError::Auth(e) => ProxyError::Auth(e),
+            auth::SignatureError::NotLoaded { retry_after_secs } => ProxyError::KeysNotLoaded {
+                issuer: issuer.config.name.clone(),
+                retry_after_secs,
             },
-            (IssuerKeys::Remote(remote), None) => return Err(not_loaded(remote)),
-            (IssuerKeys::Static(_), None) => return Err(auth::AuthError::UnknownKey.into()),
-        };
+        })?;
         let verified = parsed.finish(&issuer.config, now)?;
         if let Some(cache) = &self.cache {
             cache.insert(
