@@ -117,6 +117,7 @@ impl App {
         app.metrics
             .config_last_reload_success
             .set(unix_now() as f64);
+        app.state.load().publish_key_metrics(None, &app.metrics);
         app.record_cert_expiry();
         Ok(app)
     }
@@ -160,6 +161,7 @@ impl App {
                         "listen addr changed: a restart is needed to move the listener"
                     );
                 }
+                s.publish_key_metrics(Some(&current), &self.metrics);
                 self.state.store(Arc::new(s));
                 self.metrics
                     .config_reloads

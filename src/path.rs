@@ -83,7 +83,15 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
     for &c in pre {
         let step = separator_len(&p[i..]);
         if c == b'/' && step > 0 {
+            // A run of separators is one boundary (`/%2Fadmin` is `/admin` to nginx and IIS).
             i += step;
+            loop {
+                let more = separator_len(&p[i..]);
+                if more == 0 {
+                    break;
+                }
+                i += more;
+            }
         } else if p.get(i) == Some(&c) {
             i += 1;
         } else {

@@ -60,10 +60,6 @@ impl Snapshot {
                             .into_iter()
                             .map(|s| format!("issuer {:?}: {s}", ic.name)),
                     );
-                    metrics
-                        .keys_loaded
-                        .with_label_values(&[ic.name.as_str()])
-                        .set(keys.len() as i64);
                     IssuerKeys::Static(Arc::new(keys))
                 }
                 Ok(None) => {
@@ -122,6 +118,28 @@ impl Snapshot {
             generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             skipped_keys,
         })
+    }
+
+    /// Publishes the per-issuer key gauges once this snapshot is the live one: static key
+    /// counts are set, and issuers that `previous` had but this one has not are removed.
+    pub fn publish_key_metrics(&self, previous: Option<&Snapshot>, metrics: &Metrics) {
+        for i in &self.issuers {
+            if let IssuerKeys::Static(k) = &i.keys {
+                metrics
+                    .keys_loaded
+                    .with_label_values(&[i.config.name.as_str()])
+                    .set(k.len() as i64);
+            }
+        }
+        for old in previous.map_or(&[][..], |p| &p.issuers[..]) {
+            let name = old.config.name.as_str();
+            if !self.issuers.iter().any(|i| i.config.name == name) {
+                let _ = metrics.keys_loaded.remove_label_values(&[name]);
+                let _ = metrics
+                    .key_refresh_last_success
+                    .remove_label_values(&[name]);
+            }
+        }
     }
 
     /// True when every issuer that a route needs has keys (the readiness condition).

@@ -109,6 +109,8 @@ pub struct Limits {
     pub max_token_bytes: usize,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
+    /// Longest pause between request body data; a stalled upload is cut off.
+    pub body_read_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -122,6 +124,7 @@ impl Default for Limits {
             max_token_bytes: 8192,
             max_header_bytes: 16384,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
@@ -653,6 +656,11 @@ impl Validator<'_> {
                 "header_read_timeout",
                 d.header_read_timeout,
             ),
+            body_read_timeout: self.duration(
+                &raw.body_read_timeout,
+                "body_read_timeout",
+                d.body_read_timeout,
+            ),
             upstream_connect_timeout: self.duration(
                 &raw.upstream_connect_timeout,
                 "upstream_connect_timeout",
@@ -799,6 +807,10 @@ impl Validator<'_> {
 
     fn url_ok(&mut self, u: &Spanned<String>, issuer: &str, key: &str) {
         match u.get_ref().parse::<http::Uri>() {
+            Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => self.error(
+                u,
+                format!("issuer {issuer:?}: {key} must not carry credentials: they would show in logs and /config"),
+            ),
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.authority().is_some() => {}

@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod bearer;
+pub mod body;
 pub mod headers;
 pub mod upstream;
 
@@ -72,80 +73,47 @@ impl Gateway {
     }
 
     /// Answers one request, never with an error: failures become their answer, and every
-    /// request leaves one access-log line.
+    /// request leaves one access-log line and its metrics, also when its client goes away.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        let start = Instant::now();
         let _in_flight = InFlight::new(&self.metrics.in_flight);
-        let trace = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(trace_id)
-            .and_then(|t| <[u8; 32]>::try_from(t.as_bytes()).ok());
-        let snapshot = self.state.load_full();
-        let request_id = headers::request_id(req.headers());
-        let method = req.method().clone();
-        let mut outcome = Outcome {
-            auth: "none",
-            ..Outcome::default()
+        let mut rec = Record {
+            gw: self,
+            snapshot: self.state.load_full(),
+            conn,
+            start: Instant::now(),
+            request_id: headers::request_id(req.headers()),
+            method: req.method().clone(),
+            trace: req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(trace_id)
+                .and_then(|t| <[u8; 32]>::try_from(t.as_bytes()).ok()),
+            outcome: Outcome {
+                auth: "none",
+                ..Outcome::default()
+            },
+            status: None,
         };
-        let mut res = match self
-            .handle_inner(&snapshot, req, conn, &request_id, &mut outcome)
-            .await
-        {
+        let snapshot = rec.snapshot.clone();
+        let result = self
+            .handle_inner(&snapshot, req, conn, &rec.request_id, &mut rec.outcome)
+            .await;
+        let mut res = match result {
             Ok(res) => res.map(Either::Right),
             Err(e) => {
-                let route = outcome
-                    .route
-                    .map_or("", |i| snapshot.config.routes[i].name.as_str());
                 if let ProxyError::Auth(a) = &e {
-                    outcome.auth = a.reason().as_str();
-                    self.metrics
-                        .auth_failures
-                        .with_label_values(&[route, outcome.auth])
-                        .inc();
+                    rec.outcome.auth = a.reason().as_str();
                 }
                 if let ProxyError::Upstream { kind } = &e {
-                    outcome.upstream_error = Some(kind.as_str());
-                    self.metrics
-                        .upstream_errors
-                        .with_label_values(&[route, kind.as_str()])
-                        .inc();
+                    rec.outcome.upstream_error = Some(kind.as_str());
                 }
-                e.response(&request_id).map(Either::Left)
+                e.response(&rec.request_id).map(Either::Left)
             }
         };
-        let route = outcome
-            .route
-            .map_or("", |i| snapshot.config.routes[i].name.as_str());
-        let elapsed = start.elapsed();
-        self.metrics
-            .requests
-            .with_label_values(&[route, res.status().as_str()])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
-
         res.headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-        tracing::info!(
-            target: "access",
-            request_id = request_id.to_str().unwrap_or(""),
-            client = %conn.peer.ip(),
-            host = outcome.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-            trace_id = trace.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
-            route = route,
-            method = method.as_str(),
-            path = outcome.path.as_deref().unwrap_or("<invalid>"),
-            status = res.status().as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1e3,
-            upstream_ms = outcome.upstream_ms,
-            upstream_status = outcome.upstream_status,
-            upstream_error = outcome.upstream_error,
-            auth = outcome.auth,
-        );
+            .insert(headers::X_REQUEST_ID.clone(), rec.request_id.clone());
+        rec.status = Some(res.status().as_u16());
         res
     }
 
@@ -163,9 +131,12 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
 
         // Route: the normalised path is both what is matched and what is forwarded.
-        let path = crate::path::normalize(parts.uri.path())
+        let normalized = crate::path::normalize(parts.uri.path())
             .map_err(|_| ProxyError::BadRequest("the request path is malformed or ambiguous"))?;
+        // Kept in the outcome for the access log, which never shows the raw path or query.
+        let path = outcome.path.insert(normalized).as_str();
         let host_value = request_host(&parts)?;
+        outcome.host = host_value.clone();
         let host = match &host_value {
             Some(h) => normalize_host(
                 h.to_str()
@@ -178,17 +149,15 @@ impl Gateway {
         };
         let idx = snap
             .table
-            .find(&snap.config.routes, &host, &path, &parts.method)
+            .find(&snap.config.routes, &host, path, &parts.method)
             .ok_or(ProxyError::NotFound)?;
         let route = &snap.config.routes[idx];
         outcome.route = Some(idx);
-        outcome.host = host_value.clone();
         let up = &route.upstream;
         let query_len = parts.uri.query().map_or(0, str::len);
         let mut pq = String::with_capacity(up.base_path.len() + path.len() + 1 + query_len);
         pq.push_str(&up.base_path);
-        pq.push_str(&path);
-        outcome.path = Some(path);
+        pq.push_str(path);
 
         // Token: found, verified, checked against the route's requirements.
         let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
@@ -251,6 +220,7 @@ impl Gateway {
                 .build()
                 .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
         parts.version = http::Version::HTTP_11;
+        let body = body::IdleTimeout::new(body, snap.config.limits.body_read_timeout);
         let upstream_req = Request::from_parts(parts, body);
 
         let client = snap.clients.for_route(idx).ok_or(ProxyError::NotFound)?;
@@ -285,6 +255,81 @@ impl Gateway {
         }
         headers::remove_connection_listed(res.headers_mut());
         Ok(res)
+    }
+}
+
+/// Status recorded for a request whose client went away before it was answered (nginx's
+/// convention).
+const CLIENT_CLOSED: u16 = 499;
+
+/// One request's metrics and access-log line, written when it is dropped: at the end of
+/// `handle`, or when hyper drops the request because its client disconnected.
+struct Record<'a> {
+    gw: &'a Gateway,
+    snapshot: Arc<Snapshot>,
+    conn: &'a ConnInfo,
+    start: Instant,
+    request_id: HeaderValue,
+    method: http::Method,
+    trace: Option<[u8; 32]>,
+    outcome: Outcome,
+    /// The answer's status; `None` until answered.
+    status: Option<u16>,
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        let o = &self.outcome;
+        let m = &self.gw.metrics;
+        let route = o
+            .route
+            .map_or("", |i| self.snapshot.config.routes[i].name.as_str());
+        let status = self.status.unwrap_or(CLIENT_CLOSED);
+        let elapsed = self.start.elapsed();
+        if o.auth != "none" && o.auth != "ok" {
+            m.auth_failures.with_label_values(&[route, o.auth]).inc();
+        }
+        if let Some(kind) = o.upstream_error {
+            m.upstream_errors.with_label_values(&[route, kind]).inc();
+        }
+        let code = itoa_status(status);
+        m.requests.with_label_values(&[route, code.as_str()]).inc();
+        m.request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "access",
+            request_id = self.request_id.to_str().unwrap_or(""),
+            client = %self.conn.peer.ip(),
+            host = o.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            trace_id = self.trace.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
+            route = route,
+            method = self.method.as_str(),
+            path = o.path.as_deref().unwrap_or("<invalid>"),
+            status = status,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            upstream_ms = o.upstream_ms,
+            upstream_status = o.upstream_status,
+            upstream_error = o.upstream_error,
+            auth = o.auth,
+        );
+    }
+}
+
+/// A status code as label text without a heap allocation.
+fn itoa_status(status: u16) -> StatusText {
+    let mut t = StatusText([b'0'; 3]);
+    t.0[0] = b'0' + (status / 100 % 10) as u8;
+    t.0[1] = b'0' + (status / 10 % 10) as u8;
+    t.0[2] = b'0' + (status % 10) as u8;
+    t
+}
+
+struct StatusText([u8; 3]);
+
+impl StatusText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("000")
     }
 }
 

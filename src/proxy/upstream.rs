@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -17,7 +16,7 @@ use crate::config::{Config, RouteConfig};
 use crate::tls::{provider, read_certs, TlsError};
 
 /// A pooled client; one per distinct [`ClientKey`], shared by the routes that need it.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, super::body::IdleTimeout>;
 
 /// How long an idle pooled connection is kept: below common upstream keep-alive timeouts
 /// (nginx 75 s) so we rarely reuse a connection the upstream is closing.
