@@ -79,26 +79,36 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
     // slashes allowed) decode them into separators, so `/admin%2Fx` must be as protected as
     // `/admin/x`. Matching can only get stricter this way, never looser.
     let (p, pre) = (path.as_bytes(), prefix.as_bytes());
-    let mut i = 0;
-    for &c in pre {
-        let step = separator_len(&p[i..]);
-        if c == b'/' && step > 0 {
-            // A run of separators is one boundary (`/%2Fadmin` is `/admin` to nginx and IIS).
-            i += step;
-            loop {
-                let more = separator_len(&p[i..]);
-                if more == 0 {
-                    break;
-                }
-                i += more;
+    let (mut i, mut j) = (0, 0);
+    let mut ended_on_separator = false;
+    let skip_run = |b: &[u8], mut k: usize| {
+        loop {
+            let n = separator_len(&b[k..]);
+            if n == 0 {
+                return k;
             }
-        } else if p.get(i) == Some(&c) {
+            k += n;
+        }
+    };
+    while j < pre.len() {
+        if separator_len(&pre[j..]) > 0 {
+            // A run of separators is one boundary on both sides (`/%2Fadmin` is `/admin` to
+            // nginx and IIS), so a prefix always lies under itself.
+            if separator_len(&p[i..]) == 0 {
+                return false;
+            }
+            j = skip_run(pre, j);
+            i = skip_run(p, i);
+            ended_on_separator = true;
+        } else if p.get(i) == Some(&pre[j]) {
             i += 1;
+            j += 1;
+            ended_on_separator = false;
         } else {
             return false;
         }
     }
-    if prefix.ends_with('/') {
+    if ended_on_separator {
         return true;
     }
     // ';' counts as a boundary because some upstreams (Tomcat) strip `;params`, so treating
