@@ -2,7 +2,6 @@
 //! runs it behind the gateway, and the integration tests use it as their real upstream.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
@@ -10,9 +9,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 /// Longest delay a request may ask for with `?delay_ms=`.
@@ -23,21 +19,7 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// The answer is `{"method", "path", "query", "version", "headers": {name: [values]}, "body"}`.
 /// `?delay_ms=N` delays the answer (for timeout tests); `?status=N` sets its status.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            s = listener.accept() => match s {
-                Ok((s, _)) => s,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue }
-            },
-            () = &mut shutdown => return,
-        };
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service_fn(echo))
-                .await;
-        });
-    }
+    crate::server::serve_plain(listener, shutdown, echo).await;
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -48,7 +30,7 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query();
     if let Some(ms) = query_param(query, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
@@ -83,5 +65,5 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    Ok(res)
+    res
 }

@@ -384,15 +384,9 @@ async fn verify(
     accepted: &[usize],
     now: i64,
 ) -> Result<Option<auth::Verified>, AuthError> {
-    let parsed = auth::parse(
-        token,
-        &snap.issuers,
-        accepted,
-        snap.config.limits.max_token_bytes,
-    )?;
-    let issuer = &snap.issuers[parsed.issuer];
-    match issuer.check_signature(&parsed).await {
-        Ok(_) => parsed.finish(&issuer.config, now).map(Some),
+    let limit = snap.config.limits.max_token_bytes;
+    match auth::verify_live(token, &snap.issuers, accepted, limit, now).await {
+        Ok((v, _)) => Ok(Some(v)),
         Err(auth::SignatureError::Auth(e)) => Err(e),
         // explain waits for first fetches before it starts; still none means the provider
         // could not be reached.

@@ -81,14 +81,12 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
     let (p, pre) = (path.as_bytes(), prefix.as_bytes());
     let (mut i, mut j) = (0, 0);
     let mut ended_on_separator = false;
-    let skip_run = |b: &[u8], mut k: usize| {
-        loop {
-            let n = separator_len(&b[k..]);
-            if n == 0 {
-                return k;
-            }
-            k += n;
+    let skip_run = |b: &[u8], mut k: usize| loop {
+        let n = separator_len(&b[k..]);
+        if n == 0 {
+            return k;
         }
+        k += n;
     };
     while j < pre.len() {
         if separator_len(&pre[j..]) > 0 {

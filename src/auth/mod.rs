@@ -7,7 +7,7 @@ mod strict_json;
 pub mod verify;
 
 pub use verify::{
-    check_claims, parse, verify, Issuer, IssuerKeys, Parsed, SignatureError, Verified,
+    check_claims, parse, verify, verify_live, Issuer, IssuerKeys, Parsed, SignatureError, Verified,
 };
 
 /// The fixed set of failure reasons used in metrics labels and logs.

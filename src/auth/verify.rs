@@ -45,7 +45,10 @@ pub enum SignatureError {
     /// The token is refused.
     Auth(AuthError),
     /// The issuer's keys have not been fetched yet: answer 503, retry after this long.
-    NotLoaded { retry_after_secs: u64 },
+    NotLoaded {
+        issuer: String,
+        retry_after_secs: u64,
+    },
 }
 
 impl From<AuthError> for SignatureError {
@@ -63,6 +66,7 @@ impl Issuer {
         parsed: &Parsed<'_>,
     ) -> Result<Arc<KeySet>, SignatureError> {
         let not_loaded = |r: &RemoteKeys| SignatureError::NotLoaded {
+            issuer: self.config.name.clone(),
             retry_after_secs: r.retry_after_secs(),
         };
         match (&self.keys, self.keys.current()) {
@@ -82,6 +86,22 @@ impl Issuer {
             (IssuerKeys::Static(_), None) => Err(AuthError::UnknownKey.into()),
         }
     }
+}
+
+/// The request path's verification: [`parse`], then the issuer's keys (waiting for a
+/// refetch on an unknown kid), then the claim checks. Returns the key set that verified the
+/// token too, for the token cache.
+pub async fn verify_live(
+    token: &str,
+    issuers: &[Issuer],
+    accepted: &[usize],
+    max_token_bytes: usize,
+    now: i64,
+) -> Result<(Verified, Arc<KeySet>), SignatureError> {
+    let parsed = parse(token, issuers, accepted, max_token_bytes)?;
+    let issuer = &issuers[parsed.issuer];
+    let keys = issuer.check_signature(&parsed).await?;
+    Ok((parsed.finish(&issuer.config, now)?, keys))
 }
 
 /// A token whose structure, issuer, algorithm and `typ` passed, awaiting its signature and

@@ -369,21 +369,20 @@ impl Gateway {
             }
             self.cache_misses.inc();
         }
-        let parsed = auth::parse(
-            token,
-            &snap.issuers,
-            accepted,
-            snap.config.limits.max_token_bytes,
-        )?;
-        let issuer = &snap.issuers[parsed.issuer];
-        let keys = issuer.check_signature(&parsed).await.map_err(|e| match e {
-            auth::SignatureError::Auth(e) => ProxyError::Auth(e),
-            auth::SignatureError::NotLoaded { retry_after_secs } => ProxyError::KeysNotLoaded {
-                issuer: issuer.config.name.clone(),
-                retry_after_secs,
-            },
-        })?;
-        let verified = parsed.finish(&issuer.config, now)?;
+        let limit = snap.config.limits.max_token_bytes;
+        let (verified, keys) = auth::verify_live(token, &snap.issuers, accepted, limit, now)
+            .await
+            .map_err(|e| match e {
+                auth::SignatureError::Auth(e) => ProxyError::Auth(e),
+                auth::SignatureError::NotLoaded {
+                    issuer,
+                    retry_after_secs,
+                } => ProxyError::KeysNotLoaded {
+                    issuer,
+                    retry_after_secs,
+                },
+            })?;
+        let issuer = &snap.issuers[verified.issuer];
         if let Some(cache) = &self.cache {
             cache.insert(
                 token,
