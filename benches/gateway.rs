@@ -12,7 +12,9 @@
 //!   strip plus claim headers (claim values read from verified claims, then `prepare`).
 //! - `handle/*`: one HTTP/1.1 round trip over a kept-alive connection through the whole
 //!   gateway (`jwtgate::run`) to the in-process echo upstream, for a route without auth and a
-//!   `required` route per algorithm, with the echo upstream called directly as the floor.
+//!   `required` route per algorithm (a repeated token, so `auth_required/*` is served from the
+//!   verified-token cache; `auth_required_uncached/*` is a second gateway with
+//!   `token_cache_entries = 0`), with the echo upstream called directly as the floor.
 //!
 //! The same binary has a second use: `benches/load.sh` mints its token lists with it, since
 //! signing 20,000 RS256 tokens one `jwtgate dev-token` process at a time is slow. That mode
@@ -24,7 +26,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use aws_lc_rs::{hmac, rsa};
@@ -219,7 +220,14 @@ fn config(dir: &Path, keys: &Keys, body: &str) -> Config {
 
 fn bench_verify(c: &mut Criterion, keys: &Keys) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let snapshot = Snapshot::build(config(dir.path(), keys, "")).expect("snapshot");
+    let route = r#"
+[[route]]
+name = "all"
+path_prefix = "/"
+upstream = "http://127.0.0.1:9"
+auth = "required"
+"#;
+    let snapshot = Snapshot::build(config(dir.path(), keys, route)).expect("snapshot");
     let claims = claims();
     let mut g = c.benchmark_group("verify");
     for alg in ALGS {
@@ -237,7 +245,9 @@ fn bench_verify(c: &mut Criterion, keys: &Keys) {
         jsonwebtoken::decode::<Map<String, Value>>(&token, &key, &validation)
             .expect("jsonwebtoken accepts the bench token");
         g.bench_function(format!("jsonwebtoken/{alg}"), |b| {
-            b.iter(|| jsonwebtoken::decode::<Map<String, Value>>(black_box(&token), &key, &validation))
+            b.iter(|| {
+                jsonwebtoken::decode::<Map<String, Value>>(black_box(&token), &key, &validation)
+            })
         });
     }
     let token = keys.sign("ES256", &claims);
@@ -260,17 +270,34 @@ fn bench_routes(c: &mut Criterion, keys: &Keys) {
     let get = Method::GET;
     let cases: [(&str, &str, &str, Option<&str>); 4] = [
         // A host-less route in the middle of the 800.
-        ("hit_prefix", "api.example.com", "/api/team47/svc3/orders/42", Some("r473")),
+        (
+            "hit_prefix",
+            "api.example.com",
+            "/api/team47/svc3/orders/42",
+            Some("r473"),
+        ),
         // An exact host: its own small group is searched first.
-        ("hit_exact_host", "svc3.example.com", "/v5/items/7", Some("r53")),
+        (
+            "hit_exact_host",
+            "svc3.example.com",
+            "/v5/items/7",
+            Some("r53"),
+        ),
         // A wildcard host.
-        ("hit_wildcard_host", "a.tenant4.example.com", "/v19/things/x", Some("r194")),
+        (
+            "hit_wildcard_host",
+            "a.tenant4.example.com",
+            "/v19/things/x",
+            Some("r194"),
+        ),
         // No route: every wildcard suffix and all 800 host-less prefixes are looked at.
         ("miss", "api.example.com", "/nothing/here", None),
     ];
     let mut g = c.benchmark_group("routes");
     for (name, host, path, want) in cases {
-        let found = table.find(routes, host, path, &get).map(|i| routes[i].name.as_str());
+        let found = table
+            .find(routes, host, path, &get)
+            .map(|i| routes[i].name.as_str());
         assert_eq!(found, want, "route case {name}");
         g.bench_function(format!("find_1000/{name}"), |b| {
             b.iter(|| table.find(routes, black_box(host), black_box(path), &get))
@@ -289,13 +316,29 @@ fn bench_routes(c: &mut Criterion, keys: &Keys) {
         })
     });
     // What a config reload pays to compile the table.
-    g.bench_function("build_table_1000", |b| b.iter(|| RouteTable::new(black_box(routes))));
+    g.bench_function("build_table_1000", |b| {
+        b.iter(|| RouteTable::new(black_box(routes)))
+    });
     g.finish();
 }
 
 // ---------------------------------------------------------------------------------------------
 // headers/*
 // ---------------------------------------------------------------------------------------------
+
+/// The claim headers of `route` for verified `claims`, as the request path computes them.
+fn claim_values<'r>(
+    route: &'r jwtgate::config::RouteConfig,
+    claims: &Map<String, Value>,
+) -> Vec<(&'r HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(route.claim_headers.len());
+    for (name, path) in &route.claim_headers {
+        if let Some(v) = auth_claims::header_value(claims, path).expect("claim value") {
+            out.push((name, v));
+        }
+    }
+    out
+}
 
 /// A typical API client's request headers, with a token, a spoofed claim header in both
 /// spellings, a `Connection` list and an existing `X-Forwarded-For`.
@@ -347,18 +390,9 @@ fn bench_headers(c: &mut Criterion, keys: &Keys) {
         websocket: false,
         request_id: &request_id,
     };
-    let claim_values = |route: &jwtgate::config::RouteConfig| {
-        let mut out = Vec::with_capacity(route.claim_headers.len());
-        for (name, path) in &route.claim_headers {
-            if let Some(v) = auth_claims::header_value(&verified, path).expect("claim value") {
-                out.push((name, v));
-            }
-        }
-        out
-    };
     // Check once that the plan does what the bench claims to measure.
     let mut check = inbound.clone();
-    plan.prepare(&mut check, &forward, claim_values(route));
+    plan.prepare(&mut check, &forward, claim_values(route, &verified));
     assert_eq!(check.get_all("x-auth-sub").iter().count(), 1);
     assert_eq!(check["x-auth-sub"], "alice");
     assert_eq!(check["x-auth-roles"], "orders:read,orders:write,admin");
@@ -380,14 +414,16 @@ fn bench_headers(c: &mut Criterion, keys: &Keys) {
         b.iter_batched(
             || inbound.clone(),
             |mut h| {
-                plan.prepare(&mut h, &forward, claim_values(route));
+                plan.prepare(&mut h, &forward, claim_values(route, &verified));
                 h
             },
             BatchSize::SmallInput,
         )
     });
     // The clone that feeds each iteration above, to subtract.
-    g.bench_function("clone_headers_only", |b| b.iter(|| black_box(&inbound).clone()));
+    g.bench_function("clone_headers_only", |b| {
+        b.iter(|| black_box(&inbound).clone())
+    });
     g.finish();
 }
 
@@ -403,7 +439,8 @@ struct Running {
     _stop: Vec<oneshot::Sender<()>>,
 }
 
-fn start(rt: &tokio::runtime::Runtime, keys: &Keys) -> Running {
+/// `limits` is the gateway's `[limits]` table (empty for the defaults).
+fn start(rt: &tokio::runtime::Runtime, keys: &Keys, limits: &str) -> Running {
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let up = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
@@ -414,6 +451,7 @@ fn start(rt: &tokio::runtime::Runtime, keys: &Keys) -> Running {
         }));
         let body = format!(
             r#"
+{limits}
 [[route]]
 name = "open"
 path_prefix = "/open"
@@ -434,7 +472,9 @@ auth = "required"
 "#
         );
         let snapshot = Snapshot::build(config(dir.path(), keys, &body)).expect("snapshot");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
         let gateway = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop_gw, gw_stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -478,21 +518,37 @@ fn bench_handle(c: &mut Criterion, keys: &Keys) {
         .enable_all()
         .build()
         .expect("runtime");
-    let running = start(&rt, keys);
+    let running = start(&rt, keys, "");
+    // The same gateway without its verified-token cache: every request verifies in full, as
+    // when every request carries a token the gateway has not seen.
+    let uncached = start(&rt, keys, "[limits]\ntoken_cache_entries = 0\n");
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(300))
         .build_http();
     let claims = claims();
 
     let mut cases: Vec<(String, String, Option<HeaderValue>)> = vec![
-        ("echo_direct".into(), format!("{}/open/x", running.echo), None),
-        ("auth_none".into(), format!("{}/open/x", running.gateway), None),
+        (
+            "echo_direct".into(),
+            format!("{}/open/x", running.echo),
+            None,
+        ),
+        (
+            "auth_none".into(),
+            format!("{}/open/x", running.gateway),
+            None,
+        ),
     ];
     for alg in ["HS256", "RS256", "ES256"] {
         let bearer = format!("Bearer {}", keys.sign(alg, &claims));
         cases.push((
             format!("auth_required/{alg}"),
             format!("{}/api/x", running.gateway),
+            Some(HeaderValue::from_str(&bearer).expect("bearer")),
+        ));
+        cases.push((
+            format!("auth_required_uncached/{alg}"),
+            format!("{}/api/x", uncached.gateway),
             Some(HeaderValue::from_str(&bearer).expect("bearer")),
         ));
     }
@@ -507,6 +563,7 @@ fn bench_handle(c: &mut Criterion, keys: &Keys) {
     g.finish();
     drop(client);
     drop(running);
+    drop(uncached);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,7 +578,7 @@ mod mint {
     use super::*;
 
     enum Signer {
-        Hmac(hmac::Key),
+        Hmac(Box<hmac::Key>),
         Rsa(RsaKeyPair),
         Ec(EcdsaKeyPair),
     }
@@ -550,7 +607,9 @@ mod mint {
 
     pub fn run(args: &[String]) -> Result<(), String> {
         let [alg, key, count, out, iss, aud, kid] = args else {
-            return Err("usage: JWTGATE_BENCH_MINT=1 gateway ALG KEY_FILE COUNT OUT ISS AUD KID".into());
+            return Err(
+                "usage: JWTGATE_BENCH_MINT=1 gateway ALG KEY_FILE COUNT OUT ISS AUD KID".into(),
+            );
         };
         let count: usize = count.parse().map_err(|e| format!("COUNT: {e}"))?;
         let signer = match alg.as_str() {
@@ -559,18 +618,20 @@ mod mint {
                 while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                     secret.pop();
                 }
-                Signer::Hmac(hmac::Key::new(hmac::HMAC_SHA256, &secret))
+                Signer::Hmac(Box::new(hmac::Key::new(hmac::HMAC_SHA256, &secret)))
             }
-            "RS256" => Signer::Rsa(
-                RsaKeyPair::from_pkcs8(&pkcs8(key)).map_err(|e| format!("{key}: {e}"))?,
-            ),
+            "RS256" => {
+                Signer::Rsa(RsaKeyPair::from_pkcs8(&pkcs8(key)).map_err(|e| format!("{key}: {e}"))?)
+            }
             "ES256" => Signer::Ec(
                 EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8(key))
                     .map_err(|e| format!("{key}: {e}"))?,
             ),
             other => return Err(format!("ALG {other}: use HS256, RS256 or ES256")),
         };
-        let header = b64(json!({ "alg": alg, "typ": "JWT", "kid": kid }).to_string().as_bytes());
+        let header = b64(json!({ "alg": alg, "typ": "JWT", "kid": kid })
+            .to_string()
+            .as_bytes());
         let t = now();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let signer = Arc::new(signer);

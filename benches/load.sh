@@ -1,0 +1,457 @@
+#!/usr/bin/env bash
+# Load benchmark of issue 6: jwtgate against HAProxy's jwt_verify and a plain nginx proxy.
+#
+#   benches/load.sh [--quick] [--duration S] [--tokens N] [--no-access-log] [--keep] [--no-build]
+#
+# On 127.0.0.1 it starts an nginx backend (answers 200 "ok"), nginx as a plain proxy,
+# HAProxy (a no-auth frontend and one jwt_verify frontend per algorithm) and jwtgate
+# (release build; plain and TLS), all forwarding to that backend. wrk then drives each, back
+# to back, for HS256 / RS256 / ES256, over plain HTTP and TLS, with one repeated token and
+# with a list of distinct tokens, and once more with one connection for latency. It prints
+# rps, p50/p99 latency and the proxy's CPU time per request (/proc/PID/stat utime+stime before
+# and after each run), the jwtgate/peer ratios, and checks the targets of issue 6, including
+# jwtgate's RSS with 10,000 idle keep-alive connections.
+#
+# Needs: cargo, openssl, python3, curl, taskset (optional), and wrk, haproxy (>= 2.5 for
+# jwt_verify), nginx: installed with apt-get when missing (root). Time, after the release
+# build: about 9 minutes with 10 s runs, about 4 with --quick (3 s runs). Everything it starts
+# is stopped on exit, by PID. Configs, logs, results.tsv and report.txt go to target/load-bench
+# (the token lists too with --keep). --no-build uses the binaries already in target/release.
+set -euo pipefail
+shopt -u patsub_replacement 2>/dev/null || true
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HERE="$ROOT/benches/load"
+WORK="${BENCH_WORK:-$ROOT/target/load-bench}"
+BASE="${BENCH_PORT_BASE:-18000}"
+DUR=10
+LAT_DUR=5
+TOKENS=20000
+THREADS=2
+CONNS=64
+IDLE_CONNS=10000
+ACCESS_LOG=1
+KEEP=0
+BUILD=1
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) DUR=3; LAT_DUR=2 ;;
+        --duration) DUR="$2"; LAT_DUR="$2"; shift ;;
+        --tokens) TOKENS="$2"; shift ;;
+        --no-access-log) ACCESS_LOG=0 ;;
+        --keep) KEEP=1 ;;
+        --no-build) BUILD=0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^#/p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "load.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- tools ---------------------------------------------------------------------------------
+missing=()
+for tool in wrk haproxy nginx; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    log "installing ${missing[*]} (apt-get)"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy nginx >/dev/null
+fi
+for tool in cargo openssl python3 curl wrk haproxy nginx; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
+done
+HAPROXY_VERSION=$(haproxy -v | sed -n 's/^HA-\{0,1\}Proxy version \([0-9][0-9.]*\).*/\1/p' | head -1)
+IFS=. read -r hmaj hmin _ <<<"$HAPROXY_VERSION"
+if (( hmaj < 2 || (hmaj == 2 && hmin < 5) )); then
+    die "haproxy $HAPROXY_VERSION has no jwt_verify (needs 2.5 or later)"
+fi
+NGINX_VERSION=$(nginx -v 2>&1 | sed 's/.*nginx\///')
+
+# The proxy under test gets one CPU to itself (the second one this script may use); wrk and
+# the backend share the others (on a 2-CPU machine: proxy on CPU 1, wrk and backend on CPU 0).
+read -ra ALLOWED <<<"$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
+CPUS=${#ALLOWED[@]}
+if command -v taskset >/dev/null 2>&1 && (( CPUS >= 2 )); then
+    SERVER_CPU=${ALLOWED[1]}
+    CLIENT_CPUS=$(printf '%s\n' "${ALLOWED[@]}" | grep -vx "$SERVER_CPU" | paste -sd,)
+    PIN_SERVER=(taskset -c "$SERVER_CPU")
+    PIN_CLIENT=(taskset -c "$CLIENT_CPUS")
+    PINNING="proxy under test pinned to CPU $SERVER_CPU; wrk and the nginx backend on CPU $CLIENT_CPUS"
+    if (( CPUS > 3 )); then THREADS=$(( CPUS - 2 < 8 ? CPUS - 2 : 8 )); fi
+else
+    PIN_SERVER=()
+    PIN_CLIENT=()
+    PINNING="no pinning (taskset missing or a single CPU): figures are noisier"
+fi
+CLK_TCK=$(getconf CLK_TCK)
+
+# jwtgate, HAProxy and nginx each need a descriptor per connection (10,000 in the idle test).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (( $(ulimit -n) < IDLE_CONNS + 1000 )); then
+    IDLE_CONNS=$(( $(ulimit -n) - 1000 ))
+    log "ulimit -n is $(ulimit -n): the idle-connection test opens $IDLE_CONNS connections"
+fi
+
+# --- processes: every one we start is recorded and stopped on exit --------------------------
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $KEEP -eq 0 && -d "$WORK" ]]; then
+        rm -rf "$WORK/tokens-"*.txt
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in the background with its output in $WORK/NAME.log; sets LAST_PID.
+start() {
+    local name="$1"
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# wait_http URL: until it answers (any status), for at most 15 s.
+wait_http() {
+    local i
+    for i in $(seq 150); do
+        if curl -sk -o /dev/null --max-time 1 "$1"; then return 0; fi
+        sleep 0.1
+    done
+    die "$1 did not answer within 15 s"
+}
+
+# ticks PID: utime+stime of PID and its children (nginx workers), in clock ticks.
+ticks() {
+    local total=0 p line f
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        [[ -r /proc/$p/stat ]] || continue
+        read -r line <"/proc/$p/stat" || continue
+        # Fields after "comm)": state is field 3, utime 14, stime 15.
+        read -ra f <<<"${line##*) }"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# --- build, keys, tokens -------------------------------------------------------------------
+rm -rf "$WORK"
+mkdir -p "$WORK/nginx-tmp"
+cd "$ROOT"
+JWTGATE="$ROOT/target/release/jwtgate"
+if [[ $BUILD -eq 1 ]]; then
+    log "building jwtgate and the bench helper (cargo build --release)"
+    cargo build --release --bin jwtgate --bench gateway --message-format=json-render-diagnostics \
+        >"$WORK/build.json" 2>"$WORK/build.log" || { tail -30 "$WORK/build.log"; die "build failed"; }
+    MINT=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gateway" and m.get("executable"):
+        print(m["executable"])
+' "$WORK/build.json" | tail -1)
+else
+    # --no-build: the binaries of the last `cargo build --release --bin jwtgate --bench gateway`.
+    MINT=$(ls -t "$ROOT"/target/release/deps/gateway-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+fi
+[[ -x "$JWTGATE" && -x "$MINT" ]] || die "build artefacts not found"
+
+ISS="https://issuer.load.bench/"
+AUD="load-bench"
+log "generating keys and a self-signed certificate (openssl)"
+(
+    cd "$WORK"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out rs256.key 2>/dev/null
+    openssl pkey -in rs256.key -pubout -out rs256.pem
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out es256.key 2>/dev/null
+    openssl pkey -in es256.key -pubout -out es256.pem
+    printf '%s' "$(openssl rand -hex 24)" >hs256.secret
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout tls.key -out tls.crt -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+    cat tls.crt tls.key >tls.pem
+)
+HS256_SECRET=$(cat "$WORK/hs256.secret")
+
+for alg in HS256 RS256 ES256; do
+    lower=$(tr 'A-Z' 'a-z' <<<"$alg")
+    key="$WORK/$lower.key"
+    [[ $alg == HS256 ]] && key="$WORK/hs256.secret"
+    log "minting $TOKENS $alg tokens"
+    JWTGATE_BENCH_MINT=1 "$MINT" "$alg" "$key" "$TOKENS" "$WORK/tokens-$alg.txt" "$ISS$lower" "$AUD" "$lower"
+    # One token, the same for every request, for the "repeated" rows.
+    head -1 "$WORK/tokens-$alg.txt" >"$WORK/token-$alg.txt"
+done
+
+# --- configs and servers -------------------------------------------------------------------
+P_BACKEND=$BASE P_BACKEND_TLS=$((BASE + 1))
+P_NGINX=$((BASE + 10)) P_NGINX_TLS=$((BASE + 11))
+P_NOAUTH=$((BASE + 20)) P_NOAUTH_TLS=$((BASE + 21))
+P_HS256=$((BASE + 22)) P_HS256_TLS=$((BASE + 23))
+P_RS256=$((BASE + 24)) P_RS256_TLS=$((BASE + 25))
+P_ES256=$((BASE + 26)) P_ES256_TLS=$((BASE + 27))
+P_GW=$((BASE + 30)) P_GW_ADMIN=$((BASE + 31))
+P_GW_TLS=$((BASE + 32)) P_GW_TLS_ADMIN=$((BASE + 33))
+P_GWU=$((BASE + 34)) P_GWU_ADMIN=$((BASE + 35))
+P_GWU_TLS=$((BASE + 36)) P_GWU_TLS_ADMIN=$((BASE + 37))
+P_GW_IDLE=$((BASE + 40)) P_GW_IDLE_ADMIN=$((BASE + 41))
+for p in $(seq "$BASE" $((BASE + 41))); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        die "port $p is in use; set BENCH_PORT_BASE"
+    fi
+done
+
+render() { # render TEMPLATE OUT [NAME VALUE]...
+    local tmpl="$1" out="$2" text
+    shift 2
+    text=$(<"$tmpl")
+    while [[ $# -gt 0 ]]; do
+        text=${text//@$1@/$2}
+        shift 2
+    done
+    printf '%s\n' "$text" >"$out"
+}
+NOFILE=$(ulimit -n)
+# HAProxy reserves two descriptors per connection and refuses to start if maxconn needs more.
+HAPROXY_MAXCONN=$(( (NOFILE - 200) / 2 < 40000 ? (NOFILE - 200) / 2 : 40000 ))
+COMMON=(WORK "$WORK" BACKEND "$P_BACKEND" BACKEND_TLS "$P_BACKEND_TLS" ISS "$ISS" AUD "$AUD"
+    NOFILE "$NOFILE" WORKER_CONNS "$((NOFILE - 100))" MAXCONN "$HAPROXY_MAXCONN")
+render "$HERE/nginx-backend.conf.tmpl" "$WORK/nginx-backend.conf" "${COMMON[@]}"
+render "$HERE/nginx-proxy.conf.tmpl" "$WORK/nginx-proxy.conf" "${COMMON[@]}" \
+    P_NGINX "$P_NGINX" P_NGINX_TLS "$P_NGINX_TLS"
+render "$HERE/haproxy.cfg.tmpl" "$WORK/haproxy.cfg" "${COMMON[@]}" \
+    P_NOAUTH "$P_NOAUTH" P_NOAUTH_TLS "$P_NOAUTH_TLS" P_HS256 "$P_HS256" P_HS256_TLS "$P_HS256_TLS" \
+    P_RS256 "$P_RS256" P_RS256_TLS "$P_RS256_TLS" P_ES256 "$P_ES256" P_ES256_TLS "$P_ES256_TLS" \
+    HS256_SECRET "$HS256_SECRET"
+TLS_LINE='tls = { cert = "tls.crt", key = "tls.key" }'
+# The unique-token rows must measure tokens jwtgate has not verified before. A list long
+# enough for every request of a run is too slow to mint for RS256, so the lists are walked
+# more than once; those instances get a verified-token cache of 1,000 entries, far below the
+# list length, so a token is long evicted when it comes round again (the hit% column shows
+# it): every request pays the full miss path, cache lookup and insert included.
+SMALL_CACHE=$'[limits]\ntoken_cache_entries = 1000'
+render "$HERE/jwtgate.toml.tmpl" "$WORK/jwtgate-plain.toml" "${COMMON[@]}" PORT "$P_GW" ADMIN "$P_GW_ADMIN" TLS "" LIMITS ""
+render "$HERE/jwtgate.toml.tmpl" "$WORK/jwtgate-tls.toml" "${COMMON[@]}" PORT "$P_GW_TLS" ADMIN "$P_GW_TLS_ADMIN" TLS "$TLS_LINE" LIMITS ""
+render "$HERE/jwtgate.toml.tmpl" "$WORK/jwtgate-unique-plain.toml" "${COMMON[@]}" PORT "$P_GWU" ADMIN "$P_GWU_ADMIN" TLS "" LIMITS "$SMALL_CACHE"
+render "$HERE/jwtgate.toml.tmpl" "$WORK/jwtgate-unique-tls.toml" "${COMMON[@]}" PORT "$P_GWU_TLS" ADMIN "$P_GWU_TLS_ADMIN" TLS "$TLS_LINE" LIMITS "$SMALL_CACHE"
+render "$HERE/jwtgate.toml.tmpl" "$WORK/jwtgate-idle.toml" "${COMMON[@]}" PORT "$P_GW_IDLE" ADMIN "$P_GW_IDLE_ADMIN" TLS "" LIMITS ""
+
+haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejected $WORK/haproxy.cfg"
+for f in jwtgate-tls jwtgate-unique-tls; do
+    "$JWTGATE" check --config "$WORK/$f.toml" >"$WORK/$f-check.log" 2>&1 \
+        || { cat "$WORK/$f-check.log"; die "jwtgate check failed on $WORK/$f.toml"; }
+done
+
+if [[ $ACCESS_LOG -eq 1 ]]; then
+    JWTGATE_LOG_SETTING="info"
+    ACCESS_LOG_NOTE="on (JSON lines to /dev/null)"
+else
+    JWTGATE_LOG_SETTING="info,access=off"
+    ACCESS_LOG_NOTE="off (--no-access-log)"
+fi
+start_jwtgate() { # start_jwtgate NAME CONFIG ADMIN_PORT; sets LAST_PID
+    # One worker thread, like HAProxy's nbthread 1 and nginx's one worker process.
+    "${PIN_SERVER[@]}" env JWTGATE_LOG="$JWTGATE_LOG_SETTING" TOKIO_WORKER_THREADS=1 "$JWTGATE" run --config "$2" >/dev/null 2>"$WORK/$1.log" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    wait_http "http://127.0.0.1:$3/readyz"
+}
+
+log "starting the backend, nginx, HAProxy $HAPROXY_VERSION and jwtgate"
+start nginx-backend "${PIN_CLIENT[@]}" nginx -p "$WORK" -c "$WORK/nginx-backend.conf" -e "$WORK/nginx-backend.error.log"
+PID_BACKEND=$LAST_PID
+start nginx-proxy "${PIN_SERVER[@]}" nginx -p "$WORK" -c "$WORK/nginx-proxy.conf" -e "$WORK/nginx-proxy.error.log"
+PID_NGINX=$LAST_PID
+start haproxy "${PIN_SERVER[@]}" haproxy -db -f "$WORK/haproxy.cfg"
+PID_HAPROXY=$LAST_PID
+start_jwtgate jwtgate-plain "$WORK/jwtgate-plain.toml" "$P_GW_ADMIN"
+PID_GW=$LAST_PID
+start_jwtgate jwtgate-tls "$WORK/jwtgate-tls.toml" "$P_GW_TLS_ADMIN"
+PID_GW_TLS=$LAST_PID
+start_jwtgate jwtgate-unique-plain "$WORK/jwtgate-unique-plain.toml" "$P_GWU_ADMIN"
+PID_GWU=$LAST_PID
+start_jwtgate jwtgate-unique-tls "$WORK/jwtgate-unique-tls.toml" "$P_GWU_TLS_ADMIN"
+PID_GWU_TLS=$LAST_PID
+for p in "$P_BACKEND" "$P_NGINX" "$P_NOAUTH" "$P_HS256"; do
+    wait_http "http://127.0.0.1:$p/"
+done
+
+# Every proxy must accept the benchmark's tokens and refuse a forged one before anything is
+# measured: a benchmark of 401s would measure nothing.
+check_status() { # check_status WANT URL [TOKEN_FILE]
+    local auth=() got
+    [[ -n "${3:-}" ]] && auth=(-H "Authorization: Bearer $(cat "$3")")
+    got=$(curl -sk -o /dev/null -w '%{http_code}' "${auth[@]}" "$2")
+    [[ "$got" == "$1" ]] || die "$2 answered $got, expected $1"
+}
+printf 'x' >"$WORK/forged.txt"
+for alg in HS256 RS256 ES256; do
+    port_var="P_$alg"
+    port_tls_var="P_${alg}_TLS"
+    for url in "http://127.0.0.1:${!port_var}/api/bench" "https://127.0.0.1:${!port_tls_var}/api/bench" \
+               "http://127.0.0.1:$P_GW/api/bench" "https://127.0.0.1:$P_GW_TLS/api/bench" \
+               "http://127.0.0.1:$P_GWU/api/bench" "https://127.0.0.1:$P_GWU_TLS/api/bench"; do
+        check_status 200 "$url" "$WORK/token-$alg.txt"
+        check_status 401 "$url"
+        # The same token with its last signature character changed.
+        tok=$(cat "$WORK/token-$alg.txt")
+        last=${tok: -1}
+        [[ $last == A ]] && repl=Q || repl=A
+        printf '%s' "${tok%?}$repl" >"$WORK/forged.txt"
+        check_status 401 "$url" "$WORK/forged.txt"
+    done
+done
+check_status 200 "http://127.0.0.1:$P_GW/open/bench"
+check_status 200 "https://127.0.0.1:$P_NGINX_TLS/open/bench"
+check_status 200 "https://127.0.0.1:$P_NOAUTH_TLS/open/bench"
+check_status 200 "https://127.0.0.1:$P_BACKEND_TLS/open/bench"
+
+# --- runs ----------------------------------------------------------------------------------
+RESULTS="$WORK/results.tsv"
+printf 'kind\ttls\tserver\tauth\ttokens\trps\tp50_us\tp99_us\tcpu_us\tcpu_pct\trequests\tnon2xx\terrors\tcache_hit\n' >"$RESULTS"
+
+cache_counts() { # cache_counts ADMIN_PORT -> "hits misses" (empty when there is no such metric)
+    curl -s --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null | awk '
+        /^jwtgate_token_cache_total\{/ {
+            if ($0 ~ /result="hit"/) h += $NF; else if ($0 ~ /result="miss"/) m += $NF; seen = 1
+        }
+        END { if (seen) printf "%d %d\n", h, m }'
+}
+
+# run KIND TLS SERVER AUTH TOKENS PORT PATH PID [ADMIN_PORT]
+run() {
+    local kind="$1" tls="$2" server="$3" auth="$4" tokens="$5" port="$6" path="$7" pid="$8" admin="${9:-}"
+    local scheme=http threads=$THREADS conns=$CONNS dur=$DUR
+    [[ $tls == tls ]] && scheme=https
+    [[ $kind == lat ]] && { threads=1; conns=1; dur=$LAT_DUR; }
+    local url="$scheme://127.0.0.1:$port$path"
+    local header=() env=(WRK_THREADS="$threads")
+    case "$tokens" in
+        repeated) header=(-H "Authorization: Bearer $(cat "$WORK/token-$auth.txt")") ;;
+        unique) env+=(WRK_TOKENS="$WORK/tokens-$auth.txt") ;;
+    esac
+    local wrk=("${PIN_CLIENT[@]}" env "${env[@]}" wrk -t"$threads" -c"$conns" --timeout 5s -s "$HERE/wrk.lua" "${header[@]}")
+    if [[ $kind == tp ]]; then
+        # Warm-up: connections and upstream pools. Unique-token runs warm up with the repeated
+        # token, so the measured run starts with tokens the gateway has not seen.
+        local warm=("${PIN_CLIENT[@]}" env WRK_THREADS="$threads" wrk -t"$threads" -c"$conns" --timeout 5s -s "$HERE/wrk.lua")
+        if [[ $tokens != - ]]; then warm+=(-H "Authorization: Bearer $(cat "$WORK/token-$auth.txt")"); fi
+        "${warm[@]}" -d1s "$url" >/dev/null 2>&1 || true
+    fi
+    local c0="" c1="" t0 t1 s0 s1 out
+    [[ -n $admin ]] && c0=$(cache_counts "$admin")
+    t0=$(ticks "$pid")
+    s0=$(date +%s.%N)
+    out=$("${wrk[@]}" -d"${dur}s" "$url" 2>&1) || { echo "$out" >&2; die "wrk failed on $url"; }
+    s1=$(date +%s.%N)
+    t1=$(ticks "$pid")
+    [[ -n $admin ]] && c1=$(cache_counts "$admin")
+    local result
+    result=$(grep '^RESULT' <<<"$out") || { echo "$out" >&2; die "no result from wrk on $url"; }
+    local requests duration p50 p99 non2xx errors
+    eval "$(sed 's/^RESULT //; s/duration_us/duration/; s/p50_us/p50/; s/p99_us/p99/' <<<"$result" | tr ' ' '\n' | sed 's/^/local /')"
+    local hit="-"
+    if [[ -n $c0 && -n $c1 ]]; then
+        hit=$(awk -v a="$c0" -v b="$c1" 'BEGIN {
+            split(a, x, " "); split(b, y, " "); h = y[1] - x[1]; m = y[2] - x[2];
+            if (h + m > 0) printf "%.0f", 100 * h / (h + m); else printf "-" }')
+    fi
+    awk -v OFS='\t' -v kind="$kind" -v tls="$tls" -v server="$server" -v auth="$auth" -v tokens="$tokens" \
+        -v req="$requests" -v dur="$duration" -v p50="$p50" -v p99="$p99" -v dt="$((t1 - t0))" \
+        -v tck="$CLK_TCK" -v s0="$s0" -v s1="$s1" -v non2xx="$non2xx" -v errors="$errors" -v hit="$hit" \
+        'BEGIN {
+            rps = req / (dur / 1e6); cpu = req ? dt / tck * 1e6 / req : 0; pct = 100 * dt / tck / (s1 - s0)
+            printf "%s\t%s\t%s\t%s\t%s\t%.1f\t%d\t%d\t%.2f\t%.1f\t%d\t%d\t%d\t%s\n",
+                kind, tls, server, auth, tokens, rps, p50, p99, cpu, pct, req, non2xx, errors, hit
+        }' >>"$RESULTS"
+    tail -1 "$RESULTS" | awk -F'\t' '{ printf "  %-3s %-5s %-8s %-5s %-8s %8.0f rps  p50 %6d us  p99 %6d us  %6.1f us/req  cpu %3.0f%%  hit %s%s\n",
+        $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $14, ($12 + $13 > 0 ? "  !! non-2xx/errors: " $12 "/" $13 : "") }' >&2
+}
+
+# Where a case runs: port, PID whose CPU is counted, and admin port (jwtgate's metrics).
+# jwtgate's unique-token cases run on the small-cache instances.
+case_run() { # case_run KIND TLS SERVER AUTH TOKENS
+    local kind="$1" tls="$2" server="$3" auth="$4" tokens="$5" path=/api/bench v pid admin=""
+    [[ $auth == none ]] && path=/open/bench
+    case "$server" in
+        direct) v=P_BACKEND; pid=$PID_BACKEND ;;
+        nginx) v=P_NGINX; pid=$PID_NGINX ;;
+        haproxy) pid=$PID_HAPROXY; v=P_NOAUTH; [[ $auth != none ]] && v="P_$auth" ;;
+        jwtgate)
+            if [[ $tokens == unique ]]; then v=P_GWU; else v=P_GW; fi
+            pid_var="PID_${v#P_}"
+            admin_var="${v}_ADMIN"
+            [[ $tls == tls ]] && { pid_var="${pid_var}_TLS"; admin_var="${v}_TLS_ADMIN"; }
+            pid=${!pid_var}
+            admin=${!admin_var}
+            ;;
+    esac
+    [[ $tls == tls ]] && v="${v}_TLS"
+    run "$kind" "$tls" "$server" "$auth" "$tokens" "${!v}" "$path" "$pid" "$admin"
+}
+
+log "throughput runs ($DUR s each, $CONNS connections)"
+for tls in plain tls; do
+    for s in direct nginx haproxy jwtgate; do
+        case_run tp "$tls" "$s" none -
+    done
+    for tokens in repeated unique; do
+        for alg in HS256 RS256 ES256; do
+            case_run tp "$tls" haproxy "$alg" "$tokens"
+            case_run tp "$tls" jwtgate "$alg" "$tokens"
+        done
+    done
+done
+
+log "latency runs ($LAT_DUR s each, one connection)"
+for tls in plain tls; do
+    for s in direct nginx haproxy jwtgate; do
+        case_run lat "$tls" "$s" none -
+    done
+    for alg in HS256 RS256 ES256; do
+        case_run lat "$tls" haproxy "$alg" unique
+        case_run lat "$tls" jwtgate "$alg" unique
+    done
+done
+
+log "idle keep-alive connections ($IDLE_CONNS)"
+start_jwtgate jwtgate-idle "$WORK/jwtgate-idle.toml" "$P_GW_IDLE_ADMIN"
+PID_GW_IDLE=$LAST_PID
+: >"$WORK/idle.json"
+idle() { # idle NAME PORT PIDS COUNT
+    local out
+    out=$("${PIN_CLIENT[@]}" python3 "$HERE/idle_conns.py" --port "$2" --count "$4" --pids "$3") \
+        || die "idle-connection test against $1 failed"
+    echo "$1 $out" >>"$WORK/idle.json"
+}
+idle jwtgate "$P_GW_IDLE" "$PID_GW_IDLE" "$IDLE_CONNS"
+# For comparison only; HAProxy's count is capped by its maxconn.
+idle nginx "$P_NGINX" "$PID_NGINX,$(pgrep -P "$PID_NGINX" | paste -sd,)" "$IDLE_CONNS"
+idle haproxy "$P_NOAUTH" "$PID_HAPROXY" \
+    "$(( IDLE_CONNS < HAPROXY_MAXCONN - 100 ? IDLE_CONNS : HAPROXY_MAXCONN - 100 ))"
+
+cat >"$WORK/meta.txt" <<EOF
+cpus=$CPUS
+pinning=$PINNING
+versions=jwtgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (release), HAProxy $HAPROXY_VERSION, nginx $NGINX_VERSION, $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)
+threads=$THREADS
+conns=$CONNS
+duration=$DUR
+lat_duration=$LAT_DUR
+tokens=$TOKENS
+access_log=$ACCESS_LOG_NOTE
+EOF
+python3 "$HERE/report.py" "$WORK" | tee "$WORK/report.txt"

@@ -1,0 +1,53 @@
+-- wrk script for benches/load.sh.
+--
+-- WRK_TOKENS=<file> (one token a line): every request carries a different token. Thread i of
+-- WRK_THREADS takes lines i, i+n, i+2n, ... and walks them in order, so a token comes back only
+-- after every other token of the list has been sent once.
+-- Without WRK_TOKENS the request is static (a repeated token is passed with -H).
+--
+-- done() prints one machine-readable line for the script:
+--   RESULT requests=N duration_us=N p50_us=N p99_us=N non2xx=N errors=N
+
+local next_id = 0
+
+function setup(thread)
+   next_id = next_id + 1
+   thread:set("tid", next_id)
+end
+
+local token_file = os.getenv("WRK_TOKENS")
+
+if token_file and token_file ~= "" then
+   local mine = {}
+   local i = 0
+
+   function init(args)
+      local threads = tonumber(os.getenv("WRK_THREADS") or "1")
+      local n = 0
+      for line in io.lines(token_file) do
+         if line ~= "" then
+            if n % threads == (tid - 1) then
+               mine[#mine + 1] = "Bearer " .. line
+            end
+            n = n + 1
+         end
+      end
+      if #mine == 0 then
+         error("no tokens for thread " .. tid .. " in " .. token_file)
+      end
+   end
+
+   function request()
+      i = i % #mine + 1
+      return wrk.format(nil, nil, { ["Authorization"] = mine[i] })
+   end
+end
+
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d non2xx=%d errors=%d\n",
+      summary.requests, summary.duration,
+      latency:percentile(50.0), latency:percentile(99.0),
+      e.status, e.connect + e.read + e.write + e.timeout))
+end
