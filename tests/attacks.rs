@@ -979,7 +979,7 @@ async fn long_kids_are_unknown_or_over_the_size_limit() {
     // connection), never the upstream.
     let t = token_with_kid_len(100_000);
     let req = format!("GET /t HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {t}\r\n\r\n");
-    let (out, _) = exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    let (out, _) = raw_exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
     assert!(
         out.is_empty() || out.starts_with("HTTP/1.1 431 "),
         "100 KB kid: {:?}",
@@ -1215,7 +1215,7 @@ async fn header_and_payload_base64url_must_be_canonical_and_unbroken() {
         let req = format!(
             "GET /t HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
         );
-        let (out, _) = exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
+        let (out, _) = raw_exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
         assert!(out.starts_with("HTTP/1.1 400 "), "{case}: {out:?}");
     }
     assert_eq!(rec.count(), 1, "only the canonical token passed");
@@ -1755,7 +1755,7 @@ async fn authorization_scheme_variants_get_deterministic_answers() {
         ]
         .concat()
     };
-    let (out, _) = exchange(
+    let (out, _) = raw_exchange(
         h.addr,
         &raw(format!("Bearer {t}").as_bytes()),
         Duration::from_secs(5),
@@ -1766,7 +1766,7 @@ async fn authorization_scheme_variants_get_deterministic_answers() {
         "no space after the colon: {out:?}"
     );
     passed += 1;
-    let (out, _) = exchange(
+    let (out, _) = raw_exchange(
         h.addr,
         &raw(format!(" Bearer\r\n {t}").as_bytes()),
         Duration::from_secs(5),
@@ -1774,7 +1774,7 @@ async fn authorization_scheme_variants_get_deterministic_answers() {
     .await;
     assert!(out.starts_with("HTTP/1.1 400 "), "obs-fold: {out:?}");
     let nbsp = [b" Bearer\xc2\xa0".as_slice(), t.as_bytes()].concat();
-    let (out, _) = exchange(h.addr, &raw(&nbsp), Duration::from_secs(5)).await;
+    let (out, _) = raw_exchange(h.addr, &raw(&nbsp), Duration::from_secs(5)).await;
     assert!(
         out.starts_with("HTTP/1.1 400 "),
         "NBSP after the scheme: {out:?}"
@@ -1786,27 +1786,6 @@ async fn authorization_scheme_variants_get_deterministic_answers() {
 // =============================================================================================
 // Raw HTTP helpers
 // =============================================================================================
-
-/// Writes `bytes` on a new connection and reads until EOF, an error, or `wait`. Returns what
-/// arrived and whether the connection ended within `wait`.
-async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    // The gateway may answer and close before reading all of a large request.
-    let _ = s.write_all(bytes).await;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let ended = tokio::time::timeout(wait, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (String::from_utf8_lossy(&out).into_owned(), ended)
-}
 
 /// Index just past the first whole response in `buf` (Content-Length framed), if complete.
 fn first_response_end(buf: &[u8]) -> Option<usize> {
@@ -2122,7 +2101,7 @@ async fn request_smuggling_never_delivers_a_second_request_upstream() {
 /// A raw GET with `Connection: close`; returns (first status, raw text).
 async fn raw_get(h: &Harness, target: &str, extra: &str) -> (u16, String) {
     let req = format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\n{extra}Connection: close\r\n\r\n");
-    let (out, _) = exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    let (out, _) = raw_exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
     let status = statuses(&out)
         .first()
         .copied()
@@ -2254,7 +2233,7 @@ auth = "none"
         let addr = h.addr;
         async move {
             let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-            exchange(addr, req.as_bytes(), Duration::from_secs(5))
+            raw_exchange(addr, req.as_bytes(), Duration::from_secs(5))
                 .await
                 .0
         }
@@ -2291,7 +2270,7 @@ async fn oversized_and_malformed_header_lines_never_reach_the_upstream() {
     // 1 MiB header value: 431, or the connection closed before an answer.
     let big = "a".repeat(1 << 20);
     let req = format!("GET /public/x HTTP/1.1\r\nHost: gw.test\r\nX-Big: {big}\r\n\r\n");
-    let (out, _) = exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    let (out, _) = raw_exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
     assert!(
         out.is_empty() || out.starts_with("HTTP/1.1 431 "),
         "1 MiB header: {:?}",
@@ -2308,7 +2287,7 @@ async fn oversized_and_malformed_header_lines_never_reach_the_upstream() {
         let req = format!(
             "GET /public/x HTTP/1.1\r\nHost: gw.test\r\n{line}\r\nConnection: close\r\n\r\n"
         );
-        let (out, _) = exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
+        let (out, _) = raw_exchange(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
         assert!(out.starts_with("HTTP/1.1 400 "), "{case}: {out:?}");
     }
     assert_eq!(rec.count(), 0, "{:#?}", rec.requests());

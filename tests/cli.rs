@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,6 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::net::TcpListener;
+
+use common::{free_port, is_located};
 
 const DEV_ISS: &str = "https://dev.jwtgate.local/";
 const DEV_AUD: &str = "jwtgate-demo";
@@ -68,23 +69,6 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("write config");
     path
-}
-
-/// True when `line` is `file:line:col: message` for `file`.
-fn is_located(line: &str, file: &Path) -> bool {
-    let Some(rest) = line.strip_prefix(&format!("{}:", file.display())) else {
-        return false;
-    };
-    let mut parts = rest.splitn(3, ':');
-    let (Some(l), Some(c), Some(msg)) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    !l.is_empty()
-        && l.bytes().all(|b| b.is_ascii_digit())
-        && !c.is_empty()
-        && c.bytes().all(|b| b.is_ascii_digit())
-        && msg.starts_with(' ')
-        && msg.len() > 1
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -510,7 +494,7 @@ fn dev_token_refuses_a_key_of_the_wrong_type_and_bad_claims() {
 
 /// A running `jwtgate run` process; killed on drop so no test leaks it.
 struct Running {
-    child: Child,
+    child: common::ChildGuard,
     port: u16,
     config: PathBuf,
     log: PathBuf,
@@ -518,64 +502,27 @@ struct Running {
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 impl Running {
     fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid())
-            .status()
-            .expect("run kill");
-        assert!(ok.success(), "kill -{sig} failed");
+        common::send_signal(&self.child, sig);
     }
 
     fn output(&self) -> String {
-        format!(
-            "--- stdout:\n{}\n--- stderr:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        )
+        common::output_of(&self.log, &self.stderr)
     }
 
     /// Waits (bounded) for the process to exit.
     async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_exit(&mut self.child, limit).await
     }
 
     fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// Starts `jwtgate run --config X` with the config `make(port)`, retrying on a port race, and
@@ -587,18 +534,9 @@ async fn start_run(make: impl Fn(u16) -> String) -> Running {
         let config = write_config(dir.path(), &make(port));
         let log = dir.path().join("stdout.log");
         let stderr = dir.path().join("stderr.log");
-        let child = Command::new(common::binary())
-            .current_dir(dir.path())
-            .env_remove("JWTGATE_CONFIG")
-            .env("JWTGATE_LOG", "info")
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).expect("log file"))
-            .stderr(File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn jwtgate run");
+        let child = common::spawn_run(dir.path(), &config, &log, &stderr, |c| {
+            c.env("JWTGATE_LOG", "info");
+        });
         let mut r = Running {
             child,
             port,
@@ -628,17 +566,6 @@ async fn start_run(make: impl Fn(u16) -> String) -> Running {
         }
     }
     panic!("could not find a free port for jwtgate run");
-}
-
-/// An in-process echo upstream; stops when the returned sender is dropped.
-async fn echo() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = l.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(jwtgate::echo::serve(l, async move {
-        let _ = rx.await;
-    }));
-    (addr, tx)
 }
 
 fn run_config(port: u16, upstream: SocketAddr, claim_header: &str) -> String {
@@ -734,7 +661,7 @@ async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_and_exits_0_on_sigterm() {
     let token = dev_token();
-    let (upstream, _stop) = echo().await;
+    let (upstream, _stop) = common::echo_upstream().await;
     let mut gw = start_run(|port| run_config(port, upstream, "X-Auth-Sub")).await;
 
     let r = get(gw.addr(), "/api/orders", Some(&token)).await;
@@ -855,7 +782,7 @@ async fn sigterm_closes_the_port_and_lets_an_in_flight_request_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_modified_config() {
     let token = dev_token();
-    let (upstream, _stop) = echo().await;
+    let (upstream, _stop) = common::echo_upstream().await;
     let mut gw = start_run(|port| run_config(port, upstream, "X-Auth-Sub")).await;
     let r = get(gw.addr(), "/api/x", Some(&token)).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -893,7 +820,7 @@ async fn sighup_applies_a_modified_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_an_invalid_config_keeps_the_old_one() {
     let token = dev_token();
-    let (upstream, _stop) = echo().await;
+    let (upstream, _stop) = common::echo_upstream().await;
     let mut gw = start_run(|port| run_config(port, upstream, "X-Auth-Sub")).await;
     std::fs::write(
         &gw.config,
@@ -956,7 +883,7 @@ fn run_with_an_invalid_config_exits_1_with_located_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_does_not_wait_for_idle_keep_alive_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (upstream, _stop) = echo().await;
+    let (upstream, _stop) = common::echo_upstream().await;
     // A grace period far longer than the wait below: only idle connections are open.
     let mut gw = start_run(|port| {
         run_config(port, upstream, "X-Auth-Sub")

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use bytes::Bytes;
-use common::{b64, claims, write_keys, Answer, AUD, ISS};
+use common::{b64, claims, free_port, write_keys, Answer, AUD, ISS};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -273,14 +273,7 @@ struct Upstream {
 }
 
 async fn upstream() -> Upstream {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = l.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(jwtgate::echo::serve(l, async move {
-        let _ = stopped.await;
-    }));
+    let (addr, stop) = common::echo_upstream().await;
     Upstream { addr, _stop: stop }
 }
 
@@ -1632,7 +1625,7 @@ async fn drain_finishes_in_flight_request_closes_traffic_port_and_readyz_turns_5
 
 /// A running `jwtgate run`; killed on drop.
 struct Proc {
-    child: Child,
+    child: common::ChildGuard,
     addr: SocketAddr,
     admin: SocketAddr,
     log: PathBuf,
@@ -1640,23 +1633,6 @@ struct Proc {
     client: HttpClient,
     _dir: tempfile::TempDir,
     _up: Upstream,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 impl Proc {
@@ -1676,17 +1652,9 @@ impl Proc {
             let config = dir.path().join("gateway.toml");
             std::fs::write(&config, text).expect("write config");
             let (log, err) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
-            let child = Command::new(common::binary())
-                .current_dir(dir.path())
-                .env_remove("JWTGATE_CONFIG")
-                .env("JWTGATE_LOG", "info")
-                .args(["run", "--config"])
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&log).expect("log"))
-                .stderr(std::fs::File::create(&err).expect("log"))
-                .spawn()
-                .expect("spawn jwtgate run");
+            let child = common::spawn_run(dir.path(), &config, &log, &err, |c| {
+                c.env("JWTGATE_LOG", "info");
+            });
             let mut p = Proc {
                 child,
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -1726,20 +1694,11 @@ impl Proc {
     }
 
     fn output(&self) -> String {
-        format!(
-            "--- stdout:\n{}\n--- stderr:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        )
+        common::output_of(&self.log, &self.err)
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(ok.success(), "kill -{sig} failed");
+        common::send_signal(&self.child, sig);
     }
 
     async fn admin_get(&self, path: &str) -> Result<Answer, String> {
@@ -1747,16 +1706,7 @@ impl Proc {
     }
 
     async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_exit(&mut self.child, limit).await
     }
 
     /// Starts a GET through the gateway on its own connection.

@@ -6,10 +6,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -283,23 +282,6 @@ async fn scrape(admin: SocketAddr) -> Scrape {
     let r = get(admin, "/metrics", &[]).await;
     assert_eq!(r.status, 200, "/metrics: {}", r.body);
     Scrape::new(r.body)
-}
-
-/// A port that was free a moment ago (bind and drop).
-fn free_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// An in-process echo upstream on 127.0.0.1:0; stops when the sender is dropped.
-async fn echo_upstream() -> (SocketAddr, oneshot::Sender<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = l.local_addr().expect("addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(jwtgate::echo::serve(l, async move {
-        let _ = rx.await;
-    }));
-    (addr, tx)
 }
 
 /// Polls `f` until it holds, for at most 5 s.
@@ -1398,21 +1380,12 @@ async fn reload_counters_move_on_request_reload() {
 
 /// A `jwtgate run` child with stdout and stderr in files; killed (by its PID) when dropped.
 struct Running {
-    child: Child,
+    child: common::ChildGuard,
     traffic: SocketAddr,
     admin: SocketAddr,
     stdout: PathBuf,
     stderr: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
 }
 
 impl Running {
@@ -1425,21 +1398,12 @@ impl Running {
     }
 
     fn output(&self) -> String {
-        format!(
-            "--- stdout:\n{}\n--- stderr:\n{}",
-            self.stdout(),
-            self.stderr()
-        )
+        common::output_of(&self.stdout, &self.stderr)
     }
 
     /// SIGTERM, then waits (bounded) for the exit.
     async fn terminate(&mut self) -> ExitStatus {
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(ok.success(), "kill -TERM failed");
+        common::send_signal(&self.child, "TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
@@ -1501,20 +1465,11 @@ async fn start_binary(upstream: SocketAddr, args: &[&str]) -> Running {
         let (dir, config) = prepare_dir(&binary_config(traffic, admin), upstream);
         let stdout = dir.path().join("stdout.log");
         let stderr = dir.path().join("stderr.log");
-        let child = Command::new(binary())
-            .current_dir(dir.path())
-            .env_remove("JWTGATE_CONFIG")
-            .env_remove("JWTGATE_LOG")
-            .env_remove("JWTGATE_LOG_FORMAT")
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).expect("stdout file"))
-            .stderr(File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn jwtgate run");
+        let child = spawn_run(dir.path(), &config, &stdout, &stderr, |c| {
+            c.env_remove("JWTGATE_LOG")
+                .env_remove("JWTGATE_LOG_FORMAT")
+                .args(args);
+        });
         let mut r = Running {
             child,
             traffic: SocketAddr::from(([127, 0, 0, 1], traffic)),

@@ -4,10 +4,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use common::{claims, default_config, default_issuer, token, Harness};
+use common::{claims, default_config, default_issuer, free_port, is_located, token, Harness};
 
 /// Bound on every single network step, so a broken gateway fails a test instead of hanging it.
 const IO: Duration = Duration::from_secs(5);
@@ -912,36 +911,15 @@ async fn library_reload_swaps_certificates_and_keeps_the_last_good_pair() {
 
 /// A `jwtgate run` child, killed (by its PID, through `Child::kill`) when dropped.
 struct Running {
-    child: Child,
+    child: common::ChildGuard,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
 }
 
 impl Running {
     fn output(&self) -> String {
-        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
-        format!(
-            "--- stdout:\n{}\n--- stderr:\n{}",
-            read("stdout.log"),
-            read("stderr.log")
-        )
+        let d = self.dir.path();
+        common::output_of(&d.join("stdout.log"), &d.join("stderr.log"))
     }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 #[tokio::test]
@@ -964,17 +942,13 @@ async fn binary_reloads_an_overwritten_certificate_without_dropping_connections(
         );
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, text).expect("write config");
-        let child = Command::new(common::binary())
-            .current_dir(dir.path())
-            .env_remove("JWTGATE_CONFIG")
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(File::create(dir.path().join("stdout.log")).expect("log"))
-            .stderr(File::create(dir.path().join("stderr.log")).expect("log"))
-            .spawn()
-            .expect("spawn jwtgate run");
+        let child = common::spawn_run(
+            dir.path(),
+            &config,
+            &dir.path().join("stdout.log"),
+            &dir.path().join("stderr.log"),
+            |_| {},
+        );
         let mut r = Running { child, dir };
         let a = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1071,23 +1045,6 @@ async fn binary_reloads_an_overwritten_certificate_without_dropping_connections(
 
 // ---------------------------------------------------------------------------------------------
 // 7. `jwtgate check` / `run` refuse a bad pair
-
-/// True when `line` is `file:line:col: message` for `file`.
-fn is_located(line: &str, file: &Path) -> bool {
-    let Some(rest) = line.strip_prefix(&format!("{}:", file.display())) else {
-        return false;
-    };
-    let mut parts = rest.splitn(3, ':');
-    let (Some(l), Some(c), Some(msg)) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    !l.is_empty()
-        && l.bytes().all(|b| b.is_ascii_digit())
-        && !c.is_empty()
-        && c.bytes().all(|b| b.is_ascii_digit())
-        && msg.starts_with(' ')
-        && msg.len() > 1
-}
 
 #[test]
 fn check_and_run_refuse_a_mismatched_or_unparsable_pair() {

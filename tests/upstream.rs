@@ -198,27 +198,6 @@ async fn read_response(r: &mut BufReader<TcpStream>) -> RawResponse {
     }
 }
 
-/// Writes `bytes` on a new connection and reads until EOF, an error, or `wait`: whatever
-/// arrived before the connection ended (a reset after the answer keeps the answer).
-async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    // The gateway may answer and close before reading all of a large request.
-    let _ = s.write_all(bytes).await;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let ended = tokio::time::timeout(wait, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (String::from_utf8_lossy(&out).into_owned(), ended)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Upstream failures
 

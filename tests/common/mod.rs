@@ -424,3 +424,150 @@ impl Drop for Harness {
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jwtgate"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for tests that run the `jwtgate` binary as a child process
+
+/// A spawned `jwtgate` child, killed (by its PID, through `Child::kill`) and reaped when dropped,
+/// so no test leaks it. Derefs to the [`std::process::Child`].
+pub struct ChildGuard(pub std::process::Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A port that was free a moment ago (bind 127.0.0.1:0 and drop).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Spawns `jwtgate run --config <config>` in `dir`, without `JWTGATE_CONFIG`, with stdin closed
+/// and stdout/stderr written to the given files. `tweak` adds to the command (environment,
+/// further arguments after the config) before it is spawned.
+pub fn spawn_run(
+    dir: &Path,
+    config: &Path,
+    stdout: &Path,
+    stderr: &Path,
+    tweak: impl FnOnce(&mut std::process::Command),
+) -> ChildGuard {
+    let mut cmd = std::process::Command::new(binary());
+    cmd.current_dir(dir)
+        .env_remove("JWTGATE_CONFIG")
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(stderr).expect("stderr file"));
+    tweak(&mut cmd);
+    ChildGuard(cmd.spawn().expect("spawn jwtgate run"))
+}
+
+/// The captured stdout and stderr files of a child, for failure messages.
+pub fn output_of(stdout: &Path, stderr: &Path) -> String {
+    format!(
+        "--- stdout:\n{}\n--- stderr:\n{}",
+        std::fs::read_to_string(stdout).unwrap_or_default(),
+        std::fs::read_to_string(stderr).unwrap_or_default()
+    )
+}
+
+/// Sends `kill -<sig>` to the child's PID; panics when `kill` fails.
+pub fn send_signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(ok.success(), "kill -{sig} failed");
+}
+
+/// Waits (bounded by `limit`) for the child to exit; `None` when it is still running.
+pub async fn wait_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// True when `line` is `file:line:col: message` for `file`.
+pub fn is_located(line: &str, file: &Path) -> bool {
+    let Some(rest) = line.strip_prefix(&format!("{}:", file.display())) else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, ':');
+    let (Some(l), Some(c), Some(msg)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    !l.is_empty()
+        && l.bytes().all(|b| b.is_ascii_digit())
+        && !c.is_empty()
+        && c.bytes().all(|b| b.is_ascii_digit())
+        && msg.starts_with(' ')
+        && msg.len() > 1
+}
+
+/// An in-process echo upstream on 127.0.0.1:0; stops when the returned sender is dropped.
+pub async fn echo_upstream() -> (SocketAddr, oneshot::Sender<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(jwtgate::echo::serve(l, async move {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+/// Writes `bytes` on a new connection and reads until EOF, an error, or `wait`: whatever
+/// arrived, and whether the connection ended within `wait` (a reset after the answer keeps the
+/// answer).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // The gateway may answer and close before reading all of a large request.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let ended = tokio::time::timeout(wait, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), ended)
+}
