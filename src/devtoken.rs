@@ -1,7 +1,7 @@
 //! `jwtgate dev-token`: mint a signed token for tests and quick starts.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Map, Value};
@@ -53,22 +53,14 @@ pub fn mint(
         reason,
     };
     let key = match alg.family() {
-        Family::Hmac => {
-            let mut secret = bytes;
-            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                secret.pop();
-            }
-            EncodingKey::from_secret(&secret)
-        }
+        Family::Hmac => EncodingKey::from_secret(&crate::keys::secret_file_bytes(bytes)),
         Family::Rsa => EncodingKey::from_rsa_pem(&bytes).map_err(|e| key_err(e.to_string()))?,
         Family::EcP256 | Family::EcP384 => {
             EncodingKey::from_ec_pem(&bytes).map_err(|e| key_err(e.to_string()))?
         }
         Family::Ed25519 => EncodingKey::from_ed_pem(&bytes).map_err(|e| key_err(e.to_string()))?,
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = u64::try_from(crate::unix_now()).unwrap_or(0);
     let mut body = Map::new();
     body.insert("iss".into(), DEV_ISSUER.into());
     body.insert("aud".into(), DEV_AUDIENCE.into());

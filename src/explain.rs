@@ -4,7 +4,7 @@
 //! issuer may fetch its keys).
 
 use std::fmt::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -135,9 +135,7 @@ pub async fn explain(
     host: &str,
     raw_path: &str,
 ) -> Report {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = crate::unix_now();
     let (raw_path, query) = raw_path
         .split_once('?')
         .map_or((raw_path, None), |(p, q)| (p, Some(q)));

@@ -273,7 +273,8 @@ impl App {
     }
 }
 
-fn unix_now() -> i64 {
+/// The current Unix time in whole seconds (0 before 1970, saturating far in the future).
+pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

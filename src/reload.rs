@@ -40,7 +40,7 @@ pub fn watched_files(config_path: &Path, c: &Config) -> Vec<PathBuf> {
 }
 
 /// A hash of every file's bytes; a missing file hashes as missing.
-fn fingerprint(files: &[PathBuf]) -> u64 {
+pub fn fingerprint(files: &[PathBuf]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for f in files {
         f.hash(&mut h);

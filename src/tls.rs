@@ -259,19 +259,13 @@ impl TlsState {
 
 /// A hash of every TLS file's bytes (read by path each time, so a symlink flip is seen).
 fn fingerprint(listen: &Listen) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut paths: Vec<&Path> = Vec::new();
+    let mut paths: Vec<PathBuf> = Vec::new();
     if let Some(t) = &listen.tls {
-        paths.extend([t.cert.as_path(), t.key.as_path()]);
-        paths.extend(t.client_ca.as_deref());
+        paths.extend([t.cert.clone(), t.key.clone()]);
+        paths.extend(t.client_ca.clone());
     }
     for c in &listen.certificates {
-        paths.extend([c.cert.as_path(), c.key.as_path()]);
+        paths.extend([c.cert.clone(), c.key.clone()]);
     }
-    for p in paths {
-        p.hash(&mut h);
-        std::fs::read(p).ok().hash(&mut h);
-    }
-    h.finish()
+    crate::reload::fingerprint(&paths)
 }

@@ -87,9 +87,7 @@ impl TokenCache {
         let Some(expires) = claims.get("exp").and_then(Value::as_f64) else {
             return;
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let now = crate::unix_now() as f64;
         // A token inside its leeway after exp is still accepted, but not worth remembering.
         if expires <= now {
             return;

@@ -60,17 +60,21 @@ pub fn load_static(issuer: &IssuerConfig) -> Result<Option<(KeySet, Vec<String>)
             Ok(Some((KeySet::new(vec![key]), Vec::new())))
         }
         KeySource::HmacFile(f) => {
-            let mut secret = read(f)?;
-            // Secret files written by editors, `echo` and Kubernetes tooling end in a newline
-            // that is not part of the secret.
-            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                secret.pop();
-            }
+            let secret = secret_file_bytes(read(f)?);
             let key = Key::new(None, Material::Secret(secret), allowed)
                 .map_err(|e| KeyError::Invalid(format!("{}: {e}", f.display())))?;
             Ok(Some((KeySet::new(vec![key]), Vec::new())))
         }
     }
+}
+
+/// The secret in a secret file: files written by editors, `echo` and Kubernetes tooling end
+/// in a newline that is not part of the secret.
+pub fn secret_file_bytes(mut secret: Vec<u8>) -> Vec<u8> {
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    secret
 }
 
 /// Reads a PEM public key and works out its type.

@@ -5,7 +5,7 @@ pub mod jwks;
 mod load;
 pub mod remote;
 
-pub use load::load_static;
+pub use load::{load_static, secret_file_bytes};
 
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use aws_lc_rs::{hmac, rsa};

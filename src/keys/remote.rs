@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use super::{jwks, KeySet};
 use crate::alg::Alg;
 use crate::config::KeySource;
 use crate::metrics::Metrics;
+use crate::unix_now;
 
 /// A fetch (discovery and JWKS each) gives up after this long.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,12 +74,6 @@ fn client() -> &'static FetchClient {
             .wrap_connector(http);
         Client::builder(TokioExecutor::new()).build(https)
     })
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// GETs a document; returns its body and its `max-age`, if any.

@@ -7,7 +7,7 @@ pub mod body;
 pub mod headers;
 pub mod upstream;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::routes::normalize_host;
 use crate::server::ConnInfo;
 use crate::state::{Shared, Snapshot};
+use crate::unix_now;
 pub use answer::{ProxyError, UpstreamKind};
 use bearer::Source;
 
@@ -476,10 +477,4 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Pro
             .map_err(|_| ProxyError::BadRequest("the request authority is not valid"));
     }
     Ok(first.cloned())
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
