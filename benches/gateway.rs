@@ -21,7 +21,6 @@
 //! runs only when `JWTGATE_BENCH_MINT` is set (see [`mint`]).
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -380,12 +379,13 @@ fn bench_headers(c: &mut Criterion, keys: &Keys) {
     let verified = claims().as_object().cloned().expect("claims object");
     let inbound = inbound_headers(&token);
     let host = HeaderValue::from_static("api.example.com");
+    let client_ip = HeaderValue::from_static("198.51.100.23");
     let request_id = jwtgate::proxy::headers::request_id(&inbound);
     let forward = Forward {
         route,
         token_source: Some(Source::Header),
         tls: true,
-        client_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23)),
+        client_ip: &client_ip,
         host: Some(&host),
         websocket: false,
         request_id: &request_id,

@@ -341,7 +341,7 @@ pub async fn explain(
             route,
             token_source: token.map(|_| Source::Header),
             tls: snap.config.listen.tls.is_some(),
-            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            client_ip: &HeaderValue::from_static("127.0.0.1"),
             host: host_value.as_ref(),
             websocket: false,
             request_id: &request_id,

@@ -136,8 +136,22 @@ fn dev_token(
     }
 }
 
+/// The async runtime: one worker per CPU this process may use, or `TOKIO_WORKER_THREADS`.
+/// With a single worker (a one-CPU container or a pinned process) it is a current-thread
+/// runtime: the same work without the work-stealing scheduler's cross-thread hand-offs,
+/// measurably less CPU per request (benches/README.md).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")

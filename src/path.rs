@@ -115,6 +115,31 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
     rest.is_empty() || rest[0] == b';' || separator_len(rest) > 0
 }
 
+/// The segments of `path` between separator runs, as [`has_prefix`] reads them, each with the
+/// rest of the path after it (empty, or starting with a separator).
+pub fn segments(path: &str) -> impl Iterator<Item = (&str, &str)> {
+    let b = path.as_bytes();
+    let mut k = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let n = separator_len(&b[k..]);
+            if n == 0 {
+                break;
+            }
+            k += n;
+        }
+        if k >= b.len() {
+            return None;
+        }
+        let start = k;
+        while k < b.len() && separator_len(&b[k..]) == 0 {
+            k += 1;
+        }
+        // Separators are ASCII, so `start` and `k` are character boundaries.
+        Some((&path[start..k], &path[k..]))
+    })
+}
+
 /// The length of a separator at the start of `p`: `/`, `\`, `%2F` or `%5C` (any case).
 fn separator_len(p: &[u8]) -> usize {
     match p {

@@ -23,10 +23,32 @@ const MAX_HEADERS: usize = 100;
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's IP address as text, formatted once per connection for `X-Forwarded-For`
+    /// and the access log.
+    pub peer_ip: http::HeaderValue,
     /// True when the connection is TLS.
     pub tls: bool,
     /// The client certificate, verified against `client_ca` during the handshake (mTLS).
     pub client_cert: Option<CertificateDer<'static>>,
+}
+
+impl ConnInfo {
+    /// What a connection from `peer` carries to each of its requests.
+    pub fn new(
+        peer: SocketAddr,
+        tls: bool,
+        client_cert: Option<CertificateDer<'static>>,
+    ) -> ConnInfo {
+        // An IP address's text is always a valid header value.
+        let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            peer_ip,
+            tls,
+            client_cert,
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown` yields a grace period, then closes the listener and lets
@@ -76,33 +98,20 @@ pub async fn serve(
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let info = ConnInfo {
-                        peer,
-                        tls: false,
-                        client_cert: None,
-                    };
+                    let info = ConnInfo::new(peer, false, None);
                     serve_conn(TokioIo::new(stream), info, gw, &builder, watcher).await;
                 }
+                // Boxed: a task is as large as its largest state, and the TLS states (the
+                // handshake, the rustls connection) are several KiB that a plain connection,
+                // idle for most of its life, should not carry.
                 Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
-                    else {
-                        tracing::debug!(client = %peer, "TLS handshake failed or timed out");
-                        return;
-                    };
-                    let client_cert = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| c.clone().into_owned());
-                    let info = ConnInfo {
-                        peer,
-                        tls: true,
-                        client_cert,
-                    };
-                    serve_conn(TokioIo::new(stream), info, gw, &builder, watcher).await;
+                    let conn = accept_tls(stream, peer, tls, handshake_timeout);
+                    Box::pin(async move {
+                        if let Some((stream, info)) = conn.await {
+                            serve_conn(TokioIo::new(stream), info, gw, &builder, watcher).await;
+                        }
+                    })
+                    .await
                 }
             }
         });
@@ -112,6 +121,31 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
+}
+
+/// The TLS handshake, within `timeout`; `None` when it fails or times out.
+async fn accept_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Arc<TlsState>,
+    timeout: Duration,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    ConnInfo,
+)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
+    let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await else {
+        tracing::debug!(client = %peer, "TLS handshake failed or timed out");
+        return None;
+    };
+    let client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned());
+    let info = ConnInfo::new(peer, true, client_cert);
+    Some((stream, info))
 }
 
 async fn serve_conn<S>(
@@ -127,7 +161,9 @@ async fn serve_conn<S>(
     let peer = info.peer;
     let service = service_fn(move |req| {
         let (gw, info) = (gw.clone(), info.clone());
-        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, &info).await) }
+        // Boxed: hyper keeps the slot for this future for the connection's whole life, so an
+        // idle keep-alive connection then holds a pointer instead of the whole request state.
+        Box::pin(async move { Ok::<_, std::convert::Infallible>(gw.handle(req, &info).await) })
     });
     let conn = watcher.watch(
         builder

@@ -198,7 +198,7 @@ impl Gateway {
                 route,
                 token_source,
                 tls: conn.tls,
-                client_ip: conn.peer.ip(),
+                client_ip: &conn.peer_ip,
                 host: host_value.as_ref(),
                 websocket,
                 request_id,
@@ -301,7 +301,7 @@ impl Drop for Record<'_> {
         tracing::info!(
             target: "access",
             request_id = self.request_id.to_str().unwrap_or(""),
-            client = %self.conn.peer.ip(),
+            client = self.conn.peer_ip.to_str().unwrap_or_default(),
             host = o.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
             trace_id = self.trace.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
             route = route,
