@@ -6,7 +6,7 @@
 //!   signature, times, audience, subject) per algorithm, next to `jsonwebtoken::decode` with
 //!   the same key as a reference, and `parse` alone (everything but the signature).
 //! - `routes/*`: `RouteTable::find` on a table of 1,000 routes (exact hosts, wildcard hosts,
-//!   host-less prefixes): a hit, a host hit, a miss that scans every route, path
+//!   host-less prefixes; a segment trie per host group): a hit, a host hit, a miss, path
 //!   normalisation plus lookup, and compiling the table.
 //! - `headers/*`: the header plan of a 1,000-route config: stripping a client's headers, and
 //!   strip plus claim headers (claim values read from verified claims, then `prepare`).

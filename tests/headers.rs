@@ -1330,3 +1330,90 @@ async fn http2_cookie_crumbs_joined_for_http1_upstream() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.upstream_header("cookie"), ["a=1; b=2"], "{}", a.body);
 }
+
+/// Reads one HTTP/1.1 response (head and `Content-Length` body) from a kept-alive connection.
+async fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Value) {
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while pending.len() < end + 4 + len {
+                let n = s.read(&mut buf).await.expect("read body");
+                assert!(n > 0, "connection closed mid-body after {head}");
+                pending.extend_from_slice(&buf[..n]);
+            }
+            let body: Vec<u8> = pending.drain(..end + 4 + len).skip(end + 4).collect();
+            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return (head, json);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "connection closed before an answer");
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An idle keep-alive connection holds no read buffer (vendor/hyper/JWTGATE-PATCH.md): each
+/// request head's first read goes to a small stack buffer. Whatever way a head arrives, the
+/// request must come through whole, on the same connection.
+#[tokio::test]
+async fn request_heads_arriving_in_any_shape_on_one_keep_alive_connection() {
+    let h = Harness::start(&config()).await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    let mut pending = Vec::new();
+
+    // 1. A head dribbled a few bytes at a time.
+    let head = "GET /public/dribble?x=1 HTTP/1.1\r\nHost: gw.test\r\nX-Custom: slow\r\n\r\n";
+    for chunk in head.as_bytes().chunks(3) {
+        s.write_all(chunk).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (status, echo) = read_response(&mut s, &mut pending).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(echo["path"], "/public/dribble", "{echo}");
+    assert_eq!(echo["headers"]["x-custom"][0], "slow", "{echo}");
+
+    // 2. A head larger than the 4 KiB first read, in one write.
+    let big = "b".repeat(6000);
+    let req = format!("GET /public/big HTTP/1.1\r\nHost: gw.test\r\nX-Big: {big}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let (status, echo) = read_response(&mut s, &mut pending).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(echo["headers"]["x-big"][0], big.as_str());
+
+    // 3. A POST whose body arrives with its head, then two pipelined requests in one write.
+    let req =
+        "POST /public/post HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 11\r\n\r\nhello world\
+               GET /public/one HTTP/1.1\r\nHost: gw.test\r\n\r\n\
+               GET /public/two HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    s.write_all(req.as_bytes()).await.expect("write");
+    let (status, echo) = read_response(&mut s, &mut pending).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body"], "hello world", "{echo}");
+    for want in ["/public/one", "/public/two"] {
+        let (status, echo) = read_response(&mut s, &mut pending).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert_eq!(echo["path"], want, "{echo}");
+    }
+
+    // 4. After a pause long enough for the connection to go idle, it still serves.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"GET /public/after-idle HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .expect("write");
+    let (status, echo) = read_response(&mut s, &mut pending).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(echo["path"], "/public/after-idle", "{echo}");
+    assert!(pending.is_empty(), "unexpected extra bytes");
+}
