@@ -298,22 +298,24 @@ impl Drop for Record<'_> {
         m.request_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "access",
-            request_id = self.request_id.to_str().unwrap_or(""),
-            client = self.conn.peer_ip.to_str().unwrap_or_default(),
-            host = o.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-            trace_id = self.trace.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
-            route = route,
-            method = self.method.as_str(),
-            path = o.path.as_deref().unwrap_or("<invalid>"),
-            status = status,
-            duration_ms = elapsed.as_secs_f64() * 1e3,
-            upstream_ms = o.upstream_ms,
-            upstream_status = o.upstream_status,
-            upstream_error = o.upstream_error,
-            auth = o.auth,
-        );
+        crate::logging::access(&crate::logging::AccessLine {
+            request_id: self.request_id.to_str().unwrap_or(""),
+            client: self.conn.peer_ip.to_str().unwrap_or_default(),
+            host: o.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            trace_id: self
+                .trace
+                .as_ref()
+                .and_then(|t| std::str::from_utf8(t).ok()),
+            route,
+            method: self.method.as_str(),
+            path: o.path.as_deref().unwrap_or("<invalid>"),
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            upstream_ms: o.upstream_ms,
+            upstream_status: o.upstream_status,
+            upstream_error: o.upstream_error,
+            auth: o.auth,
+        });
     }
 }
 
