@@ -36,31 +36,15 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
-log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 
-missing=()
-for tool in valgrind nginx; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    SUDO=""
-    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    log "installing ${missing[*]} (apt-get)"
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing valgrind nginx
 for tool in cargo valgrind callgrind_annotate nginx python3 curl openssl; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
 done
 
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+trap stop_started EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$WORK/nginx-tmp"

@@ -48,21 +48,11 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
-log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 
 # --- tools ---------------------------------------------------------------------------------
-missing=()
-for tool in wrk haproxy nginx; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    SUDO=""
-    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    log "installing ${missing[*]} (apt-get)"
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy nginx >/dev/null
-fi
+install_missing wrk haproxy nginx
 for tool in cargo openssl python3 curl wrk haproxy nginx; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
 done
@@ -99,15 +89,8 @@ if (( $(ulimit -n) < IDLE_CONNS + 1000 )); then
 fi
 
 # --- processes: every one we start is recorded and stopped on exit --------------------------
-PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_started
     if [[ $KEEP -eq 0 && -d "$WORK" ]]; then
         rm -rf "$WORK/tokens-"*.txt
     fi
