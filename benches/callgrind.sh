@@ -11,8 +11,8 @@
 # requests and then N (default 3,000) on one keep-alive connection, and prints the
 # instructions per request with the 25 most costly functions (inclusive). With --token-alg,
 # the requests carry one token of that algorithm on a `required` route (served from the
-# verified-token cache after the first). The raw profile stays in target/callgrind/out for
-# callgrind_annotate or kcachegrind. Everything it starts is stopped on exit, by PID.
+# verified-token cache after the first). The profile of the measured requests stays in
+# target/callgrind/profile for callgrind_annotate or kcachegrind. Everything it starts is stopped on exit, by PID.
 # Needs valgrind, nginx, python3, curl, openssl (apt-get installs valgrind and nginx).
 set -euo pipefail
 
@@ -81,7 +81,7 @@ fi
 nginx -p "$WORK" -c "$WORK/nginx-backend.conf" -e "$WORK/nginx-backend.error.log" &
 PIDS+=($!)
 env JWTGATE_LOG="$LOG" TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
-    --callgrind-out-file="$WORK/out" "$JWTGATE" run --config "$WORK/jwtgate.toml" \
+    --callgrind-out-file="$WORK/exit-dump" "$JWTGATE" run --config "$WORK/jwtgate.toml" \
     >/dev/null 2>"$WORK/jwtgate.log" &
 GW=$!
 PIDS+=("$GW")
@@ -123,10 +123,10 @@ callgrind_control -z "$GW" >/dev/null
 client "$REQUESTS"
 callgrind_control -d "$GW" >/dev/null
 sleep 1
-PROFILE=$(ls -t "$WORK"/out.* 2>/dev/null | head -1)
+PROFILE=$(ls -t "$WORK"/exit-dump.* 2>/dev/null | head -1)
 [[ -n "$PROFILE" ]] || die "no callgrind dump"
-mv "$PROFILE" "$WORK/out"
-callgrind_annotate --inclusive=yes "$WORK/out" >"$WORK/annotate.txt" 2>/dev/null
+mv "$PROFILE" "$WORK/profile"
+callgrind_annotate --inclusive=yes "$WORK/profile" >"$WORK/annotate.txt" 2>/dev/null
 total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}' "$WORK/annotate.txt")
 echo "path $REQ_PATH${ALG:+ with one $ALG token}, access log ${LOG#info}${LOG#info,access=off}"
 python3 -c "print(f'{$total / $REQUESTS:,.0f} instructions per request ({$total:,} for $REQUESTS)')"
