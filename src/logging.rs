@@ -1,5 +1,6 @@
 //! Log output: one JSON object per line (`time`, `level`, `target`, `message`, then the
-//! event's fields), or plain text for people. Access-log lines are events with target `access`.
+//! event's fields), or plain text for people. Access-log lines have target `access`; in JSON
+//! they are written by [`access`] directly, the same shape as every other line.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -78,6 +79,20 @@ fn write_thousandths(w: &mut Writer<'_>, thousandths: i64) -> fmt::Result {
         w.write_str(std::str::from_utf8(&digits[..len]).map_err(|_| fmt::Error)?)?;
     }
     Ok(())
+}
+
+/// Writes the members every line starts with: `{"time":…,"level":…,"target":…`.
+fn write_line_start(w: &mut Writer<'_>, level: tracing::Level, target: &str) -> fmt::Result {
+    w.write_str("{\"time\":\"")?;
+    write_time(w)?;
+    w.write_str(match level {
+        tracing::Level::ERROR => "\",\"level\":\"error\",\"target\":",
+        tracing::Level::WARN => "\",\"level\":\"warn\",\"target\":",
+        tracing::Level::INFO => "\",\"level\":\"info\",\"target\":",
+        tracing::Level::DEBUG => "\",\"level\":\"debug\",\"target\":",
+        tracing::Level::TRACE => "\",\"level\":\"trace\",\"target\":",
+    })?;
+    json_str(w, target)
 }
 
 /// Writes a number rounded to three decimals (milliseconds to the microsecond are plenty for
@@ -179,16 +194,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        writer.write_str("{\"time\":\"")?;
-        write_time(&mut writer)?;
-        writer.write_str(match *meta.level() {
-            tracing::Level::ERROR => "\",\"level\":\"error\",\"target\":",
-            tracing::Level::WARN => "\",\"level\":\"warn\",\"target\":",
-            tracing::Level::INFO => "\",\"level\":\"info\",\"target\":",
-            tracing::Level::DEBUG => "\",\"level\":\"debug\",\"target\":",
-            tracing::Level::TRACE => "\",\"level\":\"trace\",\"target\":",
-        })?;
-        json_str(&mut writer, meta.target())?;
+        write_line_start(&mut writer, *meta.level(), meta.target())?;
         let mut fields = Fields {
             w: &mut writer,
             result: Ok(()),
@@ -267,9 +273,8 @@ pub fn access(line: &AccessLine<'_>) {
 
 impl AccessLine<'_> {
     fn write_json(&self, w: &mut Writer<'_>) -> fmt::Result {
-        w.write_str("{\"time\":\"")?;
-        write_time(w)?;
-        w.write_str("\",\"level\":\"info\",\"target\":\"access\",\"request_id\":")?;
+        write_line_start(w, tracing::Level::INFO, "access")?;
+        w.write_str(",\"request_id\":")?;
         json_str(w, self.request_id)?;
         w.write_str(",\"client\":")?;
         json_str(w, self.client)?;

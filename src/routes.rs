@@ -42,10 +42,6 @@ struct Node {
 }
 
 impl Group {
-    fn push(&mut self, route: usize) {
-        self.order.push(route);
-    }
-
     /// Sorts by priority and builds the trie.
     fn compile(&mut self, routes: &[RouteConfig]) {
         // A stable sort keeps file order among equal prefixes, so the first route written wins.
@@ -115,18 +111,20 @@ impl RouteTable {
         let mut t = RouteTable::default();
         for (i, r) in routes.iter().enumerate() {
             match &r.host {
-                Some(HostMatch::Exact(h)) => t.exact.entry(h.clone()).or_default().push(i),
+                Some(HostMatch::Exact(h)) => t.exact.entry(h.clone()).or_default().order.push(i),
                 Some(HostMatch::Wildcard(s)) => {
                     match t.wildcard.iter_mut().find(|(suffix, _)| suffix == s) {
-                        Some((_, group)) => group.push(i),
+                        Some((_, group)) => group.order.push(i),
                         None => {
-                            let mut group = Group::default();
-                            group.push(i);
+                            let group = Group {
+                                order: vec![i],
+                                ..Group::default()
+                            };
                             t.wildcard.push((s.clone(), group));
                         }
                     }
                 }
-                None => t.any_host.push(i),
+                None => t.any_host.order.push(i),
             }
         }
         t.exact.values_mut().for_each(|g| g.compile(routes));
