@@ -81,13 +81,6 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
     let (p, pre) = (path.as_bytes(), prefix.as_bytes());
     let (mut i, mut j) = (0, 0);
     let mut ended_on_separator = false;
-    let skip_run = |b: &[u8], mut k: usize| loop {
-        let n = separator_len(&b[k..]);
-        if n == 0 {
-            return k;
-        }
-        k += n;
-    };
     while j < pre.len() {
         if separator_len(&pre[j..]) > 0 {
             // A run of separators is one boundary on both sides (`/%2Fadmin` is `/admin` to
@@ -95,8 +88,8 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
             if separator_len(&p[i..]) == 0 {
                 return false;
             }
-            j = skip_run(pre, j);
-            i = skip_run(p, i);
+            j = skip_separators(pre, j);
+            i = skip_separators(p, i);
             ended_on_separator = true;
         } else if p.get(i) == Some(&pre[j]) {
             i += 1;
@@ -121,13 +114,7 @@ pub fn segments(path: &str) -> impl Iterator<Item = (&str, &str)> {
     let b = path.as_bytes();
     let mut k = 0;
     std::iter::from_fn(move || {
-        loop {
-            let n = separator_len(&b[k..]);
-            if n == 0 {
-                break;
-            }
-            k += n;
-        }
+        k = skip_separators(b, k);
         if k >= b.len() {
             return None;
         }
@@ -138,6 +125,17 @@ pub fn segments(path: &str) -> impl Iterator<Item = (&str, &str)> {
         // Separators are ASCII, so `start` and `k` are character boundaries.
         Some((&path[start..k], &path[k..]))
     })
+}
+
+/// The index after the run of separators starting at `k` (`k` itself when there is none).
+fn skip_separators(b: &[u8], mut k: usize) -> usize {
+    loop {
+        let n = separator_len(&b[k..]);
+        if n == 0 {
+            return k;
+        }
+        k += n;
+    }
 }
 
 /// The length of a separator at the start of `p`: `/`, `\`, `%2F` or `%5C` (any case).

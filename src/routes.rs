@@ -23,9 +23,6 @@ pub struct RouteTable {
 /// 12 µs at 1,000 routes before; `benches/gateway.rs`, `routes/find_1000`).
 #[derive(Debug, Default)]
 struct Group {
-    /// The group's routes in priority order (longest prefix first, then file order) while
-    /// the table is built; a route's position here is its rank.
-    order: Vec<usize>,
     root: Node,
 }
 
@@ -42,14 +39,14 @@ struct Node {
 }
 
 impl Group {
-    /// Sorts by priority and builds the trie.
-    fn compile(&mut self, routes: &[RouteConfig]) {
+    /// The trie of `members` (indices into `routes`), ranked longest prefix first.
+    fn new(routes: &[RouteConfig], mut members: Vec<usize>) -> Group {
         // A stable sort keeps file order among equal prefixes, so the first route written wins.
-        self.order
-            .sort_by_key(|&i| std::cmp::Reverse(routes[i].path_prefix.len()));
-        for (rank, &i) in self.order.iter().enumerate() {
+        members.sort_by_key(|&i| std::cmp::Reverse(routes[i].path_prefix.len()));
+        let mut group = Group::default();
+        for (rank, &i) in members.iter().enumerate() {
             let prefix = &routes[i].path_prefix;
-            let mut node = &mut self.root;
+            let mut node = &mut group.root;
             let mut after_last = None;
             for (segment, rest) in segments(prefix) {
                 node = node.children.entry(segment.into()).or_default();
@@ -62,6 +59,7 @@ impl Group {
                 node.dir.push((rank, i));
             }
         }
+        group
     }
 
     /// The best route of this group for `path` and `method`: the lowest rank among the
@@ -108,30 +106,33 @@ impl Group {
 impl RouteTable {
     /// Compiles the table; indices refer to `routes`.
     pub fn new(routes: &[RouteConfig]) -> RouteTable {
-        let mut t = RouteTable::default();
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut any_host = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             match &r.host {
-                Some(HostMatch::Exact(h)) => t.exact.entry(h.clone()).or_default().order.push(i),
+                Some(HostMatch::Exact(h)) => exact.entry(h.clone()).or_default().push(i),
                 Some(HostMatch::Wildcard(s)) => {
-                    match t.wildcard.iter_mut().find(|(suffix, _)| suffix == s) {
-                        Some((_, group)) => group.order.push(i),
-                        None => {
-                            let group = Group {
-                                order: vec![i],
-                                ..Group::default()
-                            };
-                            t.wildcard.push((s.clone(), group));
-                        }
+                    match wildcard.iter_mut().find(|(suffix, _)| suffix == s) {
+                        Some((_, list)) => list.push(i),
+                        None => wildcard.push((s.clone(), vec![i])),
                     }
                 }
-                None => t.any_host.order.push(i),
+                None => any_host.push(i),
             }
         }
-        t.exact.values_mut().for_each(|g| g.compile(routes));
-        t.wildcard.iter_mut().for_each(|(_, g)| g.compile(routes));
-        t.any_host.compile(routes);
-        t.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        t
+        wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        RouteTable {
+            exact: exact
+                .into_iter()
+                .map(|(h, list)| (h, Group::new(routes, list)))
+                .collect(),
+            wildcard: wildcard
+                .into_iter()
+                .map(|(s, list)| (s, Group::new(routes, list)))
+                .collect(),
+            any_host: Group::new(routes, any_host),
+        }
     }
 
     /// The groups that apply to `host`, most specific first.
