@@ -11,6 +11,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::{runtime, CommandError};
 use crate::App;
 
+/// The target of this module's events: the binary's, as when this code lived in `main.rs`, so
+/// `JWTGATE_LOG` filters written for it keep working.
+const TARGET: &str = "jwtgate";
+
 /// SIGINT drains too, but for at most this long: someone is waiting at a terminal.
 const SIGINT_GRACE: Duration = Duration::from_secs(2);
 
@@ -51,23 +55,23 @@ async fn serve_async(config_path: &Path, demo: bool) -> anyhow::Result<()> {
     let reloader = app.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
+            tracing::info!(target: TARGET, "SIGHUP: reloading");
             reloader.request_reload();
         }
     });
     let tls = snapshot.config.listen.tls.is_some();
-    tracing::info!(%addr, tls, "jwtgate serving");
+    tracing::info!(target: TARGET, %addr, tls, "jwtgate serving");
     let grace = snapshot.config.limits.shutdown_grace;
     drop(snapshot);
     let shutdown = async move {
         let grace = tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: draining"); grace }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); grace.min(SIGINT_GRACE) }
+            _ = term.recv() => { tracing::info!(target: TARGET, "SIGTERM: draining"); grace }
+            _ = int.recv() => { tracing::info!(target: TARGET, "SIGINT: draining"); grace.min(SIGINT_GRACE) }
         };
         let _ = stop_tx.send(true);
         grace
     };
     app.serve(listener, admin, shutdown).await;
-    tracing::info!("stopped");
+    tracing::info!(target: TARGET, "stopped");
     Ok(())
 }
