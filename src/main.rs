@@ -127,7 +127,10 @@ fn main() -> ExitCode {
 /// `run` and `demo`: the only commands that log.
 fn serve(cli: &Cli, demo: bool) -> ExitCode {
     jwtgate::logging::init(&cli.log_format, &cli.log_level);
-    exit_code(commands::serve(&cli.config, demo))
+    let result = commands::serve(&cli.config, demo);
+    // Lines logged before the exit (the drain included) reach stdout first.
+    jwtgate::logging::flush();
+    exit_code(result)
 }
 
 /// Prints a command's output on stdout (exit 0), or its error on stderr (exit 1).
