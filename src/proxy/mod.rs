@@ -296,7 +296,9 @@ impl Drop for Record<'_> {
         if let Some(kind) = o.upstream_error {
             m.upstream_errors.with_label_values(&[route, kind]).inc();
         }
-        m.requests.with_label_values(&[route, status.as_str()]).inc();
+        m.requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
         m.request_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
