@@ -62,15 +62,17 @@ impl Sink {
     }
 }
 
-static SINK: OnceLock<Sink> = OnceLock::new();
+/// Set once the writer thread runs; until then (or if it could not start) lines are written
+/// by the threads that log them.
+static SINK: OnceLock<&'static Sink> = OnceLock::new();
 
-/// Starts the writer thread (once; later calls do nothing). Until then [`push`] writes
-/// straight to stdout.
+/// Starts the writer thread (once; later calls do nothing).
 pub fn start() -> std::io::Result<()> {
     if SINK.get().is_some() {
         return Ok(());
     }
-    let sink = SINK.get_or_init(|| Sink {
+    // Lives as long as the process, like the thread that drains it.
+    let sink: &'static Sink = Box::leak(Box::new(Sink {
         queue: Mutex::new(Queue {
             pending: Vec::new(),
             writer_idle: false,
@@ -79,11 +81,12 @@ pub fn start() -> std::io::Result<()> {
         wake: Condvar::new(),
         drained: Condvar::new(),
         capacity: QUEUE_BYTES,
-    });
+    }));
     std::thread::Builder::new()
         .name("jwtgate-log".into())
-        .spawn(move || write_loop(sink))
-        .map(drop)
+        .spawn(move || write_loop(sink))?;
+    let _ = SINK.set(sink);
+    Ok(())
 }
 
 /// Queues one whole line (ending in `\n`); drops and counts it when the queue is full.
