@@ -3,5 +3,19 @@
 # README's second command and .ci/run both call this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The OpenID-provider end-to-end test (tests/oidc.rs) runs a real provider on node with the
+# npm packages pinned by tests/oidc/package-lock.json: install them on a fresh clone (or after
+# the lockfile changed) where node and npm exist; otherwise say in one line what is skipped.
+oidc=tests/oidc
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "test.sh: skipping the OpenID-provider end-to-end test (tests/oidc.rs): node and npm are not installed"
+elif [ ! -d "$oidc/node_modules" ] || [ "$oidc/package-lock.json" -nt "$oidc/node_modules/.package-lock.json" ]; then
+    echo "test.sh: installing the OpenID-provider test's npm packages (npm ci --prefix $oidc)"
+    if ! npm ci --prefix "$oidc" --no-audit --no-fund; then
+        echo "test.sh: npm ci failed: the OpenID-provider end-to-end test (tests/oidc.rs) will be skipped"
+    fi
+fi
+
 cargo test --locked --all-targets "$@"
 cargo test --locked --doc

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod alg;
 pub mod auth;
 pub mod check;
+pub mod commands;
 pub mod config;
 pub mod devtoken;
 pub mod echo;

@@ -155,6 +155,10 @@ impl Metrics {
         registry
             .register(Box::new(build_info))
             .expect("unique metric");
+        let log_drops = crate::logging::sink::DropCounters::new().expect("valid metric");
+        registry
+            .register(Box::new(log_drops))
+            .expect("unique metric");
         Metrics {
             registry,
             requests,

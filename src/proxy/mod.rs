@@ -114,7 +114,7 @@ impl Gateway {
         };
         res.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), rec.request_id.clone());
-        rec.status = Some(res.status().as_u16());
+        rec.status = Some(res.status());
         res
     }
 
@@ -261,7 +261,10 @@ impl Gateway {
 
 /// Status recorded for a request whose client went away before it was answered (nginx's
 /// convention).
-const CLIENT_CLOSED: u16 = 499;
+const CLIENT_CLOSED: http::StatusCode = match http::StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => panic!("499 is a valid status code"),
+};
 
 /// One request's metrics and access-log line, written when it is dropped: at the end of
 /// `handle`, or when hyper drops the request because its client disconnected.
@@ -275,7 +278,7 @@ struct Record<'a> {
     trace: Option<[u8; 32]>,
     outcome: Outcome,
     /// The answer's status; `None` until answered.
-    status: Option<u16>,
+    status: Option<http::StatusCode>,
 }
 
 impl Drop for Record<'_> {
@@ -293,8 +296,9 @@ impl Drop for Record<'_> {
         if let Some(kind) = o.upstream_error {
             m.upstream_errors.with_label_values(&[route, kind]).inc();
         }
-        let code = itoa_status(status);
-        m.requests.with_label_values(&[route, code.as_str()]).inc();
+        m.requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
         m.request_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
@@ -309,30 +313,13 @@ impl Drop for Record<'_> {
             route,
             method: self.method.as_str(),
             path: o.path.as_deref().unwrap_or("<invalid>"),
-            status,
+            status: status.as_u16(),
             duration_ms: elapsed.as_secs_f64() * 1e3,
             upstream_ms: o.upstream_ms,
             upstream_status: o.upstream_status,
             upstream_error: o.upstream_error,
             auth: o.auth,
         });
-    }
-}
-
-/// A status code as label text without a heap allocation.
-fn itoa_status(status: u16) -> StatusText {
-    let mut t = StatusText([b'0'; 3]);
-    t.0[0] = b'0' + (status / 100 % 10) as u8;
-    t.0[1] = b'0' + (status / 10 % 10) as u8;
-    t.0[2] = b'0' + (status % 10) as u8;
-    t
-}
-
-struct StatusText([u8; 3]);
-
-impl StatusText {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("000")
     }
 }
 

@@ -1,0 +1,29 @@
+//! `jwtgate check`: load everything, fetch every JWKS URL once, describe what would run.
+
+use std::path::Path;
+
+use super::{with_loaded, CommandError};
+use crate::auth::IssuerKeys;
+use crate::config::ConfigErrors;
+
+/// Validates the config at `path` and returns the description `check` prints.
+pub fn check(path: &Path) -> Result<String, CommandError> {
+    with_loaded(path, |snap| async move {
+        // `check` fetches every JWKS URL once: a provider that cannot be reached is an error.
+        let mut errors = Vec::new();
+        for i in &snap.issuers {
+            if !matches!(i.keys, IssuerKeys::Remote(_)) {
+                continue;
+            }
+            let fetched = crate::keys::remote::fetch(&i.config.source, &i.config.algorithms).await;
+            if let Err(e) = fetched {
+                let msg = format!("issuer {:?}: {e}", i.config.name);
+                errors.push(snap.config.error(i.config.source_loc, msg));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors).into());
+        }
+        Ok(crate::check::describe(&snap))
+    })
+}

@@ -1,0 +1,50 @@
+//! `jwtgate explain`: a dry run of one request against the loaded config.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{with_loaded, CommandError};
+
+/// Explains one request and returns the report as printed (JSON or text) and whether the
+/// gateway would forward it.
+pub fn explain(
+    config: &Path,
+    token: Option<String>,
+    method: &str,
+    host: &str,
+    path: &str,
+    json: bool,
+) -> Result<(String, bool), CommandError> {
+    let token = match token.as_deref() {
+        Some("-") => {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|e| {
+                CommandError::command("explain", format!("reading the token from stdin: {e}"))
+            })?;
+            Some(t.trim().to_owned())
+        }
+        other => other.map(str::to_owned),
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        return Err(CommandError::command(
+            "explain",
+            format!("{method:?} is not an HTTP method"),
+        ));
+    };
+    with_loaded(config, |snap| async move {
+        // A fresh process: give remote issuers their first fetch before judging the token.
+        for r in snap.remote_keys() {
+            r.first_attempt(Duration::from_secs(5)).await;
+        }
+        let report = crate::explain::explain(&snap, token.as_deref(), &method, host, path).await;
+        let text = if json {
+            let mut s = serde_json::to_string_pretty(&report)
+                .map_err(|e| CommandError::command("explain", e.to_string()))?;
+            s.push('\n');
+            s
+        } else {
+            crate::explain::render_text(&report)
+        };
+        Ok((text, report.status == 200))
+    })
+}
