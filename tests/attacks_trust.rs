@@ -1087,6 +1087,19 @@ fn claim_headers_may_not_name_framing_hop_or_trust_family_headers() {
         assert_eq!(e.loc.line, line, "{name}: {e}");
         assert!(common::is_located(&e.to_string(), &path), "{e}");
     }
+    // The identity names an authenticating proxy sets are the gateway's to set here.
+    for name in [
+        "X-Auth-Request-User",
+        "X-Remote-User",
+        "X-Authenticated-Userid",
+    ] {
+        let text = format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[[route]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\nauth = \"required\"\n[route.claim_headers]\n\"{name}\" = \"sub\"\n",
+            default_issuer()
+        );
+        std::fs::write(&path, &text).expect("write");
+        jwtgate::Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }
 
 // =============================================================================================

@@ -289,8 +289,10 @@ fn claim_header_refusal(name: &str) -> Option<&'static str> {
         Some("Content-* headers describe the body, which the claim does not")
     } else if name.starts_with("proxy-") {
         Some("Proxy-* headers belong to the hop, not to the request")
-    } else if crate::proxy::headers::is_trust_family(name) {
-        Some("it is one of the headers backends trust as set by their proxy (client address, original URL, method override, client certificate, identity), which the gateway removes from every request")
+    } else if crate::proxy::headers::is_trust_family(name)
+        && !crate::proxy::headers::is_proxy_identity(name)
+    {
+        Some("it is one of the headers backends trust as set by their proxy (client address, scheme, original URL, method override, client certificate), which the gateway removes from every request")
     } else {
         None
     }

@@ -47,7 +47,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// scheme, the original URL, a method override, the client certificate, an identity set by an
 /// authenticating proxy. Lower case, `-` (an inbound `_` matches too), sorted for a binary
 /// search. README "Headers a client may never send" lists them with their prefixes.
-static TRUST_FAMILY: [&str; 46] = [
+static TRUST_FAMILY: [&str; 41] = [
     "cf-connecting-ip",
     "cf-connecting-ipv6",
     "cf-ipcountry",
@@ -59,11 +59,9 @@ static TRUST_FAMILY: [&str; 46] = [
     "forwarded",
     "forwarded-for",
     "front-end-https",
-    "l5d-client-id",
     "proxy-auth-cert",
     "proxy-client-ip",
     "proxy-ssl-id",
-    "remote-user",
     "true-client-ip",
     "x-appengine-user-ip",
     "x-arr-clientcert",
@@ -75,7 +73,6 @@ static TRUST_FAMILY: [&str; 46] = [
     "x-client-verify",
     "x-cluster-client-ip",
     "x-forwarded",
-    "x-goog-iap-jwt-assertion",
     "x-host",
     "x-http-method",
     "x-http-method-override",
@@ -86,36 +83,49 @@ static TRUST_FAMILY: [&str; 46] = [
     "x-real-ip",
     "x-remote-addr",
     "x-remote-ip",
-    "x-remote-user",
     "x-request-uri",
     "x-rewrite-url",
     "x-scheme",
     "x-script-name",
     "x-ssl",
     "x-url-scheme",
-    "x-webauth-user",
 ];
 
 /// Prefixes of the same family: every name that starts with one is removed too
 /// (`X-Forwarded-Anything`, `X-Original-URL`, `X-SSL-Client-Verify`, ...).
-static TRUST_FAMILY_PREFIXES: [&str; 17] = [
+static TRUST_FAMILY_PREFIXES: [&str; 10] = [
     "ms-aspnetcore-",
     "ssl-client-",
     "wl-proxy-",
     "x-amzn-mtls-",
+    "x-client-cert",
+    "x-envoy-",
+    "x-forwarded-",
+    "x-jwtgate-",
+    "x-original-",
+    "x-ssl-",
+];
+
+/// The part of the family that names the user an authenticating proxy let in (oauth2-proxy,
+/// ALB, IAP, App Service, Kong, Grafana's auth proxy, Linkerd): removed from clients like the
+/// rest, but a claim header may use these names, since the gateway is that proxy here.
+static PROXY_IDENTITY: [&str; 5] = [
+    "l5d-client-id",
+    "remote-user",
+    "x-goog-iap-jwt-assertion",
+    "x-remote-user",
+    "x-webauth-user",
+];
+
+/// Prefixes of [`PROXY_IDENTITY`].
+static PROXY_IDENTITY_PREFIXES: [&str; 7] = [
     "x-amzn-oidc-",
     "x-auth-request-",
     "x-authenticated-",
-    "x-client-cert",
     "x-consumer-",
-    "x-envoy-",
-    "x-forwarded-",
     "x-goog-authenticated-user-",
-    "x-jwtgate-",
     "x-ms-client-principal",
     "x-ms-token-",
-    "x-original-",
-    "x-ssl-",
 ];
 
 /// What a trusted proxy may pass on: its client chain and the client's scheme, host and port.
@@ -140,13 +150,21 @@ fn starts_folded(a: &[u8], prefix: &[u8]) -> bool {
 /// True for a header of the trust family (a lower-case name; `_` reads as `-`), which no
 /// client may send and no claim header may name.
 pub fn is_trust_family(name: &str) -> bool {
+    in_lists(name, &TRUST_FAMILY, &TRUST_FAMILY_PREFIXES) || is_proxy_identity(name)
+}
+
+/// True for the identity part of the trust family ([`PROXY_IDENTITY`]).
+pub fn is_proxy_identity(name: &str) -> bool {
+    in_lists(name, &PROXY_IDENTITY, &PROXY_IDENTITY_PREFIXES)
+}
+
+/// `name` against a sorted table of exact names and a list of prefixes, `_` read as `-`.
+fn in_lists(name: &str, exact: &[&str], prefixes: &[&str]) -> bool {
     let n = name.as_bytes();
-    TRUST_FAMILY
+    exact
         .binary_search_by(|p| cmp_folded(n, p.as_bytes()).reverse())
         .is_ok()
-        || TRUST_FAMILY_PREFIXES
-            .iter()
-            .any(|p| starts_folded(n, p.as_bytes()))
+        || prefixes.iter().any(|p| starts_folded(n, p.as_bytes()))
 }
 
 /// What the header code needs from the snapshot, built once per snapshot: the claim header
@@ -581,6 +599,9 @@ mod tests {
     #[test]
     fn trust_family_list_is_sorted_and_matches_spellings() {
         assert!(TRUST_FAMILY.windows(2).all(|w| w[0] < w[1]));
+        assert!(PROXY_IDENTITY.windows(2).all(|w| w[0] < w[1]));
+        assert!(is_trust_family("x_remote_user") && is_proxy_identity("x-auth-request-email"));
+        assert!(!is_proxy_identity("x-real-ip"));
         for name in [
             "forwarded",
             "x-real-ip",
