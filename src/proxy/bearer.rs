@@ -127,7 +127,7 @@ pub fn same_name(raw: &str, name: &str) -> bool {
 /// A percent-decoded value (`+` as a space for query values); invalid UTF-8 is kept lossily,
 /// so the token fails verification rather than vanishing.
 fn decode(v: &str, plus_is_space: bool) -> Cow<'_, str> {
-    if !v.contains('%') && !(plus_is_space && v.contains('+')) {
+    if !(v.contains('%') || (plus_is_space && v.contains('+'))) {
         return Cow::Borrowed(v);
     }
     let spaced: Cow<'_, str> = if plus_is_space {
