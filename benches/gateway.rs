@@ -373,7 +373,7 @@ fn inbound_headers(token: &str) -> HeaderMap {
 fn bench_headers(c: &mut Criterion, keys: &Keys) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), keys, &thousand_routes("http://127.0.0.1:9"));
-    let plan = jwtgate::proxy::headers::HeaderPlan::new(&cfg.routes);
+    let plan = jwtgate::proxy::headers::HeaderPlan::new(&cfg);
     let route = &cfg.routes[473];
     let token = keys.sign("ES256", &claims());
     let verified = claims().as_object().cloned().expect("claims object");
@@ -385,7 +385,9 @@ fn bench_headers(c: &mut Criterion, keys: &Keys) {
         route,
         token_source: Some(Source::Header),
         tls: true,
+        peer: std::net::IpAddr::from([198, 51, 100, 23]),
         client_ip: &client_ip,
+        client_cert: None,
         host: Some(&host),
         websocket: false,
         request_id: &request_id,
@@ -404,7 +406,7 @@ fn bench_headers(c: &mut Criterion, keys: &Keys) {
         b.iter_batched(
             || inbound.clone(),
             |mut h| {
-                plan.strip_request(&mut h);
+                plan.strip_request(&mut h, false);
                 h
             },
             BatchSize::SmallInput,

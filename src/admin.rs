@@ -176,6 +176,9 @@ pub fn effective_config(c: &Config) -> serde_json::Value {
             "addr": c.listen.addr.to_string(),
             "tls": c.listen.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key, "client_ca": t.client_ca})),
             "certificates": c.listen.certificates.iter().map(|x| json!({"cert": x.cert, "key": x.key})).collect::<Vec<_>>(),
+            "trusted_proxies": c.listen.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "strip_headers": c.listen.strip_headers,
+            "forward_client_cert": c.listen.forward_client_cert,
         },
         "admin": c.admin.as_ref().map(|a| json!({"addr": a.addr.to_string()})),
         "limits": {

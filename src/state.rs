@@ -108,7 +108,7 @@ impl Snapshot {
             return Err(ConfigErrors(errors));
         }
         let table = RouteTable::new(&config.routes);
-        let headers = HeaderPlan::new(&config.routes);
+        let headers = HeaderPlan::new(&config);
         Ok(Snapshot {
             config,
             issuers,

@@ -1629,13 +1629,13 @@ auth = "required"
         "alice\u{0}admin",
         "\r\n",
         "alice\u{7f}",
-        "alice\u{85}", // NEL: a C1 control, valid UTF-8
+        "ali\u{85}ce", // NEL inside: a C1 control, valid UTF-8 (at an edge it is whitespace: refused)
     ];
     for sub in subs {
         let t = token("ES256", &with(claims(), "sub", json!(sub)));
         let case = format!("sub {sub:?}");
         let a = h.get_with_token("/mapped/x", &t).await;
-        if sub == "alice\u{85}" {
+        if sub == "ali\u{85}ce" {
             // Not an ASCII control byte: a UTF-8 header value (SPEC: strings as they are).
             assert_passed(&a, &case);
             continue;

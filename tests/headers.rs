@@ -90,6 +90,14 @@ auth = "required"
     )
 }
 
+/// [`config`] with the test client's address (127.0.0.1) as a trusted proxy.
+fn trusted_loopback_config() -> String {
+    format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n{}",
+        config()
+    )
+}
+
 /// Claims for the protected route: sub, email and roles.
 fn full_claims() -> Value {
     let mut c = claims();
@@ -633,8 +641,10 @@ async fn x_forwarded_for_set_when_absent() {
 }
 
 #[tokio::test]
-async fn x_forwarded_for_appended_when_present() {
-    let h = Harness::start(&config()).await;
+async fn x_forwarded_for_appended_when_present_from_a_trusted_proxy() {
+    // SPEC "Connections and trust": only a trusted peer's chain is kept (the untrusted case is
+    // in tests/attacks_trust.rs).
+    let h = Harness::start(&trusted_loopback_config()).await;
     let a = h.get("/public/x", &[("x-forwarded-for", "1.2.3.4")]).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.upstream_header("x-forwarded-for"), ["1.2.3.4, 127.0.0.1"]);
@@ -1108,8 +1118,8 @@ async fn two_query_tokens_or_two_cookie_tokens_is_400() {
 }
 
 #[tokio::test]
-async fn repeated_x_forwarded_for_merged_into_one_value() {
-    let h = Harness::start(&config()).await;
+async fn repeated_x_forwarded_for_merged_into_one_value_from_a_trusted_proxy() {
+    let h = Harness::start(&trusted_loopback_config()).await;
     let a = raw(
         &h,
         &get_req(

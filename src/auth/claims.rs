@@ -6,10 +6,21 @@ use serde_json::{Map, Value};
 use super::AuthError;
 use crate::config::{ClaimPath, Requirement};
 
+/// Longest claim header value sent to an upstream, in bytes; a longer one refuses the token
+/// (many servers cap a header line at 4 to 8 KiB and would refuse or cut it).
+pub const MAX_CLAIM_HEADER_BYTES: usize = 4096;
+
 /// The header value for a claim: strings as they are, numbers and booleans as JSON text,
-/// arrays of strings joined by `,`, anything else as compact JSON. `Ok(None)` when the claim
-/// is absent or null. A value holding a control character (CR, LF, NUL, TAB, DEL, ...) makes the
-/// whole token invalid rather than being dropped or rewritten.
+/// arrays of strings joined by `,`, anything else (objects, arrays holding non-strings) as
+/// compact JSON. `Ok(None)` when the claim is absent or null.
+///
+/// A value that an upstream would read differently from the token makes the whole token
+/// invalid (never dropped or rewritten): a control character (CR, LF, NUL, TAB, DEL, ...);
+/// leading or trailing whitespace (every HTTP parser trims it); a string that starts with `"`
+/// (read as a quoted string by some); in an array of strings, an element that is empty or holds
+/// `,` or `"` (a comma-splitting upstream would see other elements); a value longer than
+/// [`MAX_CLAIM_HEADER_BYTES`]. JSON text needs none of these checks beyond control bytes:
+/// every string in it is quoted, so no piece of it read as a list is a bare value.
 pub fn header_value(
     claims: &Map<String, Value>,
     path: &ClaimPath,
@@ -18,22 +29,71 @@ pub fn header_value(
         ClaimPath::Name(n) => claims.get(n),
         ClaimPath::Pointer(p) => pointer(claims, p),
     };
+    let unsafe_claim = |why: &'static str| AuthError::UnsafeClaim {
+        claim: path.as_str().to_owned(),
+        why,
+    };
     let text = match v {
         None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => return to_header(s, path).map(Some),
+        Some(Value::String(s)) => {
+            check_text(s).map_err(unsafe_claim)?;
+            if s.starts_with('"') {
+                return Err(unsafe_claim(
+                    "it starts with a double quote, which an upstream may read as a quoted string",
+                ));
+            }
+            return to_header(s).map(Some).map_err(unsafe_claim);
+        }
         Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
             let mut out = String::new();
             for (i, s) in items.iter().filter_map(Value::as_str).enumerate() {
+                check_element(s).map_err(unsafe_claim)?;
                 if i > 0 {
                     out.push(',');
                 }
                 out.push_str(s);
+                if out.len() > MAX_CLAIM_HEADER_BYTES {
+                    return Err(unsafe_claim(TOO_LONG));
+                }
             }
             out
         }
         Some(other) => other.to_string(),
     };
-    to_header(&text, path).map(Some)
+    to_header(&text).map(Some).map_err(unsafe_claim)
+}
+
+const TOO_LONG: &str = "it is longer than 4096 bytes";
+
+/// The rules every string value and array element follows.
+fn check_text(s: &str) -> Result<(), &'static str> {
+    if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("it holds a control character");
+    }
+    // Unicode whitespace too: Go's TrimSpace, Python's strip and .NET's Trim remove it.
+    if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+        return Err("it has leading or trailing whitespace, which an upstream would trim");
+    }
+    Ok(())
+}
+
+/// The rules for one element of an array joined by `,`.
+fn check_element(s: &str) -> Result<(), &'static str> {
+    check_text(s)?;
+    if s.is_empty() {
+        return Err(
+            "an array element is empty, which a comma-splitting upstream drops or misreads",
+        );
+    }
+    if s.contains(',') {
+        return Err("an array element holds a comma, so the joined list would split differently");
+    }
+    if s.contains('"') {
+        return Err(
+            "an array element holds a double quote, which a list parser may read as quoting",
+        );
+    }
+    Ok(())
 }
 
 fn pointer<'a>(claims: &'a Map<String, Value>, p: &str) -> Option<&'a Value> {
@@ -52,15 +112,14 @@ fn pointer<'a>(claims: &'a Map<String, Value>, p: &str) -> Option<&'a Value> {
     }
 }
 
-fn to_header(s: &str, path: &ClaimPath) -> Result<HeaderValue, AuthError> {
-    if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err(AuthError::UnsafeClaim {
-            claim: path.as_str().to_owned(),
-        });
+fn to_header(s: &str) -> Result<HeaderValue, &'static str> {
+    if s.len() > MAX_CLAIM_HEADER_BYTES {
+        return Err(TOO_LONG);
     }
-    HeaderValue::from_str(s).map_err(|_| AuthError::UnsafeClaim {
-        claim: path.as_str().to_owned(),
-    })
+    if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("it holds a control character");
+    }
+    HeaderValue::from_str(s).map_err(|_| "it holds a byte a header value cannot carry")
 }
 
 /// Checks a route's requirements; the error names the first one that is not met.

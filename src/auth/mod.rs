@@ -79,8 +79,8 @@ pub enum AuthError {
         "the token is not meant for this service: its aud does not contain an accepted audience"
     )]
     WrongAudience,
-    #[error("the token's claim {claim} cannot be sent as a header: it holds a control character")]
-    UnsafeClaim { claim: String },
+    #[error("the token's claim {claim} cannot be sent as a header: {why}")]
+    UnsafeClaim { claim: String, why: &'static str },
     #[error("the token lacks what this route requires: {0}")]
     Insufficient(String),
 }

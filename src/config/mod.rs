@@ -80,6 +80,14 @@ pub struct Listen {
     pub certificates: Vec<CertFiles>,
     /// Where `tls` is written, for certificate errors.
     pub tls_loc: Loc,
+    /// Peers whose `X-Forwarded-For`/`-Proto`/`-Host`/`-Port` are kept (SPEC "Connections and
+    /// trust"); empty: no peer is trusted.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Site-specific headers removed from every client request, lower case with `-` for `_`; a
+    /// trailing `*` makes the entry a prefix.
+    pub strip_headers: Vec<String>,
+    /// Sets `X-Forwarded-Client-Cert` from the verified client certificate (mTLS only).
+    pub forward_client_cert: bool,
 }
 
 /// The default certificate and optional client CA.
@@ -250,13 +258,12 @@ pub struct RouteConfig {
     pub loc: Loc,
 }
 
-/// Headers the gateway sets itself or that carry the request's framing; a claim may not name them.
+/// Headers the gateway sets itself, that carry the request's framing or credentials, or that
+/// change how the upstream reads the request; a claim may not name them. Lower case, `-`.
 const RESERVED_HEADERS: &[&str] = &[
     "host",
     "authorization",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
+    "cookie",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -264,16 +271,32 @@ const RESERVED_HEADERS: &[&str] = &[
     "proxy-authorization",
     "te",
     "trailer",
+    "transfer-encoding",
     "upgrade",
-    "cookie",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
+    "expect",
+    "max-forwards",
+    "via",
     "x-request-id",
     "traceparent",
     "tracestate",
 ];
+
+/// Why a claim header may not be called `name` (lower case), or `None` when it may.
+fn claim_header_refusal(name: &str) -> Option<&'static str> {
+    if RESERVED_HEADERS.contains(&name) {
+        Some("the gateway manages that header itself, or it frames or authenticates the request")
+    } else if name.starts_with("content-") {
+        Some("Content-* headers describe the body, which the claim does not")
+    } else if name.starts_with("proxy-") {
+        Some("Proxy-* headers belong to the hop, not to the request")
+    } else if crate::proxy::headers::is_trust_family(name)
+        && !crate::proxy::headers::is_proxy_identity(name)
+    {
+        Some("it is one of the headers backends trust as set by their proxy (client address, scheme, original URL, method override, client certificate), which the gateway removes from every request")
+    } else {
+        None
+    }
+}
 
 /// Leeway beyond this hides clock problems rather than absorbing skew.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
@@ -608,12 +631,93 @@ impl Validator<'_> {
             .tls
             .as_ref()
             .map_or(Loc { line: 1, col: 1 }, |t| self.loc(t.span().start));
+        let trusted_proxies = l
+            .trusted_proxies
+            .as_ref()
+            .map(|list| list.get_ref().iter().filter_map(|c| self.cidr(c)).collect())
+            .unwrap_or_default();
+        let strip_headers = l
+            .strip_headers
+            .as_ref()
+            .map(|list| {
+                list.get_ref()
+                    .iter()
+                    .filter_map(|h| self.strip_header(h))
+                    .collect()
+            })
+            .unwrap_or_default();
         Some(Listen {
             addr: addr?,
             tls,
             certificates,
             tls_loc,
+            trusted_proxies,
+            strip_headers,
+            forward_client_cert: l.forward_client_cert.as_ref().is_none_or(|f| *f.get_ref()),
         })
+    }
+
+    /// One `trusted_proxies` entry: a CIDR in canonical form, or one address.
+    fn cidr(&mut self, c: &Spanned<String>) -> Option<ipnet::IpNet> {
+        let text = c.get_ref().trim();
+        if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+            return Some(ipnet::IpNet::from(ip));
+        }
+        match text.parse::<ipnet::IpNet>() {
+            // "10.0.0.1/8" trusts all of 10/8, which is rarely what was meant: ask for the
+            // network itself.
+            Ok(net) if net.trunc() != net => {
+                self.error(
+                    c,
+                    format!(
+                        "trusted_proxies: {text:?} has host bits set: write {:?} (or the single address {:?})",
+                        net.trunc().to_string(),
+                        net.addr().to_string()
+                    ),
+                );
+                None
+            }
+            Ok(net) => Some(net),
+            Err(_) => {
+                self.error(
+                    c,
+                    format!("trusted_proxies: {text:?} is not a CIDR such as \"10.0.0.0/8\" or \"::1/128\", nor an IP address"),
+                );
+                None
+            }
+        }
+    }
+
+    /// One `strip_headers` entry: a header name, or a prefix ending in `*`.
+    fn strip_header(&mut self, h: &Spanned<String>) -> Option<String> {
+        let text = h.get_ref();
+        let (name, star) = match text.strip_suffix('*') {
+            Some(p) => (p, "*"),
+            None => (text.as_str(), ""),
+        };
+        if name.is_empty() || HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.error(
+                h,
+                format!("strip_headers: {text:?} is not a header name (a trailing * makes it a prefix, such as \"X-Internal-*\")"),
+            );
+            return None;
+        }
+        let protected = ["host", "content-length", "transfer-encoding"];
+        let norm = format!("{}{star}", name.to_ascii_lowercase().replace('_', "-"));
+        if protected.iter().any(|p| {
+            if star.is_empty() {
+                norm == *p
+            } else {
+                p.starts_with(&norm[..norm.len() - 1])
+            }
+        }) {
+            self.error(
+                h,
+                format!("strip_headers: {text:?} would remove Host or the body's framing, which requests need"),
+            );
+            return None;
+        }
+        Some(norm)
     }
 
     fn limits(&mut self, raw: &raw::RawLimits) -> Limits {
@@ -947,9 +1051,19 @@ impl Validator<'_> {
         }
         let mut claim_headers = Vec::with_capacity(r.claim_headers.len());
         for (header, claim) in &r.claim_headers {
-            match HeaderName::from_bytes(header.as_bytes()) {
-                Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => {
-                    self.error(claim, format!("route {name:?}: claim_headers cannot set {header:?}: the gateway manages that header itself"));
+            let parsed = HeaderName::from_bytes(header.as_bytes());
+            // Refused names are compared as inbound ones are: `_` reads as `-`.
+            let refusal = parsed
+                .as_ref()
+                .ok()
+                .and_then(|h| claim_header_refusal(&h.as_str().replace('_', "-")));
+            match parsed {
+                Ok(_) if refusal.is_some() => {
+                    let why = refusal.unwrap_or_default();
+                    self.error(
+                        claim,
+                        format!("route {name:?}: claim_headers cannot set {header:?}: {why}"),
+                    );
                 }
                 Ok(h) if h.as_str().contains('_') => {
                     self.error(claim, format!("route {name:?}: claim header {header:?} has '_': write it with '-' (inbound '_' variants are stripped anyway)"));

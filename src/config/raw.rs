@@ -27,6 +27,12 @@ pub struct RawListen {
     pub tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     pub certificates: Vec<Spanned<RawCertificate>>,
+    /// CIDRs (or single addresses) of proxies whose forwarding headers are believed.
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Site-specific header names removed from every client request (`X-Internal-*` allowed).
+    pub strip_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// With `client_ca`: send the verified client certificate as `X-Forwarded-Client-Cert`.
+    pub forward_client_cert: Option<Spanned<bool>>,
 }
 
 /// `[listen] tls = { cert, key, client_ca }`.

@@ -1,7 +1,16 @@
 //! Finding the bearer token of a request (RFC 6750 §2): the `Authorization` header, and the
 //! query parameter or cookie a route names.
+//!
+//! Query and cookie names are compared as upstreams read them, so a name that an upstream
+//! would take for the token is the token here too: percent-decoded (`+` as a space), ASCII
+//! case-insensitive (ASP.NET), surrounding whitespace ignored, and `.`, ` ` and `[` read as `_`
+//! (PHP). Query pairs are split on `;` as well as `&` (older Python, Go and Java servers), and
+//! cookies on `,` as well as `;` (RFC 2965 servers). Cookie values may be quoted.
+
+use std::borrow::Cow;
 
 use http::header::{self, HeaderMap};
+use percent_encoding::percent_decode;
 
 use super::answer::ProxyError;
 use crate::config::RouteConfig;
@@ -23,8 +32,8 @@ pub fn find<'r>(
     headers: &'r HeaderMap,
     query: Option<&'r str>,
     route: &RouteConfig,
-) -> Result<Option<(&'r str, Source)>, ProxyError> {
-    let mut found: Option<(&str, Source)> = None;
+) -> Result<Option<(Cow<'r, str>, Source)>, ProxyError> {
+    let mut found: Option<(Cow<'r, str>, Source)> = None;
     let mut count = 0;
     let mut auth = headers.get_all(header::AUTHORIZATION).iter();
     if let Some(v) = auth.next() {
@@ -37,27 +46,32 @@ pub fn find<'r>(
             .to_str()
             .map_err(|_| ProxyError::BadRequest("the Authorization header is not ASCII"))?;
         if let Some(t) = bearer(v) {
-            found = Some((t, Source::Header));
+            found = Some((Cow::Borrowed(t), Source::Header));
             count += 1;
         }
     }
     if let Some(q) = query {
-        for (name, value) in q.split('&').filter_map(|p| p.split_once('=')) {
-            if name == STANDARD_QUERY || route.token_query.as_deref() == Some(name) {
+        let standard = normal_name(STANDARD_QUERY);
+        let param = route.token_query.as_deref().map(normal_name);
+        for (name, value) in query_pairs(q) {
+            let name = normal_name(name);
+            let is_param = param.as_ref() == Some(&name);
+            if is_param || name == standard {
                 count += 1;
-                if route.token_query.as_deref() == Some(name) {
-                    found = Some((value, Source::Query));
+                if is_param {
+                    found = Some((decode(value, true), Source::Query));
                 }
             }
         }
     }
     if let Some(cookie_name) = route.token_cookie.as_deref() {
+        let want = normal_name(cookie_name);
         for v in headers.get_all(header::COOKIE) {
             let Ok(v) = v.to_str() else { continue };
-            for (name, value) in v.split(';').filter_map(|c| c.trim().split_once('=')) {
-                if name == cookie_name {
+            for (name, value) in cookie_pairs(v) {
+                if normal_name(name) == want {
                     count += 1;
-                    found = Some((value, Source::Cookie));
+                    found = Some((decode(unquote(value), false), Source::Cookie));
                 }
             }
         }
@@ -81,11 +95,153 @@ fn bearer(v: &str) -> Option<&str> {
         .then(|| rest.trim_start_matches(' '))
 }
 
-/// The query without the route's token parameter; `None` when nothing is left.
-pub fn query_without(query: &str, param: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| p.split_once('=').map_or(*p, |(n, _)| n) != param)
+/// A name as upstreams compare it (see the module docs). Borrowed in the common case: a name
+/// of lower-case letters, digits, `-` and `_` is already in normal form.
+fn normal_name(raw: &str) -> Cow<'_, [u8]> {
+    let plain = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-');
+    if raw.as_bytes().iter().all(plain) {
+        return Cow::Borrowed(raw.as_bytes());
+    }
+    let spaced: Vec<u8> = raw
+        .bytes()
+        .map(|b| if b == b'+' { b' ' } else { b })
         .collect();
-    (!kept.is_empty()).then(|| kept.join("&"))
+    let decoded: Vec<u8> = percent_decode(&spaced).collect();
+    Cow::Owned(
+        decoded
+            .trim_ascii()
+            .iter()
+            .map(|b| match b.to_ascii_lowercase() {
+                b'.' | b' ' | b'[' => b'_',
+                other => other,
+            })
+            .collect(),
+    )
+}
+
+/// True when a query parameter or cookie name reads as `name` to an upstream.
+pub fn same_name(raw: &str, name: &str) -> bool {
+    normal_name(raw) == normal_name(name)
+}
+
+/// A percent-decoded value (`+` as a space for query values); invalid UTF-8 is kept lossily,
+/// so the token fails verification rather than vanishing.
+fn decode(v: &str, plus_is_space: bool) -> Cow<'_, str> {
+    if !(v.contains('%') || (plus_is_space && v.contains('+'))) {
+        return Cow::Borrowed(v);
+    }
+    let spaced: Cow<'_, str> = if plus_is_space {
+        Cow::Owned(v.replace('+', " "))
+    } else {
+        Cow::Borrowed(v)
+    };
+    Cow::Owned(
+        String::from_utf8_lossy(&percent_decode(spaced.as_bytes()).collect::<Vec<u8>>())
+            .into_owned(),
+    )
+}
+
+/// A cookie value without its surrounding double quotes (RFC 6265 §4.1.1 allows them; servers
+/// drop them).
+fn unquote(v: &str) -> &str {
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
+}
+
+/// The `name=value` pairs of a query, split on `&` and `;`; a part without `=` is no pair.
+fn query_pairs(q: &str) -> impl Iterator<Item = (&str, &str)> {
+    q.split(['&', ';']).filter_map(|p| p.split_once('='))
+}
+
+/// The `name=value` pairs of one `Cookie` field, split on `;` and `,`, names and values trimmed.
+fn cookie_pairs(v: &str) -> impl Iterator<Item = (&str, &str)> {
+    v.split([';', ','])
+        .filter_map(|c| c.split_once('='))
+        .map(|(n, v)| (n.trim(), v.trim()))
+}
+
+/// The query without the route's token parameter (every spelling of it); `None` when nothing
+/// is left. The other pairs keep their separators.
+pub fn query_without(query: &str, param: &str) -> Option<String> {
+    let want = normal_name(param);
+    let mut out = String::with_capacity(query.len());
+    let mut rest = query;
+    let mut sep = "";
+    loop {
+        let (part, next, next_sep) = match rest.find(['&', ';']) {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..]), &rest[i..=i]),
+            None => (rest, None, ""),
+        };
+        let name = part.split_once('=').map_or(part, |(n, _)| n);
+        if normal_name(name) != want {
+            if !out.is_empty() {
+                out.push_str(sep);
+            }
+            out.push_str(part);
+        }
+        match next {
+            Some(n) => {
+                rest = n;
+                sep = next_sep;
+            }
+            None => break,
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_compare_as_upstreams_read_them() {
+        for raw in [
+            "access_token",
+            "acc%65ss_token",
+            "access%5Ftoken",
+            "ACCESS_TOKEN",
+            "Access_Token",
+            "access.token",
+            "access+token",
+            "access%20token",
+            " access_token ",
+            "access_token%20",
+            "%61ccess_token",
+            "access[token",
+        ] {
+            assert!(same_name(raw, "access_token"), "{raw}");
+        }
+        for raw in [
+            "access_tokens",
+            "access-token",
+            "accesstoken",
+            "access_token2",
+        ] {
+            assert!(!same_name(raw, "access_token"), "{raw}");
+        }
+    }
+
+    #[test]
+    fn query_without_removes_every_spelling_and_keeps_separators() {
+        assert_eq!(
+            query_without("a=1&acc%65ss_token=x;b=2", "access_token").as_deref(),
+            Some("a=1;b=2")
+        );
+        assert_eq!(query_without("ACCESS_TOKEN=x", "access_token"), None);
+        assert_eq!(
+            query_without("a=1&b&c=3", "access_token").as_deref(),
+            Some("a=1&b&c=3")
+        );
+    }
+
+    #[test]
+    fn cookie_values_are_unquoted_and_trimmed() {
+        let pairs: Vec<_> = cookie_pairs(r#"a=1; access_token = "x" , b=2"#).collect();
+        assert_eq!(pairs, [("a", "1"), ("access_token", "\"x\""), ("b", "2")]);
+        assert_eq!(unquote("\"x\""), "x");
+        assert_eq!(decode("a%2Eb", false), "a.b");
+        assert_eq!(decode("a+b", true), "a b");
+    }
 }

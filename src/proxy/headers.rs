@@ -1,10 +1,17 @@
 //! Header hygiene: what a client sent that must never reach the upstream, and what the
-//! gateway adds in its place.
+//! gateway adds in its place. Also where "the client's address" is decided
+//! ([`client_addr`]), for every feature that needs it.
+
+use std::cmp::Ordering;
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use rustls_pki_types::CertificateDer;
 
 use super::bearer::Source;
-use crate::config::RouteConfig;
+use crate::config::{Config, RouteConfig};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones proxies still see).
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -29,26 +36,180 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Forwarded-Port`.
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+/// `X-Forwarded-Client-Cert` (Envoy's name and format).
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The claim header names of every route, in the form inbound names are compared in:
-/// lower case with `_` read as `-`. Built once per snapshot.
+/// Headers that backends believe because "only our proxy sets them": the client's address and
+/// scheme, the original URL, a method override, the client certificate, an identity set by an
+/// authenticating proxy. Lower case, `-` (an inbound `_` matches too), sorted for a binary
+/// search. README "Headers a client may never send" lists them with their prefixes.
+static TRUST_FAMILY: [&str; 41] = [
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "cf-ipcountry",
+    "cf-visitor",
+    "client-ip",
+    "fastly-client-ip",
+    "fastly-ssl",
+    "fly-client-ip",
+    "forwarded",
+    "forwarded-for",
+    "front-end-https",
+    "proxy-auth-cert",
+    "proxy-client-ip",
+    "proxy-ssl-id",
+    "true-client-ip",
+    "x-appengine-user-ip",
+    "x-arr-clientcert",
+    "x-arr-ssl",
+    "x-azure-clientip",
+    "x-azure-socketip",
+    "x-client-dn",
+    "x-client-ip",
+    "x-client-verify",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "x-host",
+    "x-http-method",
+    "x-http-method-override",
+    "x-method-override",
+    "x-originating-ip",
+    "x-proxied-https",
+    "x-proxyuser-ip",
+    "x-real-ip",
+    "x-remote-addr",
+    "x-remote-ip",
+    "x-request-uri",
+    "x-rewrite-url",
+    "x-scheme",
+    "x-script-name",
+    "x-ssl",
+    "x-url-scheme",
+];
+
+/// Prefixes of the same family: every name that starts with one is removed too
+/// (`X-Forwarded-Anything`, `X-Original-URL`, `X-SSL-Client-Verify`, ...).
+static TRUST_FAMILY_PREFIXES: [&str; 10] = [
+    "ms-aspnetcore-",
+    "ssl-client-",
+    "wl-proxy-",
+    "x-amzn-mtls-",
+    "x-client-cert",
+    "x-envoy-",
+    "x-forwarded-",
+    "x-jwtgate-",
+    "x-original-",
+    "x-ssl-",
+];
+
+/// The part of the family that names the user an authenticating proxy let in (oauth2-proxy,
+/// ALB, IAP, App Service, Kong, Grafana's auth proxy, Linkerd): removed from clients like the
+/// rest, but a claim header may use these names, since the gateway is that proxy here.
+static PROXY_IDENTITY: [&str; 5] = [
+    "l5d-client-id",
+    "remote-user",
+    "x-goog-iap-jwt-assertion",
+    "x-remote-user",
+    "x-webauth-user",
+];
+
+/// Prefixes of [`PROXY_IDENTITY`].
+static PROXY_IDENTITY_PREFIXES: [&str; 7] = [
+    "x-amzn-oidc-",
+    "x-auth-request-",
+    "x-authenticated-",
+    "x-consumer-",
+    "x-goog-authenticated-user-",
+    "x-ms-client-principal",
+    "x-ms-token-",
+];
+
+/// What a trusted proxy may pass on: its client chain and the client's scheme, host and port.
+/// Only these exact spellings: `X_Forwarded_For` from a trusted peer is still removed.
+static KEPT_FROM_TRUSTED: [&HeaderName; 4] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_FORWARDED_PORT,
+];
+
+/// `a` (a header name, lower case) against `b` (a pattern with `-`), reading `_` in `a` as `-`.
+fn cmp_folded(a: &[u8], b: &[u8]) -> Ordering {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c };
+    a.iter().map(|c| fold(*c)).cmp(b.iter().copied())
+}
+
+fn starts_folded(a: &[u8], prefix: &[u8]) -> bool {
+    a.len() >= prefix.len() && cmp_folded(&a[..prefix.len()], prefix) == Ordering::Equal
+}
+
+/// True for a header of the trust family (a lower-case name; `_` reads as `-`), which no
+/// client may send and no claim header may name.
+pub fn is_trust_family(name: &str) -> bool {
+    in_lists(name, &TRUST_FAMILY, &TRUST_FAMILY_PREFIXES) || is_proxy_identity(name)
+}
+
+/// True for the identity part of the trust family ([`PROXY_IDENTITY`]).
+pub fn is_proxy_identity(name: &str) -> bool {
+    in_lists(name, &PROXY_IDENTITY, &PROXY_IDENTITY_PREFIXES)
+}
+
+/// `name` against a sorted table of exact names and a list of prefixes, `_` read as `-`.
+fn in_lists(name: &str, exact: &[&str], prefixes: &[&str]) -> bool {
+    let n = name.as_bytes();
+    exact
+        .binary_search_by(|p| cmp_folded(n, p.as_bytes()).reverse())
+        .is_ok()
+        || prefixes.iter().any(|p| starts_folded(n, p.as_bytes()))
+}
+
+/// What the header code needs from the snapshot, built once per snapshot: the claim header
+/// names of every route, the site's own strip list, the trusted proxies.
 #[derive(Debug, Default)]
 pub struct HeaderPlan {
+    /// In the form inbound names are compared in: lower case with `_` read as `-`.
     claim_names: Vec<HeaderName>,
+    /// `[listen] strip_headers` names (lower case, `-`).
+    strip_exact: Vec<String>,
+    /// `[listen] strip_headers` entries that ended in `*`, without it.
+    strip_prefixes: Vec<String>,
+    /// `[listen] trusted_proxies`.
+    trusted: Vec<IpNet>,
+    /// `[listen] forward_client_cert`.
+    forward_client_cert: bool,
 }
 
 impl HeaderPlan {
-    /// Collects the claim header names of all routes.
-    pub fn new(routes: &[RouteConfig]) -> HeaderPlan {
+    /// Collects the claim header names of all routes and the listener's header settings.
+    pub fn new(config: &Config) -> HeaderPlan {
+        let mut plan = HeaderPlan::for_routes(&config.routes);
+        for s in &config.listen.strip_headers {
+            match s.strip_suffix('*') {
+                Some(p) => plan.strip_prefixes.push(p.to_owned()),
+                None => plan.strip_exact.push(s.clone()),
+            }
+        }
+        plan.trusted = config.listen.trusted_proxies.clone();
+        plan.forward_client_cert = config.listen.forward_client_cert;
+        plan
+    }
+
+    /// A plan from routes alone: no strip list, no trusted proxy, no certificate header.
+    pub fn for_routes(routes: &[RouteConfig]) -> HeaderPlan {
         let mut claim_names: Vec<HeaderName> = routes
             .iter()
             .flat_map(|r| r.claim_headers.iter().map(|(h, _)| h.clone()))
             .collect();
         claim_names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         claim_names.dedup();
-        HeaderPlan { claim_names }
+        HeaderPlan {
+            claim_names,
+            ..HeaderPlan::default()
+        }
     }
 
     /// True when an inbound header name is a claim header name, ignoring case (HeaderName is
@@ -56,13 +217,31 @@ impl HeaderPlan {
     /// fold both to the same variable.
     pub fn is_claim_name(&self, name: &HeaderName) -> bool {
         let n = name.as_str().as_bytes();
-        self.claim_names.iter().any(|c| {
-            let c = c.as_str().as_bytes();
-            c.len() == n.len()
-                && c.iter()
-                    .zip(n)
-                    .all(|(a, b)| *a == *b || (*a == b'-' && *b == b'_'))
-        })
+        self.claim_names
+            .iter()
+            .any(|c| cmp_folded(n, c.as_str().as_bytes()) == Ordering::Equal)
+    }
+
+    /// True when `[listen] strip_headers` names this header (same matching as claim names).
+    fn is_site_stripped(&self, name: &HeaderName) -> bool {
+        let n = name.as_str().as_bytes();
+        self.strip_exact
+            .iter()
+            .any(|s| cmp_folded(n, s.as_bytes()) == Ordering::Equal)
+            || self
+                .strip_prefixes
+                .iter()
+                .any(|p| starts_folded(n, p.as_bytes()))
+    }
+
+    /// True when the peer is one of `[listen] trusted_proxies`.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        is_trusted(&self.trusted, peer)
+    }
+
+    /// The client's address for this request: see [`client_addr`].
+    pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        client_addr(peer, headers, &self.trusted)
     }
 
     /// Turns a client's headers into what the upstream receives: strips everything a client
@@ -73,7 +252,8 @@ impl HeaderPlan {
         f: &Forward<'_>,
         claims: Vec<(&HeaderName, HeaderValue)>,
     ) {
-        self.strip_request(h);
+        let trusted = self.is_trusted(f.peer);
+        self.strip_request(h, trusted);
         let token_cookie = match (f.token_source, &f.route.token_cookie) {
             (Some(Source::Cookie), Some(name)) if !f.route.forward_token => Some(name.as_str()),
             _ => None,
@@ -83,7 +263,7 @@ impl HeaderPlan {
             h.remove(header::AUTHORIZATION);
         }
         let proto = if f.tls { "https" } else { "http" };
-        set_forwarded(h, f.client_ip, proto, f.host);
+        set_forwarded(h, f.client_ip, proto, f.host, trusted);
         // Only a WebSocket upgrade on a route that allows it survives hop-by-hop removal:
         // `Upgrade: h2c` or anything else never opens a tunnel.
         if f.websocket {
@@ -102,19 +282,27 @@ impl HeaderPlan {
             None => {}
         }
         h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
+        if self.forward_client_cert {
+            if let Some(v) = f.client_cert.and_then(client_cert_value) {
+                h.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+            }
+        }
         for (name, value) in claims {
             h.insert(name.clone(), value);
         }
     }
 
-    /// Removes hop-by-hop headers, the headers the `Connection` header lists, and every inbound
-    /// copy of every claim header name. Runs before the gateway adds its own headers, so
+    /// Removes hop-by-hop headers, the headers the `Connection` header lists, every inbound
+    /// copy of every claim header name, the trust family (except what a trusted peer may pass
+    /// on) and the site's `strip_headers`. Runs before the gateway adds its own headers, so
     /// nothing a client sends can remove or replace them.
-    pub fn strip_request(&self, headers: &mut HeaderMap) {
+    pub fn strip_request(&self, headers: &mut HeaderMap, trusted_peer: bool) {
         remove_connection_listed(headers);
         let mut doomed: Vec<HeaderName> = Vec::new();
         for name in headers.keys() {
-            if self.is_claim_name(name) {
+            let family = is_trust_family(name.as_str())
+                && !(trusted_peer && KEPT_FROM_TRUSTED.contains(&name));
+            if family || self.is_claim_name(name) || self.is_site_stripped(name) {
                 doomed.push(name.clone());
             }
         }
@@ -124,14 +312,70 @@ impl HeaderPlan {
     }
 }
 
+fn is_trusted(trusted: &[IpNet], peer: IpAddr) -> bool {
+    if trusted.is_empty() {
+        return false;
+    }
+    // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; the CIDRs are written as IPv4.
+    let peer = peer.to_canonical();
+    trusted.iter().any(|n| n.contains(&peer))
+}
+
+/// The client's address, the one every feature that needs it (rate limits, anomaly
+/// detection, DPoP `htu`) must use: the peer, unless the peer is in `trusted`; then the
+/// rightmost address of its `X-Forwarded-For` chain that is not itself trusted (each trusted
+/// hop vouches only for the hop before it). An entry that is not an address (`unknown`, junk)
+/// stops the walk at the hop that wrote it; a chain of trusted hops only yields its leftmost.
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let mut client = peer.to_canonical();
+    if !is_trusted(trusted, client) {
+        return client;
+    }
+    for v in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(v) = v.to_str() else { return client };
+        for entry in v.rsplit(',') {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let Some(ip) = parse_hop(entry) else {
+                return client;
+            };
+            client = ip.to_canonical();
+            if !is_trusted(trusted, client) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:80`, `[::1]:80`).
+fn parse_hop(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .and_then(|e| e.parse().ok())
+        })
+}
+
 /// What [`HeaderPlan::prepare`] needs to know about the request besides its headers.
 pub struct Forward<'a> {
     pub route: &'a RouteConfig,
     /// Where the token came from, if one was sent.
     pub token_source: Option<Source>,
     pub tls: bool,
-    /// The client's address as text ([`crate::server::ConnInfo::peer_ip`]).
+    /// The peer's address ([`crate::server::ConnInfo::peer`]).
+    pub peer: IpAddr,
+    /// The peer's address as text ([`crate::server::ConnInfo::peer_ip`]).
     pub client_ip: &'a HeaderValue,
+    /// The client certificate verified in the TLS handshake, if any.
+    pub client_cert: Option<&'a CertificateDer<'static>>,
     /// The request's authority (Host), as the client sent it.
     pub host: Option<&'a HeaderValue>,
     /// True when a WebSocket upgrade is being forwarded.
@@ -166,15 +410,17 @@ pub fn remove_connection_listed(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client address to `X-Forwarded-For` (merging repeated headers into one) and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted peer its chain is kept (repeated
+/// headers merged into one) with the peer appended, and its `-Proto`/`-Host` (and `-Port`) are
+/// kept when sent; from anyone else they were stripped, and the gateway's own are set.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
+    trusted_peer: bool,
 ) {
-    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+    let xff = if trusted_peer && headers.contains_key(&X_FORWARDED_FOR) {
         let mut xff = String::new();
         for v in headers.get_all(&X_FORWARDED_FOR) {
             if let Ok(v) = v.to_str() {
@@ -187,10 +433,16 @@ pub fn set_forwarded(
     } else {
         Some(client_ip.clone())
     };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        xff.unwrap_or_else(|| client_ip.clone()),
+    );
+    if !(trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if trusted_peer && headers.contains_key(&X_FORWARDED_HOST) {
+        return;
+    }
     match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -200,6 +452,70 @@ pub fn set_forwarded(
         }
     }
 }
+
+/// URL encoding of the PEM in `Cert="..."`: everything but unreserved characters, as Envoy does.
+const XFCC_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `X-Forwarded-Client-Cert` for a verified client certificate, in Envoy's format:
+/// `Hash=<SHA-256 of the DER, hex>;Cert="<URL-encoded PEM>"`, then `Subject="..."` and one
+/// `URI=` / `DNS=` per subject alternative name of that kind. A part whose text is not
+/// printable ASCII is left out rather than mangled; `"` and `\` inside quotes are escaped.
+pub fn client_cert_value(cert: &CertificateDer<'_>) -> Option<HeaderValue> {
+    let der = cert.as_ref();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let pem = pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
+    let mut v = String::with_capacity(96 + pem.len() * 3 / 2);
+    v.push_str("Hash=");
+    for b in digest.as_ref() {
+        v.push(char::from(HEX[usize::from(b >> 4)]));
+        v.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    v.push_str(";Cert=\"");
+    v.extend(percent_encoding::utf8_percent_encode(&pem, XFCC_ENCODE));
+    v.push('"');
+    if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(der) {
+        push_quoted(&mut v, "Subject", &parsed.subject().to_string());
+        if let Ok(Some(san)) = parsed.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::URI(u) => push_quoted(&mut v, "URI", u),
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        push_quoted(&mut v, "DNS", d)
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    HeaderValue::from_str(&v).ok()
+}
+
+/// Appends `;key="value"` with `"` and `\` escaped; nothing when the value is not printable
+/// ASCII (a header must not carry it, and a rewritten value would be a different name).
+fn push_quoted(out: &mut String, key: &str, value: &str) {
+    if value.is_empty() || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return;
+    }
+    out.push(';');
+    out.push_str(key);
+    out.push_str("=\"");
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The request id: the client's when it is short and printable, else a new random one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -218,17 +534,17 @@ pub fn new_request_id() -> HeaderValue {
     // aws-lc's DRBG, whose RDRAND and AES calls cost about 0.4 µs on every request.
     let bytes = fastrand::u128(..).to_le_bytes();
     let mut hex = [0u8; 32];
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in bytes.iter().enumerate() {
-        hex[2 * i] = DIGITS[usize::from(b >> 4)];
-        hex[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
     HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Joins every `Cookie` field into one, as RFC 9113 §8.2.3 asks before HTTP/1.1 (HTTP/2
 /// clients send each cookie as its own field, and many backends read only the first), leaving
-/// out the cookie named `drop` (a token the upstream must not see).
+/// out every cookie that reads as `drop` (a token the upstream must not see), however it is
+/// spelled ([`super::bearer::same_name`]) and also where a `,` hides it inside another pair.
 pub fn join_cookies(headers: &mut HeaderMap, drop: Option<&str>) {
     let mut values = headers.get_all(header::COOKIE).iter();
     let (Some(_), more) = (values.next(), values.next().is_some()) else {
@@ -237,18 +553,35 @@ pub fn join_cookies(headers: &mut HeaderMap, drop: Option<&str>) {
     if !more && drop.is_none() {
         return;
     }
+    let is_dropped = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        drop.is_some_and(|d| super::bearer::same_name(name, d))
+    };
     let mut joined = String::new();
+    let mut push = |c: &str| {
+        if !joined.is_empty() {
+            joined.push_str("; ");
+        }
+        joined.push_str(c);
+    };
     for v in headers.get_all(header::COOKIE) {
         let Ok(v) = v.to_str() else { continue };
         for c in v.split(';').map(str::trim).filter(|c| !c.is_empty()) {
-            let name = c.split_once('=').map_or(c, |(n, _)| n);
-            if drop == Some(name) {
+            if is_dropped(c) {
                 continue;
             }
-            if !joined.is_empty() {
-                joined.push_str("; ");
+            if drop.is_some() && c.contains(',') && c.split(',').any(|p| is_dropped(p.trim())) {
+                let kept: Vec<&str> = c
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty() && !is_dropped(p))
+                    .collect();
+                if !kept.is_empty() {
+                    push(&kept.join(", "));
+                }
+                continue;
             }
-            joined.push_str(c);
+            push(c);
         }
     }
     headers.remove(header::COOKIE);
@@ -256,5 +589,100 @@ pub fn join_cookies(headers: &mut HeaderMap, drop: Option<&str>) {
         if let Ok(v) = HeaderValue::from_str(&joined) {
             headers.insert(header::COOKIE, v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_family_list_is_sorted_and_matches_spellings() {
+        assert!(TRUST_FAMILY.windows(2).all(|w| w[0] < w[1]));
+        assert!(PROXY_IDENTITY.windows(2).all(|w| w[0] < w[1]));
+        assert!(is_trust_family("x_remote_user") && is_proxy_identity("x-auth-request-email"));
+        assert!(!is_proxy_identity("x-real-ip"));
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "x_real_ip",
+            "x-forwarded-anything",
+            "x_forwarded_prefix",
+            "x-original-url",
+            "x-ssl-client-verify",
+            "ssl-client-cert",
+            "x-http-method-override",
+            "true-client-ip",
+            "x-client-cert",
+            "x-arr-clientcert",
+        ] {
+            assert!(is_trust_family(name), "{name}");
+        }
+        for name in [
+            "x-request-id",
+            "accept",
+            "x-auth-sub",
+            "x-real",
+            "x-forwarded",
+        ] {
+            assert_eq!(is_trust_family(name), name == "x-forwarded", "{name}");
+        }
+    }
+
+    #[test]
+    fn client_addr_is_the_rightmost_untrusted_hop() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+        );
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.1.1.1"));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_addr(ip("10.0.0.5"), &h, &trusted), ip("1.2.3.4"));
+        assert_eq!(client_addr(ip("::1"), &h, &trusted), ip("1.2.3.4"));
+        // An untrusted peer's chain is never read.
+        assert_eq!(client_addr(ip("9.9.9.9"), &h, &trusted), ip("9.9.9.9"));
+        // IPv4-mapped peers are compared as IPv4.
+        assert_eq!(
+            client_addr(ip("::ffff:10.0.0.5"), &h, &trusted),
+            ip("1.2.3.4")
+        );
+        let mut junk = HeaderMap::new();
+        junk.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("1.2.3.4, unknown, 10.0.0.9"),
+        );
+        assert_eq!(client_addr(ip("10.0.0.5"), &junk, &trusted), ip("10.0.0.9"));
+        let mut ported = HeaderMap::new();
+        ported.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("[2001:db8::1]:443"),
+        );
+        assert_eq!(
+            client_addr(ip("10.0.0.5"), &ported, &trusted),
+            ip("2001:db8::1")
+        );
+        let mut all = HeaderMap::new();
+        all.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("10.0.0.7, 10.0.0.8"),
+        );
+        assert_eq!(client_addr(ip("10.0.0.5"), &all, &trusted), ip("10.0.0.7"));
+    }
+
+    #[test]
+    fn join_cookies_drops_every_spelling_of_the_token_cookie() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; Access_Token =x"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("b=2, access%5Ftoken=y; c=3"),
+        );
+        join_cookies(&mut h, Some("access_token"));
+        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
     }
 }

@@ -162,7 +162,7 @@ impl Gateway {
 
         // Token: found, verified, checked against the route's requirements.
         let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
-        let verified = match (route.auth, found) {
+        let verified = match (route.auth, &found) {
             (AuthMode::None, _) => None,
             (AuthMode::Required, None) => return Err(auth::AuthError::Missing.into()),
             (AuthMode::Optional, None) => None,
@@ -183,7 +183,7 @@ impl Gateway {
         }
 
         // Headers: remove what a client may not send, then add ours.
-        let token_source = found.map(|(_, s)| s);
+        let token_source = found.as_ref().map(|(_, s)| *s);
         let query = match (token_source, &route.token_query) {
             (Some(Source::Query), Some(param)) if !route.forward_token => parts
                 .uri
@@ -198,7 +198,9 @@ impl Gateway {
                 route,
                 token_source,
                 tls: conn.tls,
+                peer: conn.peer.ip(),
                 client_ip: &conn.peer_ip,
+                client_cert: conn.client_cert.as_ref(),
                 host: host_value.as_ref(),
                 websocket,
                 request_id,
