@@ -840,3 +840,100 @@ async fn malformed_chunked_bodies_are_the_clients_error() {
         }
     }
 }
+
+// =============================================================================================
+// 9. Config: prefixes that could only match ambiguously, IPv6 route hosts
+// =============================================================================================
+
+fn one_route(prefix: &str, host: &str) -> String {
+    format!(
+        "{}\n[[route]]\nname = \"r\"\n{host}path_prefix = {prefix:?}\nupstream = \"{{upstream}}\"\nauth = \"none\"\n",
+        default_issuer()
+    )
+}
+
+#[tokio::test]
+async fn ambiguous_prefixes_and_bad_route_hosts_are_config_errors() {
+    for (prefix, words) in [
+        ("/api;x", "';' parameter"),
+        ("/api%3Bx", "';' parameter"),
+        ("/api/orders;", "';' parameter"),
+        ("/api./x", "case-insensitive"),
+        ("/api%20", "case-insensitive"),
+        ("/v1/x:run", "case-insensitive"),
+        ("/api%3Ax", "case-insensitive"),
+        ("/%EF%BC%A1pi", "case-insensitive"),
+        ("/caf\u{e9}", "non-ASCII"),
+        ("/%C0%AF", "UTF-8"),
+    ] {
+        let err = match Harness::try_start(&one_route(prefix, "")).await {
+            Ok(_) => panic!("{prefix:?} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(words), "{prefix:?}: {err}");
+    }
+    let twins = format!(
+        "{}\n[[route]]\nname = \"a\"\npath_prefix = \"/Admin\"\nupstream = \"{{upstream}}\"\nauth = \"required\"\n\
+         \n[[route]]\nname = \"b\"\npath_prefix = \"/admin\"\nupstream = \"{{upstream}}\"\nauth = \"none\"\n",
+        default_issuer()
+    );
+    let err = match Harness::try_start(&twins).await {
+        Ok(_) => panic!("prefixes differing only in case accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("only in case"), "{err}");
+    for host in ["127.1", "[::1]:80", "::1%eth0", "a@b", "[::1]x"] {
+        let cfg = one_route("/", &format!("host = {host:?}\n"));
+        assert!(
+            Harness::try_start(&cfg).await.is_err(),
+            "host {host:?} accepted"
+        );
+    }
+    for host in [
+        "::1",
+        "[::1]",
+        "::ffff:127.0.0.1",
+        "2001:db8::1",
+        "127.0.0.1",
+        "Orders.Example.com",
+    ] {
+        let cfg = one_route("/", &format!("host = {host:?}\n"));
+        if let Err(e) = Harness::try_start(&cfg).await {
+            panic!("host {host:?} refused: {e}");
+        }
+    }
+}
+
+// =============================================================================================
+// 10. `jwtgate explain` makes the same decision as traffic
+// =============================================================================================
+
+#[tokio::test]
+async fn explain_refuses_what_traffic_refuses() {
+    let h = Harness::start(&shipped(false)).await;
+    let snap =
+        jwtgate::Snapshot::build(jwtgate::Config::load(&h.path("gateway.toml")).expect("config"))
+            .expect("snapshot");
+    let get = http::Method::GET;
+    for path in [
+        "/api;x/orders/1",
+        "/API/orders",
+        "/api./orders",
+        "/;x/api/orders",
+    ] {
+        let r = jwtgate::explain::explain(&snap, None, &get, "localhost", path).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.outcome);
+        assert!(r.outcome.contains("ambiguous"), "{path}: {}", r.outcome);
+        assert_eq!(r.route, None, "{path}");
+        assert!(
+            !r.routes.is_empty(),
+            "{path}: the routes considered are still listed"
+        );
+        let got = send(&h, Via::H1, "GET", path.as_bytes(), "localhost", None).await;
+        assert_eq!(got.status, 400, "traffic for {path}: {}", got.body);
+    }
+    let r = jwtgate::explain::explain(&snap, None, &get, "localhost", "/api/orders/1;jsessionid=X")
+        .await;
+    assert_eq!(r.route.as_deref(), Some("orders"), "{}", r.outcome);
+    assert_eq!(r.status, 401, "{}", r.outcome);
+}
