@@ -1030,12 +1030,11 @@ impl Validator<'_> {
             if suffix.split('.').all(valid_label) {
                 return Some(HostMatch::Wildcard(format!(".{suffix}")));
             }
-        } else if let Some(ip) = host
+        } else if let Ok(ip) = host
             .strip_prefix('[')
             .and_then(|b| b.strip_suffix(']'))
             .unwrap_or(&host)
             .parse::<std::net::Ipv6Addr>()
-            .ok()
         {
             // Written as a request's Host is normalised (`[::1]`), so the two compare equal.
             return Some(HostMatch::Exact(format!("[{ip}]")));
