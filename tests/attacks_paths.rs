@@ -50,8 +50,7 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// The shipped gateway.toml's routes: `orders` (required) on `/api/orders`, `profile`
-/// (optional) on `/api`, `public` (none) on `/`; plus a `/public` (none) route under a
-/// required `/secure` tree is not needed here. With `tls`, the listener serves the dev
+/// (optional) on `/api`, `public` (none) on `/`. With `tls`, the listener serves the dev
 /// certificate (ALPN h2 and http/1.1); without, plain HTTP/1.1 and HTTP/2 prior knowledge.
 fn shipped(tls: bool) -> String {
     format!(
@@ -91,7 +90,7 @@ fn listen(tls: bool) -> String {
     }
 }
 
-/// A plain and a TLS gateway on the same routes (`more` is appended to both).
+/// A plain and a TLS gateway on the same routes.
 struct Pair {
     plain: Harness,
     tls: Harness,
@@ -160,7 +159,7 @@ impl Got {
 }
 
 /// One request, with the target bytes exactly as given. `host` is the Host header (HTTP/1.1)
-/// or `:authority` (HTTP/2); `extra_host` adds a Host header on HTTP/2.
+/// or `:authority` (HTTP/2).
 async fn send(
     h: &Harness,
     via: Via,
