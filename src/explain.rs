@@ -168,7 +168,9 @@ pub async fn explain(
         return report;
     };
     let routes = &snap.config.routes;
-    let chosen = snap.table.find(routes, &norm_host, &path, method);
+    // The same decision as traffic: every upstream reading of the path must agree.
+    let decision = snap.table.route(routes, &norm_host, &path, method);
+    let chosen = decision.unwrap_or(None);
     for (i, r) in routes.iter().enumerate() {
         let host_ok = match &r.host {
             None => Some("any host".to_owned()),
@@ -207,6 +209,12 @@ pub async fn explain(
             matched: chosen == Some(i),
             why,
         });
+    }
+    if let Err(e) = decision {
+        report.outcome = format!("400 invalid_request: {e}");
+        report.status = 400;
+        report.route_reason = e.to_string();
+        return report;
     }
     let Some(idx) = chosen else {
         report.outcome = "404 not_found: no route matches".into();

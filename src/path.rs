@@ -20,9 +20,17 @@ pub enum PathError {
     BadPercentEncoding,
     /// A `.` or `..` segment that some upstream would resolve and the gateway does not.
     #[error(
-        "the path has a '.' or '..' segment next to an encoded slash, a backslash or a ';' parameter"
+        "the path has a '.' or '..' segment next to an encoded slash, a backslash or a ';' parameter, or a segment of only dots and spaces"
     )]
     AmbiguousSegment,
+    /// A raw byte >= 0x80: a request target is ASCII (RFC 9112 §3.2); non-ASCII is
+    /// percent-encoded.
+    #[error("the path contains a raw non-ASCII byte; percent-encode it as UTF-8")]
+    NonAscii,
+    /// Percent-encoded bytes that are not UTF-8: overlong forms such as `%C0%AF` (a `/` to
+    /// decoders that accept them), surrogates, stray or missing continuation bytes.
+    #[error("the path has percent-encoded bytes that are not valid UTF-8 (overlong, truncated or stray)")]
+    InvalidUtf8,
 }
 
 /// Normalises a raw request path (no query string; it starts at the first '/').
@@ -127,6 +135,224 @@ pub fn segments(path: &str) -> impl Iterator<Item = (&str, &str)> {
     })
 }
 
+/// A path that common upstreams would route differently from the gateway; the message is the
+/// whole answer text (`the request path is ambiguous: ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AmbiguousPath(pub &'static str);
+
+impl AmbiguousPath {
+    /// Read without its `;` parameters, the path names another route.
+    pub const PARAMS: AmbiguousPath = AmbiguousPath(
+        "the request path is ambiguous: without its ';' parameters (as Tomcat, Jetty and Spring read it) it names another route",
+    );
+    /// Read as a case-insensitive Windows server does, the path names another route.
+    pub const FOLDED: AmbiguousPath = AmbiguousPath(
+        "the request path is ambiguous: read case-insensitively, without trailing dots or spaces and NTFS ':' streams (as IIS and Windows read it), it names another route",
+    );
+    /// Both rewrites together name another route.
+    pub const BOTH: AmbiguousPath = AmbiguousPath(
+        "the request path is ambiguous: without its ';' parameters and read case-insensitively, it names another route",
+    );
+    /// A `;` parameter holds a separator that servers disagree about.
+    pub const PARAM_SEPARATOR: AmbiguousPath = AmbiguousPath(
+        "the request path is ambiguous: a ';' parameter holds an encoded slash or a backslash",
+    );
+    /// A segment reads as `.` or `..` once fullwidth forms or NTFS streams are read.
+    pub const DOTS: AmbiguousPath = AmbiguousPath(
+        "the request path is ambiguous: a segment is only dots and spaces once fullwidth characters and ':' streams are read as Windows does",
+    );
+
+    /// The answer text.
+    pub fn message(self) -> &'static str {
+        self.0
+    }
+}
+
+/// Which upstream readings of a normalised path may differ from the path as forwarded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrites {
+    /// A `;` or `%3B`: Tomcat, Jetty and Spring drop `;params` from every segment.
+    pub params: bool,
+    /// An ASCII upper-case letter, a name ending in `.` or `%20`, a `:` or `%3A`, or `%EF`
+    /// (fullwidth forms): a case-insensitive Windows server may read another name.
+    pub fold: bool,
+}
+
+/// One pass over a normalised path (upper-case escapes) telling which readings
+/// [`without_params`] and [`folded`] could change; neither is needed for a plain lowercase
+/// path, which is most traffic.
+#[must_use]
+pub fn rewrites(path: &str) -> Rewrites {
+    let b = path.as_bytes();
+    let mut r = Rewrites::default();
+    let mut k = 0;
+    while let Some(&c) = b.get(k) {
+        match c {
+            b';' => r.params = true,
+            b':' | b'A'..=b'Z' => r.fold = true,
+            b'.' if ends_name(&b[k + 1..]) => r.fold = true,
+            b'%' => {
+                // The escape's own hex digits are upper case and are not letters of the name.
+                match b.get(k + 1..k + 3) {
+                    Some(b"3B") => r.params = true,
+                    Some(b"3A" | b"EF") => r.fold = true,
+                    Some(b"20") if ends_name(b.get(k + 3..).unwrap_or_default()) => r.fold = true,
+                    _ => {}
+                }
+                k += 3;
+                continue;
+            }
+            _ => {}
+        }
+        k += 1;
+    }
+    r
+}
+
+/// True when `rest` starts where a segment's name ends: the end, a separator or a parameter.
+fn ends_name(rest: &[u8]) -> bool {
+    rest.is_empty() || separator_len(rest) > 0 || rest[0] == b';' || rest.starts_with(b"%3B")
+}
+
+/// The path as Tomcat, Jetty and Spring read it: every `;param` (raw, or `%3B` as Spring
+/// decodes it) removed up to the next `/`. Refused when a removed parameter holds `\`, `%2F`
+/// or `%5C`, since servers disagree about whether those end it.
+pub fn without_params(path: &str) -> Result<String, AmbiguousPath> {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let (mut k, mut run) = (0, 0);
+    while k < b.len() {
+        if b[k] != b';' && !b[k..].starts_with(b"%3B") {
+            k += 1;
+            continue;
+        }
+        out.push_str(&path[run..k]);
+        let end = b[k..]
+            .iter()
+            .position(|&c| c == b'/')
+            .map_or(b.len(), |e| k + e);
+        let param = &b[k..end];
+        if param.contains(&b'\\') || param.windows(3).any(|w| w == b"%2F" || w == b"%5C") {
+            return Err(AmbiguousPath::PARAM_SEPARATOR);
+        }
+        // Separators and escapes are ASCII, so `end` is a character boundary.
+        (k, run) = (end, end);
+    }
+    out.push_str(&path[run..]);
+    Ok(out)
+}
+
+/// The path as a case-insensitive Windows server (IIS) reads it: fullwidth forms
+/// (`%EF%BC%81`..`%EF%BD%9E`) as the ASCII they best-fit to, ASCII case folded (escapes
+/// included), each segment cut at an NTFS stream (`:` or `%3A`: `orders::$DATA` is `orders`)
+/// and stripped of trailing dots and spaces (`%20`); every separator becomes `/`. Applied
+/// alike to paths and to route prefixes. Refused when a segment is then only dots and spaces
+/// (`%EF%BC%8E%EF%BC%8E` is `..`).
+pub fn folded(path: &str) -> Result<String, AmbiguousPath> {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut seg = FoldedSegment::default();
+    let mut k = 0;
+    while k < b.len() {
+        // A fullwidth form stands for its ASCII character, a separator for itself.
+        let (c, len) = match fullwidth(&b[k..]) {
+            Some(c) => (c, 9),
+            None => match separator_len(&b[k..]) {
+                0 => (b[k], 1),
+                n => (b'/', n),
+            },
+        };
+        if c == b'/' || c == b'\\' {
+            seg.finish(&mut out)?;
+            out.push('/');
+            seg = FoldedSegment {
+                start: out.len(),
+                cut: None,
+            };
+        } else {
+            if c == b':' || b[k..].starts_with(b"%3A") {
+                seg.cut.get_or_insert(out.len());
+            }
+            out.push(char::from(c.to_ascii_lowercase()));
+        }
+        k += len;
+    }
+    seg.finish(&mut out)?;
+    Ok(out)
+}
+
+/// True when [`folded`] changes no more than ASCII case and the spelling of separators. A
+/// route prefix must be so: one with a trailing dot or space, a `:` or a fullwidth form in a
+/// segment could only match ambiguously.
+#[must_use]
+pub fn folds_to_case_only(prefix: &str) -> bool {
+    let Ok(f) = folded(prefix) else {
+        return false;
+    };
+    let b = prefix.as_bytes();
+    let mut lower = String::with_capacity(prefix.len());
+    let mut k = 0;
+    while let Some(&c) = b.get(k) {
+        match separator_len(&b[k..]) {
+            0 => {
+                lower.push(char::from(c.to_ascii_lowercase()));
+                k += 1;
+            }
+            n => {
+                lower.push('/');
+                k += n;
+            }
+        }
+    }
+    f == lower
+}
+
+/// The segment [`folded`] is writing: where it starts in the output and where an NTFS stream
+/// name begins in it.
+#[derive(Default)]
+struct FoldedSegment {
+    start: usize,
+    cut: Option<usize>,
+}
+
+impl FoldedSegment {
+    /// Cuts the stream name, refuses a name of dots and spaces, strips trailing ones.
+    fn finish(&self, out: &mut String) -> Result<(), AmbiguousPath> {
+        if let Some(cut) = self.cut {
+            out.truncate(cut);
+        }
+        if is_dot_component(&out.as_bytes()[self.start..]) {
+            return Err(AmbiguousPath::DOTS);
+        }
+        loop {
+            if out.len() > self.start && out.ends_with('.') {
+                out.pop();
+            } else if out.len() >= self.start + 3 && out.ends_with("%20") {
+                out.truncate(out.len() - 3);
+            } else {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The ASCII character a percent-encoded fullwidth form (U+FF01..U+FF5E) at the start of `p`
+/// stands for.
+fn fullwidth(p: &[u8]) -> Option<u8> {
+    let [b'%', b'E', b'F', b'%', b'B', m, b'%', h, l, ..] = *p else {
+        return None;
+    };
+    let second = 0xB0 | hex_value(m)?;
+    let third = (hex_value(h)? << 4) | hex_value(l)?;
+    let cp = 0xF000 | (u32::from(second & 0x3F) << 6) | u32::from(third & 0x3F);
+    if (0xFF01..=0xFF5E).contains(&cp) && (0x80..=0xBF).contains(&third) {
+        u8::try_from(cp - 0xFEE0).ok()
+    } else {
+        None
+    }
+}
+
 /// The index after the run of separators starting at `k` (`k` itself when there is none).
 fn skip_separators(b: &[u8], mut k: usize) -> usize {
     loop {
@@ -184,10 +410,19 @@ fn decode_segment(segment: &str, out: &mut String) -> Result<(), PathError> {
     // just past an escape), so slicing the str there cannot split a character.
     let mut run_start = 0;
     let mut i = 0;
+    // Escaped bytes >= 0x80 must spell UTF-8: the continuation bytes still expected, and the
+    // range the next one must fall in (RFC 3629 §4, which excludes overlong forms).
+    let mut utf8 = Utf8::default();
     while let Some(&b) = bytes.get(i) {
         if b != b'%' {
             if is_control(b) {
                 return Err(PathError::ControlCharacter);
+            }
+            if !b.is_ascii() {
+                return Err(PathError::NonAscii);
+            }
+            if utf8.pending > 0 {
+                return Err(PathError::InvalidUtf8);
             }
             i += 1;
             continue;
@@ -202,6 +437,7 @@ fn decode_segment(segment: &str, out: &mut String) -> Result<(), PathError> {
         if is_control(value) {
             return Err(PathError::ControlCharacter);
         }
+        utf8.push(value)?;
         if is_unreserved(value) {
             out.push(char::from(value));
         } else {
@@ -214,8 +450,48 @@ fn decode_segment(segment: &str, out: &mut String) -> Result<(), PathError> {
         i += 3;
         run_start = i;
     }
+    if utf8.pending > 0 {
+        return Err(PathError::InvalidUtf8);
+    }
     out.push_str(&segment[run_start..]);
     Ok(())
+}
+
+/// Where a run of percent-encoded bytes stands in a UTF-8 sequence.
+#[derive(Default)]
+struct Utf8 {
+    /// Continuation bytes still expected.
+    pending: u8,
+    /// The inclusive range the next continuation byte must fall in.
+    next: (u8, u8),
+}
+
+impl Utf8 {
+    /// Takes one decoded byte.
+    fn push(&mut self, b: u8) -> Result<(), PathError> {
+        if self.pending > 0 {
+            if !(self.next.0..=self.next.1).contains(&b) {
+                return Err(PathError::InvalidUtf8);
+            }
+            self.pending -= 1;
+            self.next = (0x80, 0xBF);
+            return Ok(());
+        }
+        // RFC 3629 §4: the lead byte fixes the length and the range of the second byte.
+        (self.pending, self.next) = match b {
+            0x00..=0x7F => return Ok(()),
+            0xC2..=0xDF => (1, (0x80, 0xBF)),
+            0xE0 => (2, (0xA0, 0xBF)),
+            0xE1..=0xEC | 0xEE..=0xEF => (2, (0x80, 0xBF)),
+            0xED => (2, (0x80, 0x9F)),
+            0xF0 => (3, (0x90, 0xBF)),
+            0xF1..=0xF3 => (3, (0x80, 0xBF)),
+            0xF4 => (3, (0x80, 0x8F)),
+            // Stray continuation bytes, the overlong leads C0 and C1, and F5..FF.
+            _ => return Err(PathError::InvalidUtf8),
+        };
+        Ok(())
+    }
 }
 
 fn is_control(b: u8) -> bool {
@@ -243,8 +519,8 @@ fn upper_hex(nibble: u8) -> char {
     }
 }
 
-/// True when a component between `/`, `\`, `%2F` or `%5C` is `.` or `..`, ignoring any
-/// `;params` (Tomcat resolves `..;x` as `..`).
+/// True when a component between `/`, `\`, `%2F` or `%5C` reads as `.` or `..` to some
+/// upstream (see [`is_dot_component`]; Tomcat resolves `..;x` as `..`).
 fn has_ambiguous_component(path: &[u8]) -> bool {
     let mut start = 0;
     let mut i = 0;
@@ -273,12 +549,25 @@ fn has_ambiguous_component(path: &[u8]) -> bool {
     is_dot_component(path.get(start..).unwrap_or_default())
 }
 
+/// True for a component that some upstream reads as `.` or `..`: after dropping `;params`
+/// (raw, or `%3B` as Spring decodes it), a name made only of dots and spaces (`%20`) with at
+/// least one dot, since Windows drops trailing dots and spaces (`..%20` is `..` to IIS).
 fn is_dot_component(component: &[u8]) -> bool {
-    let name = match component.iter().position(|&b| b == b';') {
-        Some(semicolon) => &component[..semicolon],
-        None => component,
-    };
-    name == b"." || name == b".."
+    let mut dots = 0;
+    let mut k = 0;
+    while let Some(&b) = component.get(k) {
+        match b {
+            b';' => break,
+            b'.' => {
+                dots += 1;
+                k += 1;
+            }
+            b'%' if component[k..].starts_with(b"%3B") => break,
+            b'%' if component[k..].starts_with(b"%20") => k += 3,
+            _ => return false,
+        }
+    }
+    dots > 0
 }
 
 #[cfg(test)]
@@ -372,6 +661,8 @@ mod tests {
         assert_eq!(ok("/%252E%252E/x"), "/%252E%252E/x");
         assert_eq!(ok("/%252f"), "/%252f");
         assert_eq!(ok("/%2561dmin"), "/%2561dmin");
+        assert_eq!(ok("/a/%25%32%65"), "/a/%252e");
+        assert_eq!(ok("/100%25"), "/100%25");
     }
 
     #[test]
@@ -400,7 +691,6 @@ mod tests {
         assert_eq!(ok("/a/b/../../../c"), "/c");
         assert_eq!(ok("/a//../b"), "/b");
         assert_eq!(ok("/a/.//b"), "/a/b");
-        assert_eq!(ok("/a/.../b"), "/a/.../b");
         assert_eq!(ok("/a/.b/c."), "/a/.b/c.");
         // RFC 3986 §5.4.1 examples, reduced to their paths.
         assert_eq!(ok("/b/c/./../../g"), "/g");
@@ -469,12 +759,149 @@ mod tests {
     }
 
     #[test]
-    fn keeps_raw_unicode() {
-        assert_eq!(ok("/café/ünï/日本"), "/café/ünï/日本");
-        assert_eq!(ok("/日本/../é"), "/é");
-        assert_eq!(ok("/é%2e/%41"), "/é./A");
-        assert_eq!(ok("//🦀//%7e"), "/🦀/~");
-        assert_eq!(err("/é/..\\x"), PathError::AmbiguousSegment);
+    fn refuses_raw_non_ascii() {
+        for raw in [
+            "/café",
+            "/ünï/x",
+            "/日本",
+            "/🦀",
+            "/a/\u{80}",
+            "/\u{10ffff}/..",
+        ] {
+            assert_eq!(err(raw), PathError::NonAscii, "{raw:?}");
+        }
+        // Percent-encoded UTF-8 is the way to send it.
+        assert_eq!(ok("/caf%c3%a9"), "/caf%C3%A9");
+        assert_eq!(
+            ok("/%E6%97%A5%E6%9C%AC/%F0%9F%A6%80"),
+            "/%E6%97%A5%E6%9C%AC/%F0%9F%A6%80"
+        );
+    }
+
+    #[test]
+    fn refuses_percent_encoded_bytes_that_are_not_utf8() {
+        for raw in [
+            "/%C0%AF",         // overlong '/'
+            "/%C0%AE%C0%AE/x", // overlong '..'
+            "/%E0%80%AF",      // overlong '/', three bytes
+            "/%F0%80%80%AF",   // overlong '/', four bytes
+            "/%C1%9C",         // overlong '\\'
+            "/%ED%A0%80",      // a surrogate
+            "/%F4%90%80%80",   // above U+10FFFF
+            "/%F5%80%80%80",
+            "/%FF",
+            "/%80",     // a stray continuation byte
+            "/%C3",     // truncated
+            "/%C3/%A9", // split by a separator
+            "/%C3a",    // interrupted by a character
+            "/%E6%97",
+        ] {
+            assert_eq!(err(raw), PathError::InvalidUtf8, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_segments_of_dots_and_spaces() {
+        for raw in [
+            "/a/.../b",
+            "/a/..%20/b",
+            "/public/..%20/admin",
+            "/a/.%20/b",
+            "/a/%20../b",
+            "/a/.%20.%20",
+            "/a/..%3B/b",
+            "/a/..%3bx/b",
+            "/a/.%3B",
+        ] {
+            assert_eq!(err(raw), PathError::AmbiguousSegment, "{raw:?}");
+        }
+        assert_eq!(ok("/a/%20/b"), "/a/%20/b");
+        assert_eq!(ok("/a/b./c"), "/a/b./c");
+        assert_eq!(ok("/a/.b%20/c"), "/a/.b%20/c");
+    }
+
+    #[test]
+    fn u_encoding_is_bad_percent_encoding() {
+        for raw in ["/%u0061dmin", "/%U002e%u002e/x", "/%uFF0F"] {
+            assert_eq!(err(raw), PathError::BadPercentEncoding, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn rewrites_flags_only_what_can_change() {
+        let none = Rewrites::default();
+        for p in [
+            "/",
+            "/api/orders/1",
+            "/a-b_c~d/%C3%A9/%2F/x.y/%20x",
+            "/v1.2/x",
+        ] {
+            assert_eq!(rewrites(p), none, "{p}");
+        }
+        for p in ["/api;x/orders", "/api%3Bx", "/x;"] {
+            assert!(rewrites(p).params, "{p}");
+        }
+        for p in [
+            "/API",
+            "/a/B",
+            "/api./x",
+            "/api%20/x",
+            "/api.",
+            "/a:b",
+            "/a%3Ab",
+            "/%EF%BC%A1",
+            "/api.;x",
+        ] {
+            assert!(rewrites(p).fold, "{p}");
+        }
+    }
+
+    #[test]
+    fn without_params_drops_every_segment_parameter() {
+        let ok = |p: &str| without_params(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(ok("/api;x/orders/1"), "/api/orders/1");
+        assert_eq!(ok("/api;/orders"), "/api/orders");
+        assert_eq!(ok("/;x/api/orders"), "//api/orders");
+        assert_eq!(ok("/api;a;b/orders"), "/api/orders");
+        assert_eq!(ok("/api%3Bx/orders"), "/api/orders");
+        assert_eq!(ok("/a;x/b;y/c;z"), "/a/b/c");
+        assert_eq!(ok("/a/b;jsessionid=1"), "/a/b");
+        assert_eq!(
+            without_params("/a;x%2Fb/c"),
+            Err(AmbiguousPath::PARAM_SEPARATOR)
+        );
+        assert_eq!(
+            without_params("/a;x\\b/c"),
+            Err(AmbiguousPath::PARAM_SEPARATOR)
+        );
+        assert_eq!(
+            without_params("/a;%5C/c"),
+            Err(AmbiguousPath::PARAM_SEPARATOR)
+        );
+    }
+
+    #[test]
+    fn folded_reads_as_windows_does() {
+        let ok = |p: &str| folded(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(ok("/API/Orders"), "/api/orders");
+        assert_eq!(ok("/api./orders"), "/api/orders");
+        assert_eq!(ok("/api%20/orders"), "/api/orders");
+        assert_eq!(ok("/api.%20./orders"), "/api/orders");
+        assert_eq!(ok("/api/orders::$DATA"), "/api/orders");
+        assert_eq!(ok("/api/orders:x.txt"), "/api/orders");
+        assert_eq!(ok("/api%3A%3A$DATA/x"), "/api/x");
+        assert_eq!(ok("/%EF%BC%A1PI/orders"), "/api/orders");
+        assert_eq!(ok("/api%EF%BC%8Forders"), "/api/orders");
+        assert_eq!(ok("/a\\b%2Fc%5Cd"), "/a/b/c/d");
+        assert_eq!(ok("/%C3%A9"), "/%c3%a9");
+        assert_eq!(folded("/a/%EF%BC%8E%EF%BC%8E/b"), Err(AmbiguousPath::DOTS));
+        assert_eq!(folded("/a/..::$DATA/b"), Err(AmbiguousPath::DOTS));
+        assert!(folds_to_case_only("/API/Orders"));
+        assert!(folds_to_case_only("/api/%2Fx"));
+        assert!(!folds_to_case_only("/api."));
+        assert!(!folds_to_case_only("/api%20/x"));
+        assert!(!folds_to_case_only("/v1/x:run"));
+        assert!(!folds_to_case_only("/%EF%BC%A1"));
     }
 
     #[test]
@@ -511,10 +938,11 @@ mod tests {
     }
 
     #[test]
-    fn has_prefix_on_unicode() {
-        assert!(has_prefix("/日本/x", "/日本"));
-        assert!(!has_prefix("/日本語", "/日本"));
-        assert!(!has_prefix("/日", "/日本"));
+    fn has_prefix_on_encoded_unicode() {
+        let p = "/%E6%97%A5%E6%9C%AC";
+        assert!(has_prefix(&format!("{p}/x"), p));
+        assert!(!has_prefix(&format!("{p}%E8%AA%9E"), p));
+        assert!(!has_prefix("/%E6%97%A5", p));
     }
 
     const TRICKY: &[&str] = &[

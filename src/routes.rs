@@ -1,17 +1,32 @@
 //! The compiled route table: host first (exact, then the longest wildcard, then routes without
 //! a host), then the longest segment-aware `path_prefix`, then methods.
+//!
+//! A request is routed only when every common upstream reading of its path picks the same
+//! route ([`RouteTable::route`]): as forwarded, without `;` parameters (Tomcat, Jetty,
+//! Spring), as a case-insensitive Windows server reads it (IIS), and both rewrites together.
+//! Folding by default instead would open the reverse bypass on case-sensitive upstreams.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use http::Method;
 
 use crate::config::{HostMatch, RouteConfig};
-use crate::path::{has_prefix, segments};
+use crate::path::{folded, has_prefix, rewrites, segments, without_params, AmbiguousPath};
 
 /// Routes grouped by host; within a group, a segment trie of the path prefixes.
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    plain: Hosts,
+    /// The same routes under their [`folded`] prefixes, for the case-insensitive reading;
+    /// `None` when every prefix is its own folded form (lower case), so `plain` serves both.
+    folded: Option<(Hosts, Vec<String>)>,
+}
+
+/// The host groups of one table.
+#[derive(Debug, Default)]
+struct Hosts {
     exact: HashMap<String, Group>,
     /// `(".example.com", routes)`, longest suffix first.
     wildcard: Vec<(String, Group)>,
@@ -39,13 +54,13 @@ struct Node {
 }
 
 impl Group {
-    /// The trie of `members` (indices into `routes`), ranked longest prefix first.
-    fn new(routes: &[RouteConfig], mut members: Vec<usize>) -> Group {
+    /// The trie of `members` (indices into `prefixes`), ranked longest prefix first.
+    fn new<P: Prefixes + ?Sized>(prefixes: &P, mut members: Vec<usize>) -> Group {
         // A stable sort keeps file order among equal prefixes, so the first route written wins.
-        members.sort_by_key(|&i| std::cmp::Reverse(routes[i].path_prefix.len()));
+        members.sort_by_key(|&i| std::cmp::Reverse(prefixes.prefix(i).len()));
         let mut group = Group::default();
         for (rank, &i) in members.iter().enumerate() {
-            let prefix = &routes[i].path_prefix;
+            let prefix = prefixes.prefix(i);
             let mut node = &mut group.root;
             let mut after_last = None;
             for (segment, rest) in segments(prefix) {
@@ -64,7 +79,13 @@ impl Group {
 
     /// The best route of this group for `path` and `method`: the lowest rank among the
     /// routes whose prefix the path lies under and that allow the method.
-    fn find(&self, routes: &[RouteConfig], path: &str, method: &Method) -> Option<usize> {
+    fn find<P: Prefixes + ?Sized>(
+        &self,
+        routes: &[RouteConfig],
+        prefixes: &P,
+        path: &str,
+        method: &Method,
+    ) -> Option<usize> {
         let mut best: Option<(usize, usize)> = None;
         let mut consider = |entries: &[(usize, usize)]| {
             for &(rank, i) in entries {
@@ -74,7 +95,7 @@ impl Group {
                 let r = &routes[i];
                 // The trie narrows the candidates; `has_prefix` stays the one definition of
                 // "under this prefix".
-                if has_prefix(path, &r.path_prefix)
+                if has_prefix(path, prefixes.prefix(i))
                     && r.methods.as_ref().is_none_or(|m| m.contains(method))
                 {
                     best = Some((rank, i));
@@ -103,9 +124,9 @@ impl Group {
     }
 }
 
-impl RouteTable {
-    /// Compiles the table; indices refer to `routes`.
-    pub fn new(routes: &[RouteConfig]) -> RouteTable {
+impl Hosts {
+    /// Groups the routes by host; `prefixes` are the route prefixes in the reading to match.
+    fn new<P: Prefixes + ?Sized>(routes: &[RouteConfig], prefixes: &P) -> Hosts {
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
         let mut wildcard: Vec<(String, Vec<usize>)> = Vec::new();
         let mut any_host = Vec::new();
@@ -122,16 +143,16 @@ impl RouteTable {
             }
         }
         wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        RouteTable {
+        Hosts {
             exact: exact
                 .into_iter()
-                .map(|(h, list)| (h, Group::new(routes, list)))
+                .map(|(h, list)| (h, Group::new(prefixes, list)))
                 .collect(),
             wildcard: wildcard
                 .into_iter()
-                .map(|(s, list)| (s, Group::new(routes, list)))
+                .map(|(s, list)| (s, Group::new(prefixes, list)))
                 .collect(),
-            any_host: Group::new(routes, any_host),
+            any_host: Group::new(prefixes, any_host),
         }
     }
 
@@ -150,7 +171,64 @@ impl RouteTable {
             .chain(std::iter::once(&self.any_host))
     }
 
-    /// The route for a request; `host` is normalised by [`normalize_host`], `path` by
+    fn find<P: Prefixes + ?Sized>(
+        &self,
+        routes: &[RouteConfig],
+        prefixes: &P,
+        host: &str,
+        path: &str,
+        method: &Method,
+    ) -> Option<usize> {
+        self.groups(host)
+            .find_map(|group| group.find(routes, prefixes, path, method))
+    }
+}
+
+/// The route prefixes in one reading, by route index.
+trait Prefixes {
+    fn prefix(&self, route: usize) -> &str;
+}
+
+/// The prefixes as written.
+impl Prefixes for [RouteConfig] {
+    fn prefix(&self, route: usize) -> &str {
+        &self[route].path_prefix
+    }
+}
+
+/// The [`folded`] prefixes.
+impl Prefixes for [String] {
+    fn prefix(&self, route: usize) -> &str {
+        &self[route]
+    }
+}
+
+impl RouteTable {
+    /// Compiles the table; indices refer to `routes`. A prefix that [`folded`] refuses keeps
+    /// its lower-cased form (config validation refuses such prefixes before they get here).
+    pub fn new(routes: &[RouteConfig]) -> RouteTable {
+        let folded_prefixes: Vec<String> = routes
+            .iter()
+            .map(|r| folded(&r.path_prefix).unwrap_or_else(|_| r.path_prefix.to_ascii_lowercase()))
+            .collect();
+        let same = folded_prefixes
+            .iter()
+            .zip(routes)
+            .all(|(f, r)| *f == r.path_prefix);
+        let folded = (!same).then(|| {
+            (
+                Hosts::new(routes, folded_prefixes.as_slice()),
+                folded_prefixes,
+            )
+        });
+        RouteTable {
+            plain: Hosts::new(routes, routes),
+            folded,
+        }
+    }
+
+    /// The route the path names as forwarded, with no other reading considered; traffic uses
+    /// [`RouteTable::route`]. `host` is normalised by [`normalize_host`], `path` by
     /// [`crate::path::normalize`].
     pub fn find(
         &self,
@@ -159,30 +237,100 @@ impl RouteTable {
         path: &str,
         method: &Method,
     ) -> Option<usize> {
-        self.groups(host)
-            .find_map(|group| group.find(routes, path, method))
+        self.plain.find(routes, routes, host, path, method)
+    }
+
+    /// The route under the case-insensitive reading of `path` (already [`folded`]).
+    fn find_folded(
+        &self,
+        routes: &[RouteConfig],
+        host: &str,
+        path: &str,
+        method: &Method,
+    ) -> Option<usize> {
+        match &self.folded {
+            Some((hosts, prefixes)) => hosts.find(routes, prefixes.as_slice(), host, path, method),
+            None => self.find(routes, host, path, method),
+        }
+    }
+
+    /// The route for a request, the one decision traffic and `jwtgate explain` use: the route
+    /// the path names as forwarded, provided every upstream reading of it names the same one.
+    /// A plain lower-case path costs one lookup and no allocation; the other readings are
+    /// computed only when the path holds what they rewrite (or, for the case-insensitive one,
+    /// when some prefix has upper case, since then even a lower-case path reads differently).
+    pub fn route(
+        &self,
+        routes: &[RouteConfig],
+        host: &str,
+        path: &str,
+        method: &Method,
+    ) -> Result<Option<usize>, AmbiguousPath> {
+        let chosen = self.find(routes, host, path, method);
+        let r = rewrites(path);
+        let fold = r.fold || self.folded.is_some();
+        if !r.params && !fold {
+            return Ok(chosen);
+        }
+        let stripped = if r.params {
+            let s = without_params(path)?;
+            if self.find(routes, host, &s, method) != chosen {
+                return Err(AmbiguousPath::PARAMS);
+            }
+            Some(s)
+        } else {
+            None
+        };
+        if fold {
+            if self.find_folded(routes, host, &folded(path)?, method) != chosen {
+                return Err(AmbiguousPath::FOLDED);
+            }
+            if let Some(s) = stripped {
+                if self.find_folded(routes, host, &folded(&s)?, method) != chosen {
+                    return Err(AmbiguousPath::BOTH);
+                }
+            }
+        }
+        Ok(chosen)
     }
 }
 
-/// Lower-cases a Host value and strips its port and a trailing dot; `None` when it is not a
-/// plausible host.
+/// Lower-cases a Host value, strips its port and one trailing dot, and writes an IPv6 literal
+/// in its canonical bracketed form (`[0:0::1]:8443` is `[::1]`); route hosts are written the
+/// same way, so both sides compare equal. `None` when it is not a plausible host: userinfo
+/// (`a@b`), anything after `]` but a port (`[::1]evil.com`), an unbracketed IPv6 address or
+/// several colons, a port that is not 0..=65535 in at most five digits, an empty label, or a
+/// numeric last label that is not a dotted-quad IPv4 address (`127.1`, `0x7f.1`, `010.0.0.1`,
+/// which resolvers read as other addresses).
 pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
-    let host = if raw.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop a port.
-        &raw[..=raw.find(']')?]
-    } else {
-        match raw.rfind(':') {
-            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
-            Some(_) => return None,
-            None => raw,
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let ip: Ipv6Addr = ip.parse().ok()?;
+        if !after.is_empty() && !valid_port(after.strip_prefix(':')?) {
+            return None;
         }
+        return Some(Cow::Owned(format!("[{ip}]")));
+    }
+    let host = match raw.split_once(':') {
+        Some((host, port)) if valid_port(port) => host,
+        Some(_) => return None,
+        None => raw,
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty()
-        || !host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
-        })
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        || host.split('.').any(str::is_empty)
     {
+        return None;
+    }
+    // WHATWG URL: a host whose last label is a number is an IPv4 address, and one that does
+    // not parse as the canonical dotted quad is refused rather than compared as a name.
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let numeric = last.bytes().all(|b| b.is_ascii_digit())
+        || last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x"));
+    if numeric && host.parse::<Ipv4Addr>().is_err() {
         return None;
     }
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -190,6 +338,14 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     } else {
         Some(Cow::Borrowed(host))
     }
+}
+
+/// An authority's port: empty (RFC 3986 allows `host:`) or 0..=65535 in at most five digits.
+fn valid_port(port: &str) -> bool {
+    port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]
@@ -206,9 +362,74 @@ mod tests {
             normalize_host("example.com.").as_deref(),
             Some("example.com")
         );
-        assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(
+            normalize_host("example.com:").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_host("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
         assert_eq!(normalize_host("a b"), None);
         assert_eq!(normalize_host(""), None);
         assert_eq!(normalize_host("x:abc"), None);
+    }
+
+    #[test]
+    fn ipv6_literals_are_canonical() {
+        for raw in [
+            "[::1]",
+            "[::1]:80",
+            "[0:0:0:0:0:0:0:1]:8443",
+            "[::0001]",
+            "[::1]:",
+        ] {
+            assert_eq!(normalize_host(raw).as_deref(), Some("[::1]"), "{raw}");
+        }
+        assert_eq!(
+            normalize_host("[2001:DB8:0::1]").as_deref(),
+            Some("[2001:db8::1]")
+        );
+        assert_eq!(
+            normalize_host("[::FFFF:127.0.0.1]:1").as_deref(),
+            Some("[::ffff:127.0.0.1]")
+        );
+    }
+
+    #[test]
+    fn confusing_hosts_are_refused() {
+        for raw in [
+            "[::1]evil.com",
+            "[::1]@x",
+            "[::1]:80@x",
+            "[::1",
+            "[]",
+            "[]:80",
+            "[::1]]",
+            "[::1]:99999",
+            "[::1]:8a",
+            "[::1%25eth0]",
+            "[evil.com]",
+            "::1",
+            "::1:80",
+            "2001:db8::1",
+            "a@b",
+            "user@example.com",
+            "host:80:80",
+            "host:65536",
+            "host:000080",
+            "host:-1",
+            "host: 80",
+            "example.com..",
+            ".example.com",
+            "a..b",
+            ".",
+            "127.1",
+            "0x7f.0.0.1",
+            "010.0.0.1",
+            "127.0.0.01",
+            "1.2.3.4.5",
+            "x.0x10",
+            "4294967295",
+        ] {
+            assert_eq!(normalize_host(raw), None, "{raw}");
+        }
     }
 }

@@ -2114,10 +2114,10 @@ async fn path_tricks_never_reach_admin_without_a_token() {
     // Without a catch-all: anything not under /admin or /public is 404.
     let (h, rec) = start(&admin_public_config(false)).await;
     for (target, want, case) in [
-        // Prefixes are case-sensitive (as routing.rs holds): /ADMIN is not /admin, and with no
-        // catch-all it is no route at all.
-        ("/ADMIN", 404, "upper case"),
-        ("/Admin/x", 404, "mixed case"),
+        // /ADMIN is no route as forwarded but /admin to a case-insensitive upstream: the
+        // readings disagree, so it is refused (tests/attacks_paths.rs has the whole class).
+        ("/ADMIN", 400, "upper case"),
+        ("/Admin/x", 400, "mixed case"),
         ("/admin%00", 400, "encoded NUL"),
         ("/admin%00/x", 400, "encoded NUL, then more"),
         ("/admin%0a", 400, "encoded LF"),
@@ -2164,14 +2164,14 @@ async fn path_tricks_never_reach_admin_without_a_token() {
 }
 
 #[tokio::test]
-async fn with_a_public_catch_all_case_variants_are_forwarded_verbatim() {
-    // Documented behaviour: prefixes are case-sensitive, so /ADMIN is the public catch-all's,
-    // forwarded exactly as /ADMIN (an upstream that folds case must route it itself).
+async fn with_a_public_catch_all_case_variants_of_a_protected_prefix_are_refused() {
+    // /ADMIN is the public catch-all's as forwarded, but /admin to a case-insensitive upstream
+    // (IIS): the readings disagree, so it is a 400, never forwarded.
     let (h, rec) = start(&admin_public_config(true)).await;
     let a = h.get("/ADMIN", &[]).await;
-    assert_passed(&a, "/ADMIN");
-    assert_eq!(a.json()["path"], "/r-root/ADMIN");
-    assert_eq!(rec.count(), 1);
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body.contains("ambiguous"), "{}", a.body);
+    assert_eq!(rec.count(), 0);
 }
 
 #[tokio::test]

@@ -358,10 +358,14 @@ async fn longest_segment_aware_prefix_wins() {
 #[tokio::test]
 async fn prefix_is_not_a_string_prefix_and_is_case_sensitive() {
     let h = Harness::start(&prefix_config()).await;
-    for path in ["/apix", "/apix/orders", "/ap", "/", "/API/orders", "/x/api"] {
+    for path in ["/apix", "/apix/orders", "/ap", "/", "/x/api"] {
         let a = h.get(path, &[]).await;
         assert_gateway(&a, 404, "not_found", None);
     }
+    // Case-sensitive as forwarded, but /api/orders to a case-insensitive upstream: the two
+    // readings disagree, so it is refused rather than answered 404 or forwarded.
+    let a = h.get("/API/orders", &[]).await;
+    assert_gateway(&a, 400, "invalid_request", None);
 }
 
 // ---------------------------------------------------------------------------------------------

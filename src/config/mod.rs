@@ -3,7 +3,7 @@
 
 pub mod raw;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -177,7 +177,7 @@ pub enum AuthMode {
 }
 
 /// A host pattern: exact, or `*.example.com` (one or more labels before the suffix).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostMatch {
     Exact(String),
     /// The suffix including its leading dot: `.example.com`.
@@ -573,6 +573,7 @@ impl Validator<'_> {
             .map(|i| i.get_ref().name.get_ref().as_str())
             .collect();
         let mut names = HashSet::new();
+        let mut folded_prefixes = HashMap::new();
         let mut routes = Vec::with_capacity(raw.route.len());
         for r in &raw.route {
             if !names.insert(r.get_ref().name.get_ref().clone()) {
@@ -582,6 +583,22 @@ impl Validator<'_> {
                 );
             }
             if let Some(route) = self.route(r, &issuer_names) {
+                // Prefixes that differ only in case are one prefix to a case-insensitive
+                // upstream: the later route could never be chosen (it is refused as ambiguous).
+                let key = (route.host.clone(), route.path_prefix.to_ascii_lowercase());
+                match folded_prefixes.get(&key) {
+                    Some(first) if *first != route.path_prefix => self.error(
+                        &r.get_ref().path_prefix,
+                        format!(
+                            "route {:?}: path_prefix {:?} differs from {first:?} only in case; case-insensitive upstreams read them as one, so requests for it are refused as ambiguous",
+                            route.name, route.path_prefix
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        folded_prefixes.insert(key, route.path_prefix.clone());
+                    }
+                }
                 routes.push(route);
             }
         }
@@ -950,6 +967,11 @@ impl Validator<'_> {
                 String::new()
             }
         };
+        if path_prefix.contains(';') || path_prefix.contains("%3B") {
+            self.error(&r.path_prefix, format!("route {name:?}: path_prefix {path_prefix:?} holds a ';' parameter, which Tomcat, Jetty and Spring drop, so it could only match ambiguously"));
+        } else if !crate::path::folds_to_case_only(&path_prefix) {
+            self.error(&r.path_prefix, format!("route {name:?}: path_prefix {path_prefix:?} has a segment ending in '.' or a space (%20), a ':' or a fullwidth character, which case-insensitive upstreams (IIS) read as another path, so it could only match ambiguously"));
+        }
         let host = r.host.as_ref().and_then(|h| self.host(h, &name));
         let methods = r.methods.as_ref().map(|m| {
             if m.get_ref().is_empty() {
@@ -1122,10 +1144,20 @@ impl Validator<'_> {
             if suffix.split('.').all(valid_label) {
                 return Some(HostMatch::Wildcard(format!(".{suffix}")));
             }
-        } else if host.split('.').all(valid_label) || host.parse::<std::net::IpAddr>().is_ok() {
+        } else if let Ok(ip) = host
+            .strip_prefix('[')
+            .and_then(|b| b.strip_suffix(']'))
+            .unwrap_or(&host)
+            .parse::<std::net::Ipv6Addr>()
+        {
+            // Written as a request's Host is normalised (`[::1]`), so the two compare equal.
+            return Some(HostMatch::Exact(format!("[{ip}]")));
+        } else if host.split('.').all(valid_label)
+            && crate::routes::normalize_host(&host).as_deref() == Some(host.as_str())
+        {
             return Some(HostMatch::Exact(host));
         }
-        self.error(h, format!("route {route:?}: host {:?} must be a host name such as \"api.example.com\" or \"*.example.com\" (no port)", h.get_ref()));
+        self.error(h, format!("route {route:?}: host {:?} must be a host name such as \"api.example.com\" or \"*.example.com\", an IPv4 address, or an IPv6 address such as \"::1\" (no port)", h.get_ref()));
         None
     }
 

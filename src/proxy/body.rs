@@ -17,6 +17,26 @@ use tokio::time::{Instant, Sleep};
 #[error("the client sent no request body data for {0:?}")]
 pub struct BodyStalled(pub Duration);
 
+/// The client's request body failed: bad chunked framing (a chunk size that is not hex, a
+/// missing CRLF), or a body that ended before its length. The client's error, answered 400,
+/// never an upstream error.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is malformed or ended early: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// True when `err` (a client error from sending the request upstream) was caused by the
+/// client's request body rather than by the upstream.
+pub fn is_client_fault(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.is::<ClientBodyError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// `Incoming` with an idle timeout between frames.
 pub struct IdleTimeout {
     inner: Incoming,
@@ -51,7 +71,9 @@ impl Body for IdleTimeout {
                 if let Some(s) = this.sleep.as_mut() {
                     s.as_mut().reset(Instant::now() + this.idle);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(
+                    frame.map(|f| f.map_err(|e| -> Self::Error { Box::new(ClientBodyError(e)) })),
+                )
             }
             Poll::Pending => {
                 let idle = this.idle;

@@ -126,6 +126,13 @@ impl Gateway {
         request_id: &HeaderValue,
         outcome: &mut Outcome,
     ) -> Result<Response<Incoming>, ProxyError> {
+        // CONNECT (origin-form, authority-form or HTTP/2) asks for a tunnel, which would carry
+        // anything past routing: refused before anything else, never forwarded.
+        if req.method() == http::Method::CONNECT {
+            return Err(ProxyError::BadRequest(
+                "the CONNECT method is not supported: the gateway never opens a tunnel",
+            ));
+        }
         // Taken before the request is forwarded: the client side of a WebSocket tunnel.
         let client_upgrade = is_websocket_upgrade(req.headers(), req.version())
             .then(|| hyper::upgrade::on(&mut req));
@@ -148,9 +155,11 @@ impl Gateway {
             ))?,
             None => "".into(),
         };
+        // Every common upstream reading of the path must name this route (routes::route).
         let idx = snap
             .table
-            .find(&snap.config.routes, &host, path, &parts.method)
+            .route(&snap.config.routes, &host, path, &parts.method)
+            .map_err(|e| ProxyError::BadRequest(e.message()))?
             .ok_or(ProxyError::NotFound)?;
         let route = &snap.config.routes[idx];
         outcome.route = Some(idx);
@@ -239,6 +248,12 @@ impl Gateway {
                 return Err(ProxyError::Upstream {
                     kind: UpstreamKind::Timeout,
                 })
+            }
+            Ok(Err(e)) if body::is_client_fault(&e) => {
+                tracing::debug!(route = %route.name, error = %e, "client request body failed");
+                return Err(ProxyError::BadRequest(
+                    "the request body is malformed (bad chunked framing) or ended early",
+                ));
             }
             Ok(Err(e)) => {
                 let kind = upstream::classify(&e);
@@ -463,6 +478,23 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Pro
         ));
     }
     if let Some(a) = parts.uri.authority() {
+        // RFC 9113 §8.3.1: an HTTP/2 Host naming another entity than `:authority` is
+        // malformed. (HTTP/1.1 absolute-form: RFC 9112 §3.2.2, the target's authority wins.)
+        if parts.version == http::Version::HTTP_2 {
+            if let Some(h) = first {
+                let same = h
+                    .to_str()
+                    .ok()
+                    .and_then(normalize_host)
+                    .zip(normalize_host(a.as_str()))
+                    .is_some_and(|(h, a)| h == a);
+                if !same {
+                    return Err(ProxyError::BadRequest(
+                        "the Host header and :authority name different hosts",
+                    ));
+                }
+            }
+        }
         return HeaderValue::from_str(a.as_str())
             .map(Some)
             .map_err(|_| ProxyError::BadRequest("the request authority is not valid"));
