@@ -1,5 +1,7 @@
 //! JWK Set documents (RFC 7517) into [`Key`]s.
 
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::RsaPublicKeyComponents;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
@@ -82,7 +84,7 @@ fn one(jwk: &Value, allowed: &[Alg], allow_oct: bool) -> Result<Option<Key>, Key
         ));
     }
     let material = match kty {
-        "RSA" => Material::Public(Family::Rsa, rsa_pkcs1_der(&b64(jwk, "n")?, &b64(jwk, "e")?)),
+        "RSA" => Material::Public(Family::Rsa, rsa_spki_der(&b64(jwk, "n")?, &b64(jwk, "e")?)?),
         "EC" => {
             let (family, len) = match field(jwk, "crv")? {
                 "P-256" => (Family::EcP256, 32),
@@ -128,36 +130,18 @@ fn one(jwk: &Value, allowed: &[Alg], allow_oct: bool) -> Result<Option<Key>, Key
     Key::new(kid, material, &allowed).map(Some)
 }
 
-/// DER for PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
-/// Hand-written because it is twenty lines and the only ASN.1 jwtgate writes.
-fn rsa_pkcs1_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    fn integer(out: &mut Vec<u8>, bytes: &[u8]) {
-        let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-        let bytes = &bytes[start..];
-        let pad = bytes.first().is_none_or(|b| b & 0x80 != 0);
-        out.push(0x02);
-        length(out, bytes.len() + usize::from(pad));
-        if pad {
-            out.push(0);
-        }
-        out.extend_from_slice(bytes);
+/// An RSA key from its JWK members, as SubjectPublicKeyInfo DER built by aws-lc-rs. Leading
+/// zero octets are dropped first: RFC 7518 §6.3.1.1 forbids them, but some providers send them.
+fn rsa_spki_der(n: &[u8], e: &[u8]) -> Result<Vec<u8>, KeyError> {
+    fn minimal(b: &[u8]) -> &[u8] {
+        &b[b.iter().position(|x| *x != 0).unwrap_or(b.len())..]
     }
-    fn length(out: &mut Vec<u8>, len: usize) {
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let be = len.to_be_bytes();
-            let skip = be.iter().position(|b| *b != 0).unwrap_or(be.len() - 1);
-            out.push(0x80 | (be.len() - skip) as u8);
-            out.extend_from_slice(&be[skip..]);
-        }
-    }
-    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
-    integer(&mut body, n);
-    integer(&mut body, e);
-    let mut out = Vec::with_capacity(body.len() + 6);
-    out.push(0x30);
-    length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+    let components = RsaPublicKeyComponents {
+        n: minimal(n),
+        e: minimal(e),
+    };
+    components
+        .as_der()
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|_| KeyError::Invalid("not a usable RSA public key".into()))
 }
