@@ -10,6 +10,7 @@ pub mod config;
 pub mod devtoken;
 pub mod echo;
 pub mod explain;
+pub mod files;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

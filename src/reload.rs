@@ -36,15 +36,26 @@ pub fn watched_files(config_path: &Path, c: &Config) -> Vec<PathBuf> {
         files.extend([x.cert.clone(), x.key.clone()]);
     }
     files.extend(c.routes.iter().filter_map(|r| r.upstream_ca.clone()));
+    // Many routes share one CA bundle: read each file once per poll.
+    let mut seen = std::collections::HashSet::with_capacity(files.len());
+    files.retain(|f| seen.insert(f.clone()));
     files
 }
 
-/// A hash of every file's bytes; a missing file hashes as missing.
+/// A hash of every file's bytes; a missing file hashes as missing. Each read is capped (at the
+/// largest cap of any watched kind), and a device or FIFO is never opened, so a path pointed
+/// at `/dev/zero` costs nothing here; loading it is refused with a clear error.
 pub fn fingerprint(files: &[PathBuf]) -> u64 {
+    use crate::files::{read_capped, ReadError, MAX_CONFIG_BYTES};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for f in files {
         f.hash(&mut h);
-        std::fs::read(f).ok().hash(&mut h);
+        match read_capped(f, MAX_CONFIG_BYTES) {
+            Ok(bytes) => (0u8, bytes).hash(&mut h),
+            Err(ReadError::TooLarge { .. }) => 1u8.hash(&mut h),
+            Err(ReadError::NotAFile) => 2u8.hash(&mut h),
+            Err(ReadError::Io(e)) => (3u8, e.kind().to_string()).hash(&mut h),
+        }
     }
     h.finish()
 }

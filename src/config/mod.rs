@@ -284,13 +284,17 @@ pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let fail = |message: String| {
             ConfigErrors(vec![ConfigError {
                 file: path.to_owned(),
                 loc: Loc { line: 1, col: 1 },
-                message: format!("cannot read config file: {e}"),
+                message,
             }])
-        })?;
+        };
+        let bytes = crate::files::read_capped(path, crate::files::MAX_CONFIG_BYTES)
+            .map_err(|e| fail(format!("cannot read config file: {e}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| fail("cannot read config file: it is not UTF-8 text".into()))?;
         Config::parse(path, &text)
     }
 

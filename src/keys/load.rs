@@ -7,9 +7,10 @@ use aws_lc_rs::signature::{self as sig, ParsedPublicKey};
 use super::{jwks, Key, KeyError, KeySet, Material};
 use crate::alg::Family;
 use crate::config::{IssuerConfig, KeySource};
+use crate::files::{MAX_JWKS_FILE_BYTES, MAX_KEY_FILE_BYTES};
 
-fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Read {
+fn read(path: &Path, cap: u64) -> Result<Vec<u8>, KeyError> {
+    crate::files::read_capped(path, cap).map_err(|source| KeyError::Read {
         path: path.display().to_string(),
         source,
     })
@@ -26,7 +27,7 @@ pub fn load_static(issuer: &IssuerConfig) -> Result<Option<(KeySet, Vec<String>)
             let mut keys = Vec::with_capacity(files.len());
             for f in files {
                 let kid = f.file_stem().map(|s| s.to_string_lossy().into_owned());
-                let material = pem_public_key(&read(f)?)
+                let material = pem_public_key(&read(f, MAX_KEY_FILE_BYTES)?)
                     .map_err(|e| KeyError::Invalid(format!("{}: {e}", f.display())))?;
                 keys.push(
                     Key::new(kid, material, allowed)
@@ -36,7 +37,7 @@ pub fn load_static(issuer: &IssuerConfig) -> Result<Option<(KeySet, Vec<String>)
             Ok(Some((KeySet::new(keys), Vec::new())))
         }
         KeySource::JwksFile(f) => {
-            let parsed = jwks::parse(&read(f)?, allowed, true)
+            let parsed = jwks::parse(&read(f, MAX_JWKS_FILE_BYTES)?, allowed, true)
                 .map_err(|e| KeyError::Invalid(format!("{}: {e}", f.display())))?;
             if parsed.keys.is_empty() {
                 return Err(KeyError::Invalid(format!(
@@ -60,7 +61,7 @@ pub fn load_static(issuer: &IssuerConfig) -> Result<Option<(KeySet, Vec<String>)
             Ok(Some((KeySet::new(vec![key]), Vec::new())))
         }
         KeySource::HmacFile(f) => {
-            let secret = secret_file_bytes(read(f)?);
+            let secret = secret_file_bytes(read(f, MAX_KEY_FILE_BYTES)?);
             let key = Key::new(None, Material::Secret(secret), allowed)
                 .map_err(|e| KeyError::Invalid(format!("{}: {e}", f.display())))?;
             Ok(Some((KeySet::new(vec![key]), Vec::new())))

@@ -18,7 +18,7 @@ pub enum KeyError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("{0}")]
     Invalid(String),
