@@ -87,7 +87,9 @@ fn step_of(e: &AuthError) -> &'static str {
         AuthError::Typ(_) => "typ",
         AuthError::AlgorithmNotAllowed(_) => "algorithm",
         AuthError::WrongIssuer => "issuer",
-        AuthError::UnknownKey | AuthError::KeyTypeMismatch(_) => "key",
+        AuthError::UnknownKey | AuthError::TooManyKeys { .. } | AuthError::KeyTypeMismatch(_) => {
+            "key"
+        }
         AuthError::BadSignature => "signature",
         AuthError::Expired { .. }
         | AuthError::NotYetValid { .. }

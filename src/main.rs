@@ -189,8 +189,7 @@ fn check(path: &Path) -> ExitCode {
             if !matches!(i.keys, jwtgate::auth::IssuerKeys::Remote(_)) {
                 continue;
             }
-            let fetched =
-                jwtgate::keys::remote::fetch(&i.config.source, &i.config.algorithms).await;
+            let fetched = jwtgate::keys::remote::fetch(&i.config).await;
             if let Err(e) = fetched {
                 let msg = format!("issuer {:?}: {e}", i.config.name);
                 eprintln!("{}", snap.config.error(i.config.source_loc, msg));

@@ -65,24 +65,13 @@ impl Snapshot {
                 Ok(None) => {
                     let reused = previous.and_then(|p| {
                         p.issuers.iter().find_map(|i| match &i.keys {
-                            IssuerKeys::Remote(r)
-                                if i.config.name == ic.name
-                                    && r.serves(&ic.source, &ic.algorithms, ic.refresh) =>
-                            {
-                                Some(r.clone())
-                            }
+                            IssuerKeys::Remote(r) if r.serves(ic) => Some(r.clone()),
                             _ => None,
                         })
                     });
-                    IssuerKeys::Remote(reused.unwrap_or_else(|| {
-                        Arc::new(RemoteKeys::start(
-                            &ic.name,
-                            ic.source.clone(),
-                            ic.algorithms.clone(),
-                            ic.refresh,
-                            metrics.clone(),
-                        ))
-                    }))
+                    IssuerKeys::Remote(
+                        reused.unwrap_or_else(|| Arc::new(RemoteKeys::start(ic, metrics.clone()))),
+                    )
                 }
                 Err(e) => {
                     errors.push(config.error(ic.source_loc, format!("issuer {:?}: {e}", ic.name)));

@@ -67,6 +67,8 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the token names a key (kid) that its issuer does not have")]
     UnknownKey,
+    #[error("the token names no key its issuer has (kid), and the issuer has {keys} keys for {alg}: a token must name its key when its issuer has more than {max}", max = crate::keys::MAX_SIGNATURE_CHECKS)]
+    TooManyKeys { alg: &'static str, keys: usize },
     #[error("the token's signature does not verify")]
     BadSignature,
     #[error("the token expired at {exp} (now {now}, leeway {leeway}s)")]
@@ -100,7 +102,7 @@ impl AuthError {
                 Reason::AlgorithmNotAllowed
             }
             AuthError::WrongIssuer => Reason::WrongIssuer,
-            AuthError::UnknownKey => Reason::UnknownKey,
+            AuthError::UnknownKey | AuthError::TooManyKeys { .. } => Reason::UnknownKey,
             AuthError::BadSignature => Reason::BadSignature,
             AuthError::Expired { .. } => Reason::Expired,
             AuthError::NotYetValid { .. } | AuthError::IssuedInFuture { .. } => Reason::NotYetValid,

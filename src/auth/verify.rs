@@ -11,7 +11,7 @@ use crate::config::IssuerConfig;
 use std::sync::Arc;
 
 use crate::keys::remote::RemoteKeys;
-use crate::keys::KeySet;
+use crate::keys::{KeySet, MAX_SIGNATURE_CHECKS};
 
 /// An issuer as the request path sees it: its config and its keys.
 #[derive(Debug)]
@@ -290,14 +290,21 @@ fn verify_signature(
     message: &[u8],
     signature: &[u8],
 ) -> Result<(), AuthError> {
-    let mut tried = false;
+    // Bounded work per token: count first, and refuse without checking anything when a token
+    // that names no (known) kid could make us try more than a few keys.
+    let count = keys.candidates(kid).filter(|k| k.allows(alg)).count();
+    if count > MAX_SIGNATURE_CHECKS {
+        return Err(AuthError::TooManyKeys {
+            alg: alg.as_str(),
+            keys: count,
+        });
+    }
     for key in keys.candidates(kid).filter(|k| k.allows(alg)) {
-        tried = true;
         if key.verify(alg, message, signature) {
             return Ok(());
         }
     }
-    if tried {
+    if count > 0 {
         Err(AuthError::BadSignature)
     } else if kid.is_some() && keys.candidates(kid).next().is_none() {
         Err(AuthError::UnknownKey)

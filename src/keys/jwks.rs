@@ -6,18 +6,29 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
 
-use super::{Key, KeyError, Material};
+use super::{Key, KeyError, Material, MAX_KEYS_PER_ISSUER};
 use crate::alg::{Alg, Family};
 
 /// Keys parsed from a JWKS, and the entries left out with the reason for each.
 pub struct Parsed {
     pub keys: Vec<Key>,
+    /// The first [`MAX_SKIPPED_LISTED`] skipped entries with their reasons, then one line
+    /// counting the rest: a hostile or broken document never makes a huge log line.
     pub skipped: Vec<String>,
 }
 
+/// Skipped entries listed by name; the rest are only counted.
+pub const MAX_SKIPPED_LISTED: usize = 5;
+/// A skip reason quotes at most this many characters of the document (kid, kty, crv, ...).
+const MAX_REASON_CHARS: usize = 160;
+
 /// Parses a JWKS. `allow_oct` admits symmetric keys (a local file may hold them; a URL never).
-/// Entries that are not for signatures, name an algorithm the issuer does not allow, or use a
-/// key type jwtgate does not know are skipped, not fatal: providers publish such keys.
+/// Entries that are not for verifying signatures (`use` other than `sig`, `key_ops` without
+/// `verify`), name an algorithm the issuer does not allow, or use a key type jwtgate does not
+/// know are skipped, not fatal: providers publish such keys. A later entry whose `kid` an
+/// earlier kept key of the same algorithms already has is skipped too (the first one wins), so
+/// one kid always means one key. More than [`MAX_KEYS_PER_ISSUER`] usable keys refuse the whole
+/// set: each kid-less token could otherwise cost a signature check per key.
 pub fn parse(json: &[u8], allowed: &[Alg], allow_oct: bool) -> Result<Parsed, KeyError> {
     let doc: Value =
         serde_json::from_slice(json).map_err(|e| KeyError::Invalid(format!("not JSON: {e}")))?;
@@ -26,20 +37,59 @@ pub fn parse(json: &[u8], allowed: &[Alg], allow_oct: bool) -> Result<Parsed, Ke
             "not a JWK Set: it has no \"keys\" array".into(),
         ));
     };
-    let mut keys = Vec::with_capacity(list.len());
+    let mut keys: Vec<Key> = Vec::with_capacity(list.len().min(MAX_KEYS_PER_ISSUER));
     let mut skipped = Vec::new();
+    let mut skipped_total = 0usize;
     for (i, jwk) in list.iter().enumerate() {
-        let name = match jwk.get("kid") {
-            Some(Value::String(k)) => format!("key {i} (kid {k:?})"),
-            _ => format!("key {i}"),
+        let reason = match one(jwk, allowed, allow_oct) {
+            Ok(Some(k)) => {
+                let duplicate = k.kid.is_some()
+                    && keys
+                        .iter()
+                        .any(|prev| prev.kid == k.kid && k.algs().any(|a| prev.allows(a)));
+                if !duplicate {
+                    if keys.len() == MAX_KEYS_PER_ISSUER {
+                        return Err(KeyError::Invalid(format!(
+                            "the JWK Set holds more than {MAX_KEYS_PER_ISSUER} usable keys for this issuer's algorithms; refused whole (publish fewer keys, or narrow algorithms)"
+                        )));
+                    }
+                    keys.push(k);
+                    continue;
+                }
+                "an earlier key has the same kid and algorithms (the first one is used)".to_owned()
+            }
+            Ok(None) => "not usable for this issuer's algorithms".to_owned(),
+            Err(e) => e.to_string(),
         };
-        match one(jwk, allowed, allow_oct) {
-            Ok(Some(k)) => keys.push(k),
-            Ok(None) => skipped.push(format!("{name}: not usable for this issuer's algorithms")),
-            Err(e) => skipped.push(format!("{name}: {e}")),
+        skipped_total += 1;
+        if skipped.len() < MAX_SKIPPED_LISTED {
+            let name = match jwk.get("kid") {
+                Some(Value::String(k)) => format!("key {i} (kid {:?})", clip(k, 64)),
+                _ => format!("key {i}"),
+            };
+            skipped.push(clip(&format!("{name}: {reason}"), MAX_REASON_CHARS));
         }
     }
+    if skipped_total > skipped.len() {
+        skipped.push(format!(
+            "and {} more entries skipped",
+            skipped_total - skipped.len()
+        ));
+    }
     Ok(Parsed { keys, skipped })
+}
+
+/// At most `max` characters of `s`, control characters replaced, `...` marking a cut.
+fn clip(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().nth(max).is_some() {
+        out.push_str("...");
+    }
+    out
 }
 
 fn field<'a>(jwk: &'a Value, name: &str) -> Result<&'a str, KeyError> {
@@ -63,9 +113,20 @@ fn one(jwk: &Value, allowed: &[Alg], allow_oct: bool) -> Result<Option<Key>, Key
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(KeyError::Invalid("kid is not a string".into())),
     };
-    if let Some(u) = jwk.get("use") {
-        if u.as_str() != Some("sig") {
-            return Ok(None);
+    // RFC 7517 §4.2 and §4.3: a key published for encryption, or whose operations do not
+    // include verifying, is not a signature key, whatever its type.
+    match jwk.get("use") {
+        None => {}
+        Some(Value::String(u)) if u == "sig" => {}
+        Some(_) => return Err(KeyError::Invalid("use is not \"sig\"".into())),
+    }
+    match jwk.get("key_ops") {
+        None => {}
+        Some(Value::Array(ops)) if ops.iter().any(|o| o.as_str() == Some("verify")) => {}
+        Some(_) => {
+            return Err(KeyError::Invalid(
+                "key_ops does not contain \"verify\"".into(),
+            ))
         }
     }
     // A key that names its algorithm is used for that one alone (RFC 7517 §4.4).

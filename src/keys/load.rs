@@ -4,7 +4,7 @@ use std::path::Path;
 
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey};
 
-use super::{jwks, Key, KeyError, KeySet, Material};
+use super::{jwks, Key, KeyError, KeySet, Material, MAX_KEYS_PER_ISSUER};
 use crate::alg::Family;
 use crate::config::{IssuerConfig, KeySource};
 use crate::files::{MAX_JWKS_FILE_BYTES, MAX_KEY_FILE_BYTES};
@@ -24,9 +24,23 @@ pub fn load_static(issuer: &IssuerConfig) -> Result<Option<(KeySet, Vec<String>)
     match &issuer.source {
         KeySource::JwksUrl(_) | KeySource::DiscoveryUrl(_) => Ok(None),
         KeySource::PemFiles(files) => {
-            let mut keys = Vec::with_capacity(files.len());
+            if files.len() > MAX_KEYS_PER_ISSUER {
+                return Err(KeyError::Invalid(format!(
+                    "keys lists {} files; an issuer holds at most {MAX_KEYS_PER_ISSUER} keys",
+                    files.len()
+                )));
+            }
+            let mut keys: Vec<Key> = Vec::with_capacity(files.len());
             for f in files {
                 let kid = f.file_stem().map(|s| s.to_string_lossy().into_owned());
+                // One kid means one key: two files with the same stem would both answer it.
+                if keys.iter().any(|k| k.kid.is_some() && k.kid == kid) {
+                    return Err(KeyError::Invalid(format!(
+                        "{}: another key file has the same name (kid {:?}); rename one",
+                        f.display(),
+                        kid.unwrap_or_default()
+                    )));
+                }
                 let material = pem_public_key(&read(f, MAX_KEY_FILE_BYTES)?)
                     .map_err(|e| KeyError::Invalid(format!("{}: {e}", f.display())))?;
                 keys.push(
