@@ -26,6 +26,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for metric series that exist from the first scrape.
+    pub const ALL: [Reason; 10] = [
+        Reason::Missing,
+        Reason::Malformed,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongIssuer,
+        Reason::WrongAudience,
+        Reason::UnknownKey,
+        Reason::AlgorithmNotAllowed,
+        Reason::InsufficientClaims,
+    ];
+
     /// The label value, as SPEC.md names it.
     pub fn as_str(self) -> &'static str {
         match self {
