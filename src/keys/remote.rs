@@ -191,7 +191,10 @@ fn discovered_jwks_uri(
                 .into(),
         );
     }
-    match (uri.scheme_str(), discovery_url.starts_with("https://")) {
+    let https_discovery = discovery_url
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+    match (uri.scheme_str(), https_discovery) {
         (Some("https"), _) | (Some("http"), false) => Ok(raw.to_owned()),
         (Some("http"), true) => Err(
             "the discovery document's jwks_uri is http:// but discovery_url is https://; a downgrade is refused"
@@ -417,6 +420,68 @@ async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::discovered_jwks_uri;
+
+    const ISS: &str = "https://idp.test/";
+
+    fn doc(issuer: &str, jwks_uri: &str) -> Vec<u8> {
+        serde_json::json!({ "issuer": issuer, "jwks_uri": jwks_uri })
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_issuer_must_equal_the_configured_one_exactly() {
+        let https = "https://idp.test/.well-known/openid-configuration";
+        let ok = discovered_jwks_uri(https, ISS, &doc(ISS, "https://idp.test/keys"));
+        assert_eq!(ok.as_deref(), Ok("https://idp.test/keys"));
+        for other in [
+            "https://idp.test",
+            "https://IDP.test/",
+            "https://evil.test/",
+            "",
+        ] {
+            let e = discovered_jwks_uri(https, ISS, &doc(other, "https://idp.test/keys"));
+            assert!(e.is_err_and(|e| e.contains("does not equal")), "{other:?}");
+        }
+        let missing = br#"{"jwks_uri":"https://idp.test/keys"}"#;
+        assert!(discovered_jwks_uri(https, ISS, missing).is_err());
+        let not_string = br#"{"issuer":null,"jwks_uri":"https://idp.test/keys"}"#;
+        assert!(discovered_jwks_uri(https, ISS, not_string).is_err());
+    }
+
+    #[test]
+    fn an_https_discovery_never_yields_an_http_or_credentialed_jwks_uri() {
+        let https = "https://idp.test/.well-known/openid-configuration";
+        let http = "http://idp.test/.well-known/openid-configuration";
+        for uri in [
+            "http://idp.test/keys",
+            "HTTP://idp.test/keys",
+            "http://127.0.0.1/keys",
+        ] {
+            for discovery in [https, "HTTPS://idp.test/.well-known/openid-configuration"] {
+                let e = discovered_jwks_uri(discovery, ISS, &doc(ISS, uri));
+                assert!(e.is_err_and(|e| e.contains("downgrade")), "{uri}");
+            }
+        }
+        assert!(discovered_jwks_uri(http, ISS, &doc(ISS, "http://idp.test/keys")).is_ok());
+        assert!(discovered_jwks_uri(http, ISS, &doc(ISS, "https://idp.test/keys")).is_ok());
+        for uri in [
+            "https://user:pw@idp.test/keys",
+            "https://pw@idp.test/keys",
+            "ftp://idp.test/keys",
+            "file:///etc/passwd",
+            "/keys",
+            "idp.test/keys",
+        ] {
+            let e = discovered_jwks_uri(https, ISS, &doc(ISS, uri)).expect_err(uri);
+            assert!(!e.contains("pw@"), "never quoted: {e}");
         }
     }
 }
