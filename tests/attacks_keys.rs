@@ -1111,8 +1111,7 @@ fn a_config_of_100000_routes_validates_in_linear_time() {
         "[[route]]\nname = \"bad\"\npath_prefix = \"/bad\"\nupstream = \"ftp://x\"\nauth = \"none\"\n"
     );
     let e = jwtgate::Config::parse(Path::new("/tmp/gateway.toml"), &text)
-        .err()
-        .expect("the last route is invalid");
+        .expect_err("the last route is invalid");
     assert!(e.to_string().contains(":500006:"), "{e}");
     let ok = format!(
         "[listen]\naddr = \"127.0.0.1:0\"\n{}",
