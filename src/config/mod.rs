@@ -558,14 +558,16 @@ impl Validator<'_> {
                 .iter()
                 .map(|i| {
                     let ri = i.get_ref();
-                    if !names.insert(ri.name.get_ref().clone()) {
+                    let duplicate_name = !names.insert(ri.name.get_ref().clone());
+                    if duplicate_name {
                         self.error(
                             &ri.name,
                             format!("issuer name {:?} is used twice", ri.name.get_ref()),
                         );
                     }
                     let iss = ri.issuer.get_ref().as_str();
-                    match iss_seen.get(iss.trim_end_matches('/')) {
+                    // One error per repeated [[issuer]] block: a repeated name says it already.
+                    match iss_seen.get(iss.trim_end_matches('/')).filter(|_| !duplicate_name) {
                         Some((other_name, other_iss)) if *other_iss == iss => self.error(
                             &ri.issuer,
                             format!("issuer {:?}: issuer {iss:?} is already the issuer of [[issuer]] {other_name:?}; a token's iss selects one [[issuer]], so this one would never be used (merge them)", ri.name.get_ref()),
