@@ -1,5 +1,6 @@
 //! What `jwtgate check` prints: the routes and issuers it understood, and warnings.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::config::{AuthMode, HostMatch, RouteConfig};
@@ -95,17 +96,24 @@ fn host_str(r: &RouteConfig) -> String {
 pub fn warnings(snap: &Snapshot) -> Vec<String> {
     let c = &snap.config;
     let mut out = Vec::new();
-    for (j, b) in c.routes.iter().enumerate() {
+    // Routes grouped by host and prefix, in file order: only routes of one group can shadow
+    // each other, so the search stays linear unless many routes share a host and prefix.
+    let mut groups: HashMap<(u8, &str, &str), Vec<&RouteConfig>> = HashMap::new();
+    for b in &c.routes {
+        let host = match &b.host {
+            None => (0, ""),
+            Some(HostMatch::Exact(h)) => (1, h.as_str()),
+            Some(HostMatch::Wildcard(s)) => (2, s.as_str()),
+        };
+        let earlier = groups
+            .entry((host.0, host.1, b.path_prefix.as_str()))
+            .or_default();
         // Same host and prefix, earlier in the file, and at least the same methods: the route
         // table keeps file order among equals, so `b` can never be chosen.
-        if let Some(a) = c.routes[..j].iter().find(|a| {
-            a.host == b.host
-                && a.path_prefix == b.path_prefix
-                && match (&a.methods, &b.methods) {
-                    (None, _) => true,
-                    (Some(_), None) => false,
-                    (Some(am), Some(bm)) => bm.iter().all(|m| am.contains(m)),
-                }
+        if let Some(a) = earlier.iter().find(|a| match (&a.methods, &b.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(am), Some(bm)) => bm.iter().all(|m| am.contains(m)),
         }) {
             out.push(format!(
                 "{}:{}:{}: route {:?} is shadowed by route {:?} (same host, path_prefix and methods, written earlier): it never matches",
@@ -116,12 +124,17 @@ pub fn warnings(snap: &Snapshot) -> Vec<String> {
                 a.name
             ));
         }
+        earlier.push(b);
     }
-    for (i, ic) in c.issuers.iter().enumerate() {
-        let used = c
-            .routes
-            .iter()
-            .any(|r| r.auth != AuthMode::None && r.issuers.contains(&i));
+    let mut used = vec![false; c.issuers.len()];
+    for r in c.routes.iter().filter(|r| r.auth != AuthMode::None) {
+        for &i in &r.issuers {
+            if let Some(u) = used.get_mut(i) {
+                *u = true;
+            }
+        }
+    }
+    for (ic, used) in c.issuers.iter().zip(used) {
         if !used {
             out.push(format!("issuer {:?} is not used by any route", ic.name));
         }

@@ -19,7 +19,7 @@ pub enum DevTokenError {
     #[error("cannot read key file {path}: {source}")]
     Read {
         path: String,
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("key file {path} is not a usable {alg} signing key: {reason}")]
     Key {
@@ -43,10 +43,12 @@ pub fn mint(
     claims: Option<&str>,
     ttl: Duration,
 ) -> Result<String, DevTokenError> {
-    let bytes = std::fs::read(key_file).map_err(|source| DevTokenError::Read {
-        path: key_file.display().to_string(),
-        source,
-    })?;
+    let bytes = crate::files::read_capped(key_file, crate::files::MAX_KEY_FILE_BYTES).map_err(
+        |source| DevTokenError::Read {
+            path: key_file.display().to_string(),
+            source,
+        },
+    )?;
     let key_err = |reason: String| DevTokenError::Key {
         path: key_file.display().to_string(),
         alg,

@@ -62,7 +62,10 @@ pub struct Report {
 }
 
 fn fmt_time(t: f64) -> String {
-    if !t.is_finite() || t < 0.0 {
+    // RFC 3339 ends at the last second of year 9999; a token may claim any number (and the
+    // sum with UNIX_EPOCH would overflow), so anything outside prints as the number itself.
+    const LAST_RFC3339_SECOND: f64 = 253_402_300_799.0;
+    if !t.is_finite() || !(0.0..=LAST_RFC3339_SECOND).contains(&t) {
         return format!("{t}");
     }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t as u64)).to_string()
@@ -87,7 +90,9 @@ fn step_of(e: &AuthError) -> &'static str {
         AuthError::Typ(_) => "typ",
         AuthError::AlgorithmNotAllowed(_) => "algorithm",
         AuthError::WrongIssuer => "issuer",
-        AuthError::UnknownKey | AuthError::KeyTypeMismatch(_) => "key",
+        AuthError::UnknownKey | AuthError::TooManyKeys { .. } | AuthError::KeyTypeMismatch(_) => {
+            "key"
+        }
         AuthError::BadSignature => "signature",
         AuthError::Expired { .. }
         | AuthError::NotYetValid { .. }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod devtoken;
 pub mod echo;
 pub mod explain;
+pub mod files;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

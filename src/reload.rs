@@ -36,15 +36,26 @@ pub fn watched_files(config_path: &Path, c: &Config) -> Vec<PathBuf> {
         files.extend([x.cert.clone(), x.key.clone()]);
     }
     files.extend(c.routes.iter().filter_map(|r| r.upstream_ca.clone()));
+    // Many routes share one CA bundle: read each file once per poll.
+    let mut seen = std::collections::HashSet::with_capacity(files.len());
+    files.retain(|f| seen.insert(f.clone()));
     files
 }
 
-/// A hash of every file's bytes; a missing file hashes as missing.
+/// A hash of every file's bytes; a missing file hashes as missing. Each read is capped (at the
+/// largest cap of any watched kind), and a device or FIFO is never opened, so a path pointed
+/// at `/dev/zero` costs nothing here; loading it is refused with a clear error.
 pub fn fingerprint(files: &[PathBuf]) -> u64 {
+    use crate::files::{read_capped, ReadError, MAX_CONFIG_BYTES};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for f in files {
         f.hash(&mut h);
-        std::fs::read(f).ok().hash(&mut h);
+        match read_capped(f, MAX_CONFIG_BYTES) {
+            Ok(bytes) => (0u8, bytes).hash(&mut h),
+            Err(ReadError::TooLarge { .. }) => 1u8.hash(&mut h),
+            Err(ReadError::NotAFile) => 2u8.hash(&mut h),
+            Err(ReadError::Io(e)) => (3u8, e.kind().to_string()).hash(&mut h),
+        }
     }
     h.finish()
 }
@@ -52,10 +63,16 @@ pub fn fingerprint(files: &[PathBuf]) -> u64 {
 /// The fingerprint of a config file and every file it names (as it reads now). A config that
 /// does not parse counts as just its own bytes.
 pub fn files_fingerprint(config_path: &Path) -> u64 {
-    match Config::load(config_path) {
-        Ok(c) => fingerprint(&watched_files(config_path, &c)),
-        Err(_) => fingerprint(&[config_path.to_owned()]),
-    }
+    files_fingerprint_and_list(config_path).0
+}
+
+/// [`files_fingerprint`] and the files it covers (what to watch next).
+pub fn files_fingerprint_and_list(config_path: &Path) -> (u64, Vec<PathBuf>) {
+    let files = match Config::load(config_path) {
+        Ok(c) => watched_files(config_path, &c),
+        Err(_) => vec![config_path.to_owned()],
+    };
+    (fingerprint(&files), files)
 }
 
 fn directories(files: &[PathBuf]) -> BTreeSet<PathBuf> {
@@ -117,13 +134,33 @@ pub async fn watch(app: Arc<App>) {
             }
             _ = poll.tick() => false,
         };
-        let now = fingerprint(&files);
-        if forced || now != last {
-            // A refused config is remembered too, so it is logged once, not on every poll.
-            let _ = app.reload_config();
-            files = watched_files(&config_path, &app.state.load().config);
-            last = fingerprint(&files);
+        // Reading files and building a snapshot take long with large configs: never on a
+        // runtime worker that serves requests (one current-thread worker serves them all).
+        let job = {
+            let (app, path, files) = (app.clone(), config_path.clone(), files.clone());
+            move || {
+                let mut next = None;
+                if forced || fingerprint(&files) != last {
+                    // The fingerprint is taken BEFORE the files are read: a change that lands
+                    // while the reload reads them differs from it, so the next poll reloads
+                    // again rather than losing the change. A refused config is remembered
+                    // too, so it is logged once, not on every poll.
+                    next = Some(files_fingerprint_and_list(&path));
+                    let _ = app.reload_config();
+                }
+                app.reload_tls();
+                next
+            }
+        };
+        match tokio::task::spawn_blocking(job).await {
+            Ok(Some((fp, listed))) => {
+                last = fp;
+                files = listed;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the reload task failed; retrying at the next change or poll")
+            }
         }
-        app.reload_tls();
     }
 }

@@ -65,24 +65,13 @@ impl Snapshot {
                 Ok(None) => {
                     let reused = previous.and_then(|p| {
                         p.issuers.iter().find_map(|i| match &i.keys {
-                            IssuerKeys::Remote(r)
-                                if i.config.name == ic.name
-                                    && r.serves(&ic.source, &ic.algorithms, ic.refresh) =>
-                            {
-                                Some(r.clone())
-                            }
+                            IssuerKeys::Remote(r) if r.serves(ic) => Some(r.clone()),
                             _ => None,
                         })
                     });
-                    IssuerKeys::Remote(reused.unwrap_or_else(|| {
-                        Arc::new(RemoteKeys::start(
-                            &ic.name,
-                            ic.source.clone(),
-                            ic.algorithms.clone(),
-                            ic.refresh,
-                            metrics.clone(),
-                        ))
-                    }))
+                    IssuerKeys::Remote(
+                        reused.unwrap_or_else(|| Arc::new(RemoteKeys::start(ic, metrics.clone()))),
+                    )
                 }
                 Err(e) => {
                     errors.push(config.error(ic.source_loc, format!("issuer {:?}: {e}", ic.name)));
@@ -122,13 +111,42 @@ impl Snapshot {
 
     /// Publishes the per-issuer key gauges once this snapshot is the live one: static key
     /// counts are set, and issuers that `previous` had but this one has not are removed.
+    /// Every series whose labels the config makes known exists from the first scrape (at 0
+    /// until something happens): per issuer `jwtgate_keys_loaded`,
+    /// `jwtgate_key_refresh_total{result=success|failure}` (static issuers too: they never
+    /// fetch) and `jwtgate_key_refresh_last_success_timestamp_seconds` (a static issuer's is
+    /// the time its keys were loaded); `jwtgate_config_reloads_total{result=success|failure}`;
+    /// per route `jwtgate_upstream_errors_total` for each kind, and for routes that verify
+    /// tokens `jwtgate_auth_failures_total` for each reason. `jwtgate_requests_total` (its
+    /// `code` is only known once answered) and the duration histogram (19 lines per route)
+    /// appear with a route's first request.
     pub fn publish_key_metrics(&self, previous: Option<&Snapshot>, metrics: &Metrics) {
         for i in &self.issuers {
+            let name = i.config.name.as_str();
+            for result in ["success", "failure"] {
+                metrics.key_refresh.with_label_values(&[name, result]);
+            }
+            let loaded = metrics.keys_loaded.with_label_values(&[name]);
+            let last_success = metrics.key_refresh_last_success.with_label_values(&[name]);
             if let IssuerKeys::Static(k) = &i.keys {
-                metrics
-                    .keys_loaded
-                    .with_label_values(&[i.config.name.as_str()])
-                    .set(k.len() as i64);
+                loaded.set(k.len() as i64);
+                last_success.set(crate::unix_now() as f64);
+            }
+        }
+        for result in ["success", "failure"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
+        for r in &self.config.routes {
+            let route = r.name.as_str();
+            for kind in ["connect", "timeout", "reset", "tls"] {
+                metrics.upstream_errors.with_label_values(&[route, kind]);
+            }
+            if r.auth != AuthMode::None {
+                for reason in crate::auth::Reason::ALL {
+                    metrics
+                        .auth_failures
+                        .with_label_values(&[route, reason.as_str()]);
+                }
             }
         }
         for old in previous.map_or(&[][..], |p| &p.issuers[..]) {
@@ -138,6 +156,9 @@ impl Snapshot {
                 let _ = metrics
                     .key_refresh_last_success
                     .remove_label_values(&[name]);
+                for result in ["success", "failure"] {
+                    let _ = metrics.key_refresh.remove_label_values(&[name, result]);
+                }
             }
         }
     }

@@ -20,7 +20,7 @@ pub enum TlsError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("{path}: no PEM certificate found")]
     NoCertificate { path: PathBuf },
@@ -42,9 +42,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
+    crate::files::read_capped(path, crate::files::MAX_CERT_FILE_BYTES).map_err(|source| {
+        TlsError::Read {
+            path: path.to_owned(),
+            source,
+        }
     })
 }
 

@@ -197,7 +197,8 @@ fn check_warns_about_a_shadowed_route_and_an_unused_issuer() {
         &format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n{}{}\n[[route]]\nname = \"first\"\npath_prefix = \"/api\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"http://127.0.0.1:9000\"\nauth = \"required\"\nissuers = [\"used\"]\n\n[[route]]\nname = \"second\"\npath_prefix = \"/api\"\nmethods = [\"GET\"]\nupstream = \"http://127.0.0.1:9001\"\nauth = \"required\"\nissuers = [\"used\"]\n",
             dev_issuer("used"),
-            dev_issuer("idle")
+            // Its own iss: two [[issuer]]s with one iss are a config error.
+            dev_issuer("idle").replace(DEV_ISS, "https://idle.jwtgate.local/")
         ),
     );
     let o = jwtgate(

@@ -1093,7 +1093,10 @@ fn every_issuer_key_error_is_reported() {
     let text = format!(
         "{LISTEN}{}{}{ROUTE}",
         issuer_with("[\"ES256\"]", "keys = [\"a.pem\"]"),
-        issuer_with("[\"ES256\"]", "keys = [\"b.pem\"]").replace("\"corp\"", "\"other\"")
+        issuer_with("[\"ES256\"]", "keys = [\"b.pem\"]")
+            .replace("\"corp\"", "\"other\"")
+            // Two [[issuer]]s with one iss are a config error of their own.
+            .replace("idp.example.com", "other.example.com")
     );
     let path = dir.path().join("gateway.toml");
     let config = Config::parse(&path, &text).unwrap_or_else(|e| panic!("parses: {e}"));

@@ -35,13 +35,62 @@ struct ByBytes {
 impl Weighter<Box<str>, Arc<Cached>> for ByBytes {
     fn weight(&self, key: &Box<str>, val: &Arc<Cached>) -> u64 {
         // Every entry weighs at least `floor`, so the byte budget also bounds the entry count.
-        (key.len() as u64 + val.weight).max(self.floor)
+        (heap(key.len()) + val.weight).max(self.floor)
     }
 }
 
 /// Bounded in entries and in bytes; shared by every snapshot (entries carry their own validity).
 pub struct TokenCache {
     cache: Cache<Box<str>, Arc<Cached>, ByBytes>,
+    max_entry_bytes: u64,
+}
+
+/// Per-allocation cost assumed on top of the requested size (glibc malloc: an 8-byte header,
+/// 16-byte alignment, 32-byte minimum chunk), rounded up to be conservative.
+const ALLOC_OVERHEAD_BYTES: u64 = 16;
+/// The `Arc<Cached>`, the cache's own slot and the boxed key's header.
+const ENTRY_OVERHEAD_BYTES: u64 = std::mem::size_of::<Cached>() as u64 + 128;
+const VALUE_BYTES: u64 = std::mem::size_of::<Value>() as u64;
+
+/// The memory of one heap allocation of `n` bytes (0 for none).
+fn heap(n: usize) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        (n as u64).div_ceil(16) * 16 + ALLOC_OVERHEAD_BYTES
+    }
+}
+
+/// A conservative estimate of the heap memory a parsed JSON value owns (its own `Value` slot is
+/// counted by its container). Objects are `IndexMap`s (serde_json `preserve_order`): an entries
+/// vector of (hash, key, value) and an index table; growth by doubling is assumed for both.
+fn value_weight(v: &Value) -> u64 {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => heap(s.capacity()),
+        Value::Array(items) => {
+            heap(items.capacity() * VALUE_BYTES as usize)
+                + items.iter().map(value_weight).sum::<u64>()
+        }
+        Value::Object(m) => map_weight(m),
+    }
+}
+
+/// [`value_weight`] of an object's contents.
+fn map_weight(m: &Map<String, Value>) -> u64 {
+    if m.is_empty() {
+        return 0;
+    }
+    // Entries: hash (8) + key `String` (24) + value; index table: 8-byte slots plus a control
+    // byte each, at most 2x the entries after growth, plus a 16-byte control group.
+    let slots = 2 * m.len();
+    let entries = heap(slots * (8 + 24 + VALUE_BYTES as usize));
+    let index = heap(slots * 9 + 16);
+    entries
+        + index
+        + m.iter()
+            .map(|(k, v)| heap(k.capacity()) + value_weight(v))
+            .sum::<u64>()
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -62,6 +111,7 @@ impl TokenCache {
                     floor: bytes / entries as u64,
                 },
             ),
+            max_entry_bytes: bytes / 16,
         }
     }
 
@@ -92,8 +142,14 @@ impl TokenCache {
         if expires <= now {
             return;
         }
-        // A rough size of the parsed claims: the JSON text is a fair proxy.
-        let weight = 256 + 2 * token.len() as u64;
+        // What the entry really holds: parsed JSON costs several times its text (a one-byte
+        // array element is a whole `Value`), so the claims are weighed by walking them once.
+        let weight = ENTRY_OVERHEAD_BYTES + heap(iss.len()) + map_weight(&claims);
+        // One entry may take at most a sixteenth of the budget: a few huge claim sets never
+        // flush everything else, and are simply verified every time.
+        if weight + token.len() as u64 > self.max_entry_bytes {
+            return;
+        }
         self.cache.insert(
             token.into(),
             Arc::new(Cached {
@@ -115,5 +171,35 @@ impl TokenCache {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.cache.is_empty()
+    }
+
+    /// The summed weight of the entries (the estimate of their memory), for tests.
+    pub fn weight(&self) -> u64 {
+        self.cache.weight()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_weighed_by_what_they_hold() {
+        // 4,000 one-digit array elements: 8 KB of text, over 100 KB as `Value`s.
+        let text = format!(
+            "{{\"a\":[{}]}}",
+            std::iter::repeat_n("1", 4000).collect::<Vec<_>>().join(",")
+        );
+        let v: Map<String, Value> = serde_json::from_str(&text).expect("json");
+        let w = map_weight(&v);
+        assert!(
+            w >= 4000 * VALUE_BYTES,
+            "weight {w} for {} bytes",
+            text.len()
+        );
+        let nested: Map<String, Value> =
+            serde_json::from_str(r#"{"o":{"k":"vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv"}}"#)
+                .expect("json");
+        assert!(map_weight(&nested) > 40 + 2 * (VALUE_BYTES + 32));
     }
 }

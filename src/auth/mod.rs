@@ -26,6 +26,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for metric series that exist from the first scrape.
+    pub const ALL: [Reason; 10] = [
+        Reason::Missing,
+        Reason::Malformed,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongIssuer,
+        Reason::WrongAudience,
+        Reason::UnknownKey,
+        Reason::AlgorithmNotAllowed,
+        Reason::InsufficientClaims,
+    ];
+
     /// The label value, as SPEC.md names it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +81,8 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the token names a key (kid) that its issuer does not have")]
     UnknownKey,
+    #[error("the token names no key its issuer has (kid), and the issuer has {keys} keys for {alg}: a token must name its key when its issuer has more than {max}", max = crate::keys::MAX_SIGNATURE_CHECKS)]
+    TooManyKeys { alg: &'static str, keys: usize },
     #[error("the token's signature does not verify")]
     BadSignature,
     #[error("the token expired at {exp} (now {now}, leeway {leeway}s)")]
@@ -100,7 +116,7 @@ impl AuthError {
                 Reason::AlgorithmNotAllowed
             }
             AuthError::WrongIssuer => Reason::WrongIssuer,
-            AuthError::UnknownKey => Reason::UnknownKey,
+            AuthError::UnknownKey | AuthError::TooManyKeys { .. } => Reason::UnknownKey,
             AuthError::BadSignature => Reason::BadSignature,
             AuthError::Expired { .. } => Reason::Expired,
             AuthError::NotYetValid { .. } | AuthError::IssuedInFuture { .. } => Reason::NotYetValid,

@@ -11,7 +11,7 @@ use crate::config::IssuerConfig;
 use std::sync::Arc;
 
 use crate::keys::remote::RemoteKeys;
-use crate::keys::KeySet;
+use crate::keys::{KeySet, MAX_SIGNATURE_CHECKS};
 
 /// An issuer as the request path sees it: its config and its keys.
 #[derive(Debug)]
@@ -191,6 +191,13 @@ pub fn parse<'t>(
     if header.contains_key("b64") {
         return Err(AuthError::Header("b64 is not supported"));
     }
+    // A nested JWT (RFC 7519 §5.2) would need a second verification we never do; refusing any
+    // `cty` (whatever its value or case, null included) keeps one token one set of claims.
+    if header.contains_key("cty") {
+        return Err(AuthError::Header(
+            "cty is present: nested tokens are not accepted",
+        ));
+    }
     if header.contains_key("enc") || header.contains_key("zip") {
         return Err(AuthError::Header(
             "encrypted or compressed tokens are not accepted",
@@ -277,6 +284,17 @@ pub fn check_claims(
 ) -> Result<(), AuthError> {
     check_times(claims, cfg, now)?;
     check_audience(claims, &cfg.audiences)?;
+    // Registered claims other readers rely on have one JSON type: a number where a string
+    // belongs could compare equal to something else downstream (denylists, logs).
+    for (name, message) in [
+        ("jti", "jti is not a string"),
+        ("sid", "sid is not a string"),
+    ] {
+        match claims.get(name) {
+            None | Some(Value::String(_)) => {}
+            Some(_) => return Err(AuthError::Malformed(message)),
+        }
+    }
     match claims.get("sub") {
         Some(Value::String(s)) if !s.is_empty() => Ok(()),
         _ => Err(AuthError::Malformed("sub must be a non-empty string")),
@@ -290,14 +308,21 @@ fn verify_signature(
     message: &[u8],
     signature: &[u8],
 ) -> Result<(), AuthError> {
-    let mut tried = false;
+    // Bounded work per token: count first, and refuse without checking anything when a token
+    // that names no (known) kid could make us try more than a few keys.
+    let count = keys.candidates(kid).filter(|k| k.allows(alg)).count();
+    if count > MAX_SIGNATURE_CHECKS {
+        return Err(AuthError::TooManyKeys {
+            alg: alg.as_str(),
+            keys: count,
+        });
+    }
     for key in keys.candidates(kid).filter(|k| k.allows(alg)) {
-        tried = true;
         if key.verify(alg, message, signature) {
             return Ok(());
         }
     }
-    if tried {
+    if count > 0 {
         Err(AuthError::BadSignature)
     } else if kid.is_some() && keys.candidates(kid).next().is_none() {
         Err(AuthError::UnknownKey)
@@ -308,20 +333,45 @@ fn verify_signature(
     }
 }
 
-/// Seconds, accepting any JSON number (NumericDate may be fractional) and nothing else.
+/// 2^63: the first value past a signed 64-bit count of seconds (exact as an f64).
+const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+
+/// Seconds, accepting any JSON number (NumericDate may be fractional) within the range of a
+/// signed 64-bit count of seconds, and nothing else. An integer is taken when it fits an i64;
+/// any other number (a fraction, an exponent, or an integer too large that the parser turned
+/// into a float) must lie strictly inside (-2^63, 2^63), so `9223372036854775808`,
+/// `-9223372036854775809`, `1e300` and `-1e300` are all refused.
 fn numeric(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, AuthError> {
+    let (out_of_range, not_number) = match name {
+        "exp" => (
+            "exp is out of range (not a finite 64-bit count of seconds)",
+            "exp is not a number",
+        ),
+        "nbf" => (
+            "nbf is out of range (not a finite 64-bit count of seconds)",
+            "nbf is not a number",
+        ),
+        "iat" => (
+            "iat is out of range (not a finite 64-bit count of seconds)",
+            "iat is not a number",
+        ),
+        _ => (
+            "a time claim (auth_time) is out of range (not a finite 64-bit count of seconds)",
+            "a time claim (auth_time) is not a number",
+        ),
+    };
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .map(Some)
-            .ok_or(AuthError::Malformed("a time claim is out of range")),
-        Some(_) => Err(AuthError::Malformed(match name {
-            "exp" => "exp is not a number",
-            "nbf" => "nbf is not a number",
-            _ => "iat is not a number",
-        })),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(Some(i as f64));
+            }
+            match n.as_f64() {
+                Some(f) if f.is_finite() && f > -TWO_POW_63 && f < TWO_POW_63 => Ok(Some(f)),
+                _ => Err(AuthError::Malformed(out_of_range)),
+            }
+        }
+        Some(_) => Err(AuthError::Malformed(not_number)),
     }
 }
 
@@ -357,6 +407,9 @@ fn check_times(claims: &Map<String, Value>, cfg: &IssuerConfig, now: i64) -> Res
             });
         }
     }
+    // Not checked against anything yet (no max_auth_age), but held to the same type and range
+    // so a later reader never meets an unrepresentable value.
+    numeric(claims, "auth_time")?;
     Ok(())
 }
 

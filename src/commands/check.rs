@@ -15,7 +15,7 @@ pub fn check(path: &Path) -> Result<String, CommandError> {
             if !matches!(i.keys, IssuerKeys::Remote(_)) {
                 continue;
             }
-            let fetched = crate::keys::remote::fetch(&i.config.source, &i.config.algorithms).await;
+            let fetched = crate::keys::remote::fetch(&i.config).await;
             if let Err(e) = fetched {
                 let msg = format!("issuer {:?}: {e}", i.config.name);
                 errors.push(snap.config.error(i.config.source_loc, msg));

@@ -307,13 +307,17 @@ pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let fail = |message: String| {
             ConfigErrors(vec![ConfigError {
                 file: path.to_owned(),
                 loc: Loc { line: 1, col: 1 },
-                message: format!("cannot read config file: {e}"),
+                message,
             }])
-        })?;
+        };
+        let bytes = crate::files::read_capped(path, crate::files::MAX_CONFIG_BYTES)
+            .map_err(|e| fail(format!("cannot read config file: {e}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| fail("cannot read config file: it is not UTF-8 text".into()))?;
         Config::parse(path, &text)
     }
 
@@ -323,6 +327,9 @@ impl Config {
             file: path.to_owned(),
             base: path.parent().map(Path::to_owned).unwrap_or_default(),
             text,
+            line_starts: std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
             errors: Vec::new(),
         };
         let table = match toml::de::DeTable::parse(text) {
@@ -473,20 +480,32 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// The `[[issuer]]` names as written, for routes to look theirs up in constant time.
+struct IssuerNames<'a> {
+    index: HashMap<&'a str, usize>,
+    count: usize,
+}
+
 struct Validator<'t> {
     file: PathBuf,
     base: PathBuf,
     text: &'t str,
+    /// Byte offset of each line's start, so locating an offset is a binary search rather than
+    /// a scan from the top (which made validation quadratic in the number of routes).
+    line_starts: Vec<usize>,
     errors: Vec<ConfigError>,
 }
 
 impl Validator<'_> {
     fn loc(&self, offset: usize) -> Loc {
-        let before = self.text.get(..offset).unwrap_or(self.text);
-        let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
-            before[nl + 1..].chars().count()
-        }) + 1;
+        let offset = if self.text.is_char_boundary(offset.min(self.text.len())) {
+            offset.min(self.text.len())
+        } else {
+            self.text.len()
+        };
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.line_starts[line - 1];
+        let col = self.text[start..offset].chars().count() + 1;
         Loc { line, col }
     }
 
@@ -553,25 +572,52 @@ impl Validator<'_> {
         let limits = self.limits(&raw.limits);
         let issuers: Vec<Option<IssuerConfig>> = {
             let mut names = HashSet::new();
+            // The `iss` strings, keyed without a trailing slash: a token's iss picks one issuer
+            // by exact match, so a second [[issuer]] with the same iss would never verify
+            // anything, and two that differ only by a trailing slash are refused too (almost
+            // always a typo that leaves one of them dead).
+            let mut iss_seen: HashMap<&str, (&str, &str)> = HashMap::new();
             raw.issuer
                 .iter()
                 .map(|i| {
-                    if !names.insert(i.get_ref().name.get_ref().clone()) {
+                    let ri = i.get_ref();
+                    let duplicate_name = !names.insert(ri.name.get_ref().clone());
+                    if duplicate_name {
                         self.error(
-                            &i.get_ref().name,
-                            format!("issuer name {:?} is used twice", i.get_ref().name.get_ref()),
+                            &ri.name,
+                            format!("issuer name {:?} is used twice", ri.name.get_ref()),
                         );
                     }
-                    self.issuer(i.get_ref())
+                    let iss = ri.issuer.get_ref().as_str();
+                    // One error per repeated [[issuer]] block: a repeated name says it already.
+                    match iss_seen.get(iss.trim_end_matches('/')).filter(|_| !duplicate_name) {
+                        Some((other_name, other_iss)) if *other_iss == iss => self.error(
+                            &ri.issuer,
+                            format!("issuer {:?}: issuer {iss:?} is already the issuer of [[issuer]] {other_name:?}; a token's iss selects one [[issuer]], so this one would never be used (merge them)", ri.name.get_ref()),
+                        ),
+                        Some((other_name, other_iss)) => self.error(
+                            &ri.issuer,
+                            format!("issuer {:?}: issuer {iss:?} differs from {other_iss:?} ([[issuer]] {other_name:?}) only by a trailing slash; a token's iss must equal one exactly, so keep the one your tokens carry", ri.name.get_ref()),
+                        ),
+                        None => {
+                            iss_seen.insert(iss.trim_end_matches('/'), (ri.name.get_ref(), iss));
+                        }
+                    }
+                    self.issuer(ri)
                 })
                 .collect()
         };
         // Routes name issuers as written, so they are checked even when an issuer is invalid.
-        let issuer_names: Vec<&str> = raw
-            .issuer
-            .iter()
-            .map(|i| i.get_ref().name.get_ref().as_str())
-            .collect();
+        let mut issuer_names: HashMap<&str, usize> = HashMap::with_capacity(raw.issuer.len());
+        for (n, i) in raw.issuer.iter().enumerate() {
+            issuer_names
+                .entry(i.get_ref().name.get_ref().as_str())
+                .or_insert(n);
+        }
+        let issuer_names = IssuerNames {
+            index: issuer_names,
+            count: raw.issuer.len(),
+        };
         let mut names = HashSet::new();
         let mut folded_prefixes = HashMap::new();
         let mut routes = Vec::with_capacity(raw.route.len());
@@ -942,7 +988,7 @@ impl Validator<'_> {
         }
     }
 
-    fn route(&mut self, r: &Spanned<RawRoute>, issuers: &[&str]) -> Option<RouteConfig> {
+    fn route(&mut self, r: &Spanned<RawRoute>, issuers: &IssuerNames<'_>) -> Option<RouteConfig> {
         let loc = self.loc(r.span().start);
         let r = r.get_ref();
         let name = r.name.get_ref().clone();
@@ -1014,7 +1060,7 @@ impl Validator<'_> {
                 list.get_ref()
                     .iter()
                     .filter_map(|n| {
-                        let found = issuers.iter().position(|i| *i == n.get_ref());
+                        let found = issuers.index.get(n.get_ref().as_str()).copied();
                         if found.is_none() {
                             self.error(
                                 n,
@@ -1025,9 +1071,9 @@ impl Validator<'_> {
                     })
                     .collect()
             }
-            None => (0..issuers.len()).collect(),
+            None => (0..issuers.count).collect(),
         };
-        if auth != AuthMode::None && issuers.is_empty() {
+        if auth != AuthMode::None && issuers.count == 0 {
             self.error(
                 &r.auth,
                 format!(

@@ -1,21 +1,34 @@
 //! JWK Set documents (RFC 7517) into [`Key`]s.
 
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::RsaPublicKeyComponents;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
 
-use super::{Key, KeyError, Material};
+use super::{Key, KeyError, Material, MAX_KEYS_PER_ISSUER};
 use crate::alg::{Alg, Family};
 
 /// Keys parsed from a JWKS, and the entries left out with the reason for each.
 pub struct Parsed {
     pub keys: Vec<Key>,
+    /// The first [`MAX_SKIPPED_LISTED`] skipped entries with their reasons, then one line
+    /// counting the rest: a hostile or broken document never makes a huge log line.
     pub skipped: Vec<String>,
 }
 
+/// Skipped entries listed by name; the rest are only counted.
+pub const MAX_SKIPPED_LISTED: usize = 5;
+/// A skip reason quotes at most this many characters of the document (kid, kty, crv, ...).
+const MAX_REASON_CHARS: usize = 160;
+
 /// Parses a JWKS. `allow_oct` admits symmetric keys (a local file may hold them; a URL never).
-/// Entries that are not for signatures, name an algorithm the issuer does not allow, or use a
-/// key type jwtgate does not know are skipped, not fatal: providers publish such keys.
+/// Entries that are not for verifying signatures (`use` other than `sig`, `key_ops` without
+/// `verify`), name an algorithm the issuer does not allow, or use a key type jwtgate does not
+/// know are skipped, not fatal: providers publish such keys. A later entry whose `kid` an
+/// earlier kept key of the same algorithms already has is skipped too (the first one wins), so
+/// one kid always means one key. More than [`MAX_KEYS_PER_ISSUER`] usable keys refuse the whole
+/// set: each kid-less token could otherwise cost a signature check per key.
 pub fn parse(json: &[u8], allowed: &[Alg], allow_oct: bool) -> Result<Parsed, KeyError> {
     let doc: Value =
         serde_json::from_slice(json).map_err(|e| KeyError::Invalid(format!("not JSON: {e}")))?;
@@ -24,20 +37,59 @@ pub fn parse(json: &[u8], allowed: &[Alg], allow_oct: bool) -> Result<Parsed, Ke
             "not a JWK Set: it has no \"keys\" array".into(),
         ));
     };
-    let mut keys = Vec::with_capacity(list.len());
+    let mut keys: Vec<Key> = Vec::with_capacity(list.len().min(MAX_KEYS_PER_ISSUER));
     let mut skipped = Vec::new();
+    let mut skipped_total = 0usize;
     for (i, jwk) in list.iter().enumerate() {
-        let name = match jwk.get("kid") {
-            Some(Value::String(k)) => format!("key {i} (kid {k:?})"),
-            _ => format!("key {i}"),
+        let reason = match one(jwk, allowed, allow_oct) {
+            Ok(Some(k)) => {
+                let duplicate = k.kid.is_some()
+                    && keys
+                        .iter()
+                        .any(|prev| prev.kid == k.kid && k.algs().any(|a| prev.allows(a)));
+                if !duplicate {
+                    if keys.len() == MAX_KEYS_PER_ISSUER {
+                        return Err(KeyError::Invalid(format!(
+                            "the JWK Set holds more than {MAX_KEYS_PER_ISSUER} usable keys for this issuer's algorithms; refused whole (publish fewer keys, or narrow algorithms)"
+                        )));
+                    }
+                    keys.push(k);
+                    continue;
+                }
+                "an earlier key has the same kid and algorithms (the first one is used)".to_owned()
+            }
+            Ok(None) => "not usable for this issuer's algorithms".to_owned(),
+            Err(e) => e.to_string(),
         };
-        match one(jwk, allowed, allow_oct) {
-            Ok(Some(k)) => keys.push(k),
-            Ok(None) => skipped.push(format!("{name}: not usable for this issuer's algorithms")),
-            Err(e) => skipped.push(format!("{name}: {e}")),
+        skipped_total += 1;
+        if skipped.len() < MAX_SKIPPED_LISTED {
+            let name = match jwk.get("kid") {
+                Some(Value::String(k)) => format!("key {i} (kid {:?})", clip(k, 64)),
+                _ => format!("key {i}"),
+            };
+            skipped.push(clip(&format!("{name}: {reason}"), MAX_REASON_CHARS));
         }
     }
+    if skipped_total > skipped.len() {
+        skipped.push(format!(
+            "and {} more entries skipped",
+            skipped_total - skipped.len()
+        ));
+    }
     Ok(Parsed { keys, skipped })
+}
+
+/// At most `max` characters of `s`, control characters replaced, `...` marking a cut.
+fn clip(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().nth(max).is_some() {
+        out.push_str("...");
+    }
+    out
 }
 
 fn field<'a>(jwk: &'a Value, name: &str) -> Result<&'a str, KeyError> {
@@ -61,9 +113,20 @@ fn one(jwk: &Value, allowed: &[Alg], allow_oct: bool) -> Result<Option<Key>, Key
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(KeyError::Invalid("kid is not a string".into())),
     };
-    if let Some(u) = jwk.get("use") {
-        if u.as_str() != Some("sig") {
-            return Ok(None);
+    // RFC 7517 §4.2 and §4.3: a key published for encryption, or whose operations do not
+    // include verifying, is not a signature key, whatever its type.
+    match jwk.get("use") {
+        None => {}
+        Some(Value::String(u)) if u == "sig" => {}
+        Some(_) => return Err(KeyError::Invalid("use is not \"sig\"".into())),
+    }
+    match jwk.get("key_ops") {
+        None => {}
+        Some(Value::Array(ops)) if ops.iter().any(|o| o.as_str() == Some("verify")) => {}
+        Some(_) => {
+            return Err(KeyError::Invalid(
+                "key_ops does not contain \"verify\"".into(),
+            ))
         }
     }
     // A key that names its algorithm is used for that one alone (RFC 7517 §4.4).
@@ -82,7 +145,7 @@ fn one(jwk: &Value, allowed: &[Alg], allow_oct: bool) -> Result<Option<Key>, Key
         ));
     }
     let material = match kty {
-        "RSA" => Material::Public(Family::Rsa, rsa_pkcs1_der(&b64(jwk, "n")?, &b64(jwk, "e")?)),
+        "RSA" => Material::Public(Family::Rsa, rsa_spki_der(&b64(jwk, "n")?, &b64(jwk, "e")?)?),
         "EC" => {
             let (family, len) = match field(jwk, "crv")? {
                 "P-256" => (Family::EcP256, 32),
@@ -128,36 +191,18 @@ fn one(jwk: &Value, allowed: &[Alg], allow_oct: bool) -> Result<Option<Key>, Key
     Key::new(kid, material, &allowed).map(Some)
 }
 
-/// DER for PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
-/// Hand-written because it is twenty lines and the only ASN.1 jwtgate writes.
-fn rsa_pkcs1_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    fn integer(out: &mut Vec<u8>, bytes: &[u8]) {
-        let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-        let bytes = &bytes[start..];
-        let pad = bytes.first().is_none_or(|b| b & 0x80 != 0);
-        out.push(0x02);
-        length(out, bytes.len() + usize::from(pad));
-        if pad {
-            out.push(0);
-        }
-        out.extend_from_slice(bytes);
+/// An RSA key from its JWK members, as SubjectPublicKeyInfo DER built by aws-lc-rs. Leading
+/// zero octets are dropped first: RFC 7518 §6.3.1.1 forbids them, but some providers send them.
+fn rsa_spki_der(n: &[u8], e: &[u8]) -> Result<Vec<u8>, KeyError> {
+    fn minimal(b: &[u8]) -> &[u8] {
+        &b[b.iter().position(|x| *x != 0).unwrap_or(b.len())..]
     }
-    fn length(out: &mut Vec<u8>, len: usize) {
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let be = len.to_be_bytes();
-            let skip = be.iter().position(|b| *b != 0).unwrap_or(be.len() - 1);
-            out.push(0x80 | (be.len() - skip) as u8);
-            out.extend_from_slice(&be[skip..]);
-        }
-    }
-    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
-    integer(&mut body, n);
-    integer(&mut body, e);
-    let mut out = Vec::with_capacity(body.len() + 6);
-    out.push(0x30);
-    length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+    let components = RsaPublicKeyComponents {
+        n: minimal(n),
+        e: minimal(e),
+    };
+    components
+        .as_der()
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|_| KeyError::Invalid("not a usable RSA public key".into()))
 }

@@ -4,12 +4,13 @@ use std::path::Path;
 
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey};
 
-use super::{jwks, Key, KeyError, KeySet, Material};
+use super::{jwks, Key, KeyError, KeySet, Material, MAX_KEYS_PER_ISSUER};
 use crate::alg::Family;
 use crate::config::{IssuerConfig, KeySource};
+use crate::files::{MAX_JWKS_FILE_BYTES, MAX_KEY_FILE_BYTES};
 
-fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Read {
+fn read(path: &Path, cap: u64) -> Result<Vec<u8>, KeyError> {
+    crate::files::read_capped(path, cap).map_err(|source| KeyError::Read {
         path: path.display().to_string(),
         source,
     })
@@ -23,10 +24,24 @@ pub fn load_static(issuer: &IssuerConfig) -> Result<Option<(KeySet, Vec<String>)
     match &issuer.source {
         KeySource::JwksUrl(_) | KeySource::DiscoveryUrl(_) => Ok(None),
         KeySource::PemFiles(files) => {
-            let mut keys = Vec::with_capacity(files.len());
+            if files.len() > MAX_KEYS_PER_ISSUER {
+                return Err(KeyError::Invalid(format!(
+                    "keys lists {} files; an issuer holds at most {MAX_KEYS_PER_ISSUER} keys",
+                    files.len()
+                )));
+            }
+            let mut keys: Vec<Key> = Vec::with_capacity(files.len());
             for f in files {
                 let kid = f.file_stem().map(|s| s.to_string_lossy().into_owned());
-                let material = pem_public_key(&read(f)?)
+                // One kid means one key: two files with the same stem would both answer it.
+                if keys.iter().any(|k| k.kid.is_some() && k.kid == kid) {
+                    return Err(KeyError::Invalid(format!(
+                        "{}: another key file has the same name (kid {:?}); rename one",
+                        f.display(),
+                        kid.unwrap_or_default()
+                    )));
+                }
+                let material = pem_public_key(&read(f, MAX_KEY_FILE_BYTES)?)
                     .map_err(|e| KeyError::Invalid(format!("{}: {e}", f.display())))?;
                 keys.push(
                     Key::new(kid, material, allowed)
@@ -36,7 +51,7 @@ pub fn load_static(issuer: &IssuerConfig) -> Result<Option<(KeySet, Vec<String>)
             Ok(Some((KeySet::new(keys), Vec::new())))
         }
         KeySource::JwksFile(f) => {
-            let parsed = jwks::parse(&read(f)?, allowed, true)
+            let parsed = jwks::parse(&read(f, MAX_JWKS_FILE_BYTES)?, allowed, true)
                 .map_err(|e| KeyError::Invalid(format!("{}: {e}", f.display())))?;
             if parsed.keys.is_empty() {
                 return Err(KeyError::Invalid(format!(
@@ -60,7 +75,7 @@ pub fn load_static(issuer: &IssuerConfig) -> Result<Option<(KeySet, Vec<String>)
             Ok(Some((KeySet::new(vec![key]), Vec::new())))
         }
         KeySource::HmacFile(f) => {
-            let secret = secret_file_bytes(read(f)?);
+            let secret = secret_file_bytes(read(f, MAX_KEY_FILE_BYTES)?);
             let key = Key::new(None, Material::Secret(secret), allowed)
                 .map_err(|e| KeyError::Invalid(format!("{}: {e}", f.display())))?;
             Ok(Some((KeySet::new(vec![key]), Vec::new())))

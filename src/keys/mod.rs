@@ -12,13 +12,20 @@ use aws_lc_rs::{hmac, rsa};
 
 use crate::alg::{Alg, Family};
 
+/// An issuer holds at most this many keys: a larger JWK Set (or `keys` list) is refused.
+pub const MAX_KEYS_PER_ISSUER: usize = 100;
+/// A token is checked against at most this many keys. A token without a `kid` (or naming one
+/// the issuer lacks) whose issuer has more candidate keys for its algorithm is refused as
+/// `unknown_key` without any signature check.
+pub const MAX_SIGNATURE_CHECKS: usize = 4;
+
 /// Why a key could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("{0}")]
     Invalid(String),

@@ -17,8 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::{jwks, KeySet};
-use crate::alg::Alg;
-use crate::config::KeySource;
+use crate::config::{IssuerConfig, KeySource};
 use crate::metrics::Metrics;
 use crate::unix_now;
 
@@ -149,27 +148,77 @@ fn max_age(h: &http::HeaderMap) -> Option<Duration> {
     out
 }
 
-/// Fetches the key set of `source` once: the JWKS URL, or discovery then its `jwks_uri`.
+/// What a discovery document yields: its `jwks_uri`, once the document is trusted. The
+/// `issuer` must equal the configured one exactly (OpenID Connect Discovery §4.3), so a
+/// document for another issuer (or a spoofed one) never supplies keys; the `jwks_uri` gets the
+/// checks a configured `jwks_url` gets (an http(s) URL without credentials), and an https
+/// discovery never leads to a plain-http key set (a downgrade anyone on the path could serve).
+/// Messages never quote a URL that carries credentials.
+fn discovered_jwks_uri(
+    discovery_url: &str,
+    expected_iss: &str,
+    doc: &[u8],
+) -> Result<String, String> {
+    let v: serde_json::Value = serde_json::from_slice(doc)
+        .map_err(|e| format!("the discovery document is not JSON: {e}"))?;
+    match v.get("issuer") {
+        Some(serde_json::Value::String(i)) if i == expected_iss => {}
+        Some(serde_json::Value::String(i)) => {
+            return Err(format!(
+                "the discovery document's issuer {:?} does not equal the configured issuer {expected_iss:?} (OpenID Connect Discovery 4.3 requires them to be identical)",
+                i.chars().take(200).collect::<String>()
+            ))
+        }
+        _ => {
+            return Err(
+                "the discovery document has no issuer string (OpenID Connect Discovery 4.3 requires one equal to the configured issuer)"
+                    .into(),
+            )
+        }
+    }
+    let Some(raw) = v.get("jwks_uri").and_then(serde_json::Value::as_str) else {
+        return Err("the discovery document has no jwks_uri string".into());
+    };
+    let uri: http::Uri = raw
+        .parse()
+        .map_err(|_| "the discovery document's jwks_uri is not a URL".to_owned())?;
+    let Some(authority) = uri.authority() else {
+        return Err("the discovery document's jwks_uri is not an absolute http(s) URL".into());
+    };
+    if authority.as_str().contains('@') {
+        return Err(
+            "the discovery document's jwks_uri carries credentials (user@host); refused, as a configured jwks_url would be"
+                .into(),
+        );
+    }
+    let https_discovery = discovery_url
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+    match (uri.scheme_str(), https_discovery) {
+        (Some("https"), _) | (Some("http"), false) => Ok(raw.to_owned()),
+        (Some("http"), true) => Err(
+            "the discovery document's jwks_uri is http:// but discovery_url is https://; a downgrade is refused"
+                .into(),
+        ),
+        _ => Err("the discovery document's jwks_uri must be an http:// or https:// URL".into()),
+    }
+}
+
+/// Fetches the key set of an issuer once: its JWKS URL, or discovery then its `jwks_uri`.
 pub async fn fetch(
-    source: &KeySource,
-    algorithms: &[Alg],
+    issuer: &IssuerConfig,
 ) -> Result<(KeySet, Vec<String>, Option<Duration>), FetchError> {
+    let (source, algorithms) = (&issuer.source, &issuer.algorithms[..]);
     let jwks_url = match source {
         KeySource::JwksUrl(u) => u.clone(),
         KeySource::DiscoveryUrl(u) => {
             let (doc, _) = get(u).await?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&doc).map_err(|e| FetchError::Document {
+            discovered_jwks_uri(u, &issuer.issuer, &doc).map_err(|message| {
+                FetchError::Document {
                     url: u.clone(),
-                    message: format!("not JSON: {e}"),
-                })?;
-            v.get("jwks_uri")
-                .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| FetchError::Document {
-                    url: u.clone(),
-                    message: "the discovery document has no jwks_uri".into(),
-                })?
-                .to_owned()
+                    message,
+                }
+            })?
         }
         other => {
             return Err(FetchError::Document {
@@ -198,10 +247,10 @@ pub async fn fetch(
 }
 
 struct Inner {
+    /// The issuer's `name`, for metrics and logs.
     issuer: String,
-    source: KeySource,
-    algorithms: Vec<Alg>,
-    refresh: Duration,
+    /// The issuer's config as this refresher was started with it.
+    config: IssuerConfig,
     current: ArcSwapOption<KeySet>,
     /// Counts started fetch attempts.
     started: std::sync::atomic::AtomicU64,
@@ -231,19 +280,11 @@ impl std::fmt::Debug for RemoteKeys {
 
 impl RemoteKeys {
     /// Starts the refresh task for an issuer; the first fetch begins at once.
-    pub fn start(
-        issuer: &str,
-        source: KeySource,
-        algorithms: Vec<Alg>,
-        refresh: Duration,
-        metrics: Metrics,
-    ) -> RemoteKeys {
+    pub fn start(issuer: &IssuerConfig, metrics: Metrics) -> RemoteKeys {
         let (attempts, _) = watch::channel(0);
         let inner = Arc::new(Inner {
-            issuer: issuer.to_owned(),
-            source,
-            algorithms,
-            refresh,
+            issuer: issuer.name.clone(),
+            config: issuer.clone(),
             current: ArcSwapOption::empty(),
             started: std::sync::atomic::AtomicU64::new(0),
             attempts,
@@ -256,11 +297,15 @@ impl RemoteKeys {
         RemoteKeys { inner, _stop: stop }
     }
 
-    /// True when this serves `source` with `algorithms` (so a reload may keep it).
-    pub fn serves(&self, source: &KeySource, algorithms: &[Alg], refresh: Duration) -> bool {
-        self.inner.source == *source
-            && self.inner.algorithms == algorithms
-            && self.inner.refresh == refresh
+    /// True when this fetches what `issuer` asks for (so a reload may keep it): the same
+    /// name, source, algorithms, refresh and expected `iss` (discovery checks it).
+    pub fn serves(&self, issuer: &IssuerConfig) -> bool {
+        let c = &self.inner.config;
+        c.name == issuer.name
+            && c.source == issuer.source
+            && c.algorithms == issuer.algorithms
+            && c.refresh == issuer.refresh
+            && c.issuer == issuer.issuer
     }
 
     /// The keys, once the first fetch has succeeded.
@@ -305,11 +350,18 @@ fn jitter(d: Duration) -> Duration {
 async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
     let mut backoff = BACKOFF_START;
     let labels = [inner.issuer.as_str()];
+    // The last failure logged: the same failure again (every backoff step) is logged at debug
+    // level only, so a broken provider gives one warning, not one every few seconds.
+    let mut last_failure: Option<String> = None;
+    let refresh = inner.config.refresh;
     loop {
         let started = Instant::now();
         inner.started.fetch_add(1, Ordering::SeqCst);
-        let wait = match fetch(&inner.source, &inner.algorithms).await {
+        let wait = match fetch(&inner.config).await {
             Ok((keys, skipped, max_age)) => {
+                if last_failure.take().is_some() {
+                    tracing::info!(issuer = %inner.issuer, keys = keys.len(), "JWKS fetch succeeded again");
+                }
                 for s in &skipped {
                     tracing::debug!(issuer = %inner.issuer, "JWKS entry skipped: {s}");
                 }
@@ -330,9 +382,7 @@ async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
                     .set(unix_now() as f64);
                 inner.current.store(Some(Arc::new(keys)));
                 backoff = BACKOFF_START;
-                max_age
-                    .map_or(inner.refresh, |m| m.min(inner.refresh))
-                    .max(MIN_REFRESH)
+                max_age.map_or(refresh, |m| m.min(refresh)).max(MIN_REFRESH)
             }
             Err(e) => {
                 inner
@@ -341,7 +391,13 @@ async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
                     .with_label_values(&[inner.issuer.as_str(), "failure"])
                     .inc();
                 let keeping = inner.current.load().is_some();
-                tracing::warn!(issuer = %inner.issuer, error = %e, keeping_last_good_keys = keeping, "JWKS fetch failed");
+                let message = e.to_string();
+                if last_failure.as_deref() == Some(message.as_str()) {
+                    tracing::debug!(issuer = %inner.issuer, error = %message, keeping_last_good_keys = keeping, "JWKS fetch failed again");
+                } else {
+                    tracing::warn!(issuer = %inner.issuer, error = %message, keeping_last_good_keys = keeping, "JWKS fetch failed");
+                    last_failure = Some(message);
+                }
                 let wait = jitter(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 wait
@@ -364,6 +420,68 @@ async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::discovered_jwks_uri;
+
+    const ISS: &str = "https://idp.test/";
+
+    fn doc(issuer: &str, jwks_uri: &str) -> Vec<u8> {
+        serde_json::json!({ "issuer": issuer, "jwks_uri": jwks_uri })
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_issuer_must_equal_the_configured_one_exactly() {
+        let https = "https://idp.test/.well-known/openid-configuration";
+        let ok = discovered_jwks_uri(https, ISS, &doc(ISS, "https://idp.test/keys"));
+        assert_eq!(ok.as_deref(), Ok("https://idp.test/keys"));
+        for other in [
+            "https://idp.test",
+            "https://IDP.test/",
+            "https://evil.test/",
+            "",
+        ] {
+            let e = discovered_jwks_uri(https, ISS, &doc(other, "https://idp.test/keys"));
+            assert!(e.is_err_and(|e| e.contains("does not equal")), "{other:?}");
+        }
+        let missing = br#"{"jwks_uri":"https://idp.test/keys"}"#;
+        assert!(discovered_jwks_uri(https, ISS, missing).is_err());
+        let not_string = br#"{"issuer":null,"jwks_uri":"https://idp.test/keys"}"#;
+        assert!(discovered_jwks_uri(https, ISS, not_string).is_err());
+    }
+
+    #[test]
+    fn an_https_discovery_never_yields_an_http_or_credentialed_jwks_uri() {
+        let https = "https://idp.test/.well-known/openid-configuration";
+        let http = "http://idp.test/.well-known/openid-configuration";
+        for uri in [
+            "http://idp.test/keys",
+            "HTTP://idp.test/keys",
+            "http://127.0.0.1/keys",
+        ] {
+            for discovery in [https, "HTTPS://idp.test/.well-known/openid-configuration"] {
+                let e = discovered_jwks_uri(discovery, ISS, &doc(ISS, uri));
+                assert!(e.is_err_and(|e| e.contains("downgrade")), "{uri}");
+            }
+        }
+        assert!(discovered_jwks_uri(http, ISS, &doc(ISS, "http://idp.test/keys")).is_ok());
+        assert!(discovered_jwks_uri(http, ISS, &doc(ISS, "https://idp.test/keys")).is_ok());
+        for uri in [
+            "https://user:pw@idp.test/keys",
+            "https://pw@idp.test/keys",
+            "ftp://idp.test/keys",
+            "file:///etc/passwd",
+            "/keys",
+            "idp.test/keys",
+        ] {
+            let e = discovered_jwks_uri(https, ISS, &doc(ISS, uri)).expect_err(uri);
+            assert!(!e.contains("pw@"), "never quoted: {e}");
         }
     }
 }

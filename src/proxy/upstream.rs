@@ -39,7 +39,9 @@ impl ClientKey {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         if let Some(ca) = &route.upstream_ca {
-            std::fs::read(ca).ok().hash(&mut h);
+            crate::files::read_capped(ca, crate::files::MAX_CERT_FILE_BYTES)
+                .ok()
+                .hash(&mut h);
         }
         ClientKey {
             ca: route.upstream_ca.clone(),
