@@ -96,6 +96,7 @@ pub async fn run<D: Into<Drain>>(
             state: app.state.clone(),
             metrics: app.metrics.clone(),
             health: app.health.clone(),
+            running: app.running.clone(),
         };
         tokio::spawn(admin::serve(l, a, async move {
             let _ = admin_stopped.await;
@@ -129,6 +130,8 @@ pub struct App {
     pub metrics: Metrics,
     pub tls: Option<Arc<TlsState>>,
     pub health: Arc<Health>,
+    /// The settings only a restart applies, as they were when this process started.
+    pub running: admin::RestartOnly,
     pub(crate) reload_now: Notify,
     /// A hash of the files the running config was loaded from, taken before reading them, so
     /// a change made while loading (or before the watcher starts) is still seen.
@@ -145,6 +148,7 @@ impl App {
         let tls = TlsState::new(&snapshot.config.listen)?.map(Arc::new);
         let app = App {
             config_path,
+            running: admin::RestartOnly::of(&snapshot.config),
             state: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics,
             tls,
@@ -192,11 +196,15 @@ impl App {
             Config::load(path).and_then(|c| Snapshot::build_from(c, Some(&current), &self.metrics));
         match result {
             Ok(s) => {
-                if s.config.listen.addr != current.config.listen.addr {
+                // Everything else applies now (connection limits are read per connection,
+                // `shutdown_grace` when the shutdown starts); these wait for a restart. One
+                // warning per reload that changes any of them.
+                let pending = self.running.pending(&s.config);
+                if pending != self.running.pending(&current.config) && !pending.is_empty() {
+                    let keys: Vec<_> = pending.iter().map(|(k, _, _)| *k).collect();
                     tracing::warn!(
-                        old = %current.config.listen.addr,
-                        new = %s.config.listen.addr,
-                        "listen addr changed: a restart is needed to move the listener"
+                        keys = %keys.join(", "),
+                        "these settings changed but apply only at the next start; /config shows them under restart_pending"
                     );
                 }
                 s.publish_key_metrics(Some(&current), &self.metrics);
