@@ -1145,3 +1145,35 @@ async fn out_of_file_descriptors_the_gateway_pauses_counts_and_recovers() {
         "accept failures are logged, rate-limited ({lines} lines):\n{logs}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The new limits are validated like the others
+
+#[test]
+fn connection_limits_out_of_range_are_located_errors() {
+    for (line, key) in [
+        ("max_connections = 0", "max_connections"),
+        ("max_connections = -1", "max_connections"),
+        ("max_concurrent_streams = 0", "max_concurrent_streams"),
+        ("max_concurrent_streams = 100000", "max_concurrent_streams"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        common::write_keys(dir.path());
+        let text = config_text(
+            "127.0.0.1:9".parse().expect("addr"),
+            false,
+            DEADLINE,
+            line,
+            "127.0.0.1:0",
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, &text).expect("write");
+        let err = jwtgate::Config::load(&path)
+            .err()
+            .unwrap_or_else(|| panic!("{line:?} was accepted"))
+            .to_string();
+        let first = err.lines().next().unwrap_or_default();
+        assert!(common::is_located(first, &path), "{line}: {err}");
+        assert!(first.contains(key), "{line}: {err}");
+    }
+}
