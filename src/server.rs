@@ -766,8 +766,10 @@ async fn idle_for(streams: &Streams, timeout: Duration, first: Instant) {
         changed.as_mut().enable();
         if streams.open.load(Ordering::Acquire) == 0 {
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return,
+                // A stream that opened just as the deadline passed wins: it is activity.
+                biased;
                 () = changed => {}
+                () = tokio::time::sleep_until(deadline) => return,
             }
         } else {
             changed.await;
@@ -837,6 +839,47 @@ fn headers_too_many() -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `idle_for` in its own task, as the connection task would, driven as time moves.
+    fn watch(streams: &Arc<Streams>, t: Duration, first: Instant) -> tokio::task::JoinHandle<()> {
+        let s = streams.clone();
+        tokio::spawn(async move { idle_for(&s, t, first).await })
+    }
+
+    /// Whether the task has finished once everything runnable has run (the clock is paused).
+    async fn finished(h: &tokio::task::JoinHandle<()>) -> bool {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        h.is_finished()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_for_counts_from_the_last_stream_and_never_while_one_is_open() {
+        let t = Duration::from_secs(10);
+        let streams = Arc::new(Streams::default());
+        // No stream by the first deadline: idle.
+        let idle = watch(&streams, t, Instant::now() + Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(2999)).await;
+        assert!(!finished(&idle).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(finished(&idle).await);
+
+        // A stream open for 25 s (longer than T) keeps the connection; T after it ends, idle.
+        let idle = watch(&streams, t, Instant::now() + t);
+        let stream = StreamGuard::open(streams.clone());
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(!finished(&idle).await);
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(9999)).await;
+        assert!(!finished(&idle).await);
+        // A short stream in between starts the count again.
+        drop(StreamGuard::open(streams.clone()));
+        tokio::time::sleep(Duration::from_millis(9999)).await;
+        assert!(!finished(&idle).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(finished(&idle).await);
+    }
 
     #[test]
     fn header_count_counts_cookie_crumbs_once() {
