@@ -473,18 +473,22 @@ auth = "required"
 "X-Auth-Roles" = "/realm_access/roles"
 "#
         );
-        let snapshot = Snapshot::build(config(dir.path(), keys, &body)).expect("snapshot");
+        let metrics = jwtgate::metrics::Metrics::new();
+        let snapshot = Snapshot::build_from(config(dir.path(), keys, &body), None, &metrics)
+            .expect("snapshot");
+        let app = std::sync::Arc::new(
+            jwtgate::App::new(snapshot, metrics, None).expect("gateway starts"),
+        );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind gateway");
         let gateway = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop_gw, gw_stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            jwtgate::run(listener, snapshot, async move {
+            jwtgate::run(listener, app, async move {
                 let _ = gw_stopped.await;
             })
-            .await
-            .expect("gateway starts");
+            .await;
         });
         Running {
             gateway,

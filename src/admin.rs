@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{AuthMode, Config, HostMatch, KeySource};
 use crate::metrics::Metrics;
+use crate::server::ConnLimits;
 use crate::state::Shared;
 
 /// Readiness: a latch released once the config is loaded, the listeners are bound and every
@@ -46,14 +47,76 @@ pub struct Admin {
     pub state: Shared,
     pub metrics: Metrics,
     pub health: Arc<Health>,
+    /// The settings only a restart applies, as this process runs them.
+    pub running: RestartOnly,
 }
 
-/// Serves the admin endpoints until `shutdown` completes.
+/// The settings a reload cannot apply, as a process started with them runs them: the
+/// listeners are bound and the token cache sized once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartOnly {
+    pub listen_addr: std::net::SocketAddr,
+    pub tls: bool,
+    pub admin_addr: Option<std::net::SocketAddr>,
+    pub token_cache_entries: usize,
+}
+
+impl RestartOnly {
+    /// What a process started with `c` runs.
+    pub fn of(c: &Config) -> RestartOnly {
+        RestartOnly {
+            listen_addr: c.listen.addr,
+            tls: c.listen.tls.is_some(),
+            admin_addr: c.admin.as_ref().map(|a| a.addr),
+            token_cache_entries: c.limits.token_cache_entries,
+        }
+    }
+
+    /// The keys whose value in `c` differs from the running one: `(key, in effect, configured)`.
+    pub fn pending(&self, c: &Config) -> Vec<(&'static str, serde_json::Value, serde_json::Value)> {
+        let now = RestartOnly::of(c);
+        let addr = |a: Option<std::net::SocketAddr>| json!(a.map(|a| a.to_string()));
+        let mut out = Vec::new();
+        if now.listen_addr != self.listen_addr {
+            out.push((
+                "listen.addr",
+                json!(self.listen_addr.to_string()),
+                json!(now.listen_addr.to_string()),
+            ));
+        }
+        if now.tls != self.tls {
+            out.push(("listen.tls", json!(self.tls), json!(now.tls)));
+        }
+        if now.admin_addr != self.admin_addr {
+            out.push(("admin.addr", addr(self.admin_addr), addr(now.admin_addr)));
+        }
+        if now.token_cache_entries != self.token_cache_entries {
+            out.push((
+                "limits.token_cache_entries",
+                json!(self.token_cache_entries),
+                json!(now.token_cache_entries),
+            ));
+        }
+        out
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` completes, under the traffic listener's
+/// connection limits (header timeout, header size, `max_connections`) read from the live config.
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
-    crate::server::serve_plain(listener, shutdown, move |req| {
-        let res = admin.answer(&req);
-        async move { res }
-    })
+    let state = admin.state.clone();
+    let metrics = admin.metrics.clone();
+    crate::server::serve_small(
+        listener,
+        "admin",
+        move || ConnLimits::from(&state.load().config.limits),
+        Some(&metrics),
+        shutdown,
+        move |req| {
+            let res = admin.answer(&req);
+            async move { res }
+        },
+    )
     .await;
 }
 
@@ -101,7 +164,7 @@ impl Admin {
             "/config" => text(
                 StatusCode::OK,
                 "application/json",
-                effective_config(&self.state.load().config).to_string(),
+                effective_config(&self.state.load().config, &self.running).to_string(),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
@@ -112,9 +175,11 @@ impl Admin {
     }
 }
 
-/// The running config as JSON. It holds no secret: HMAC secrets are named by their variable or
-/// file, never read into the config, and that is all this shows.
-pub fn effective_config(c: &Config) -> serde_json::Value {
+/// The running config as JSON: the last config loaded, and under `restart_pending` each
+/// setting whose new value waits for a restart, with the value `in_effect`. It holds no
+/// secret: HMAC secrets are named by their variable or file, never read into the config, and
+/// that is all this shows.
+pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value {
     let issuers: Vec<_> = c
         .issuers
         .iter()
@@ -190,7 +255,16 @@ pub fn effective_config(c: &Config) -> serde_json::Value {
             "upstream_connect_timeout": humantime::format_duration(l.upstream_connect_timeout).to_string(),
             "upstream_timeout": humantime::format_duration(l.upstream_timeout).to_string(),
             "shutdown_grace": humantime::format_duration(l.shutdown_grace).to_string(),
+            "max_connections": l.max_connections,
+            "max_concurrent_streams": l.max_concurrent_streams,
         },
+        "restart_pending": running
+            .pending(c)
+            .into_iter()
+            .map(|(k, in_effect, configured)| {
+                (k.to_owned(), json!({"in_effect": in_effect, "configured": configured}))
+            })
+            .collect::<serde_json::Map<_, _>>(),
         "issuers": issuers,
         "routes": routes,
     })

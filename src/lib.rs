@@ -44,45 +44,84 @@ use tls::TlsState;
 /// answer 503 until keys arrive, and `/readyz` stays 503).
 const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
 
-/// Serves traffic on `listener` with `snapshot` until `shutdown` completes, then drains.
-/// The caller binds, so tests can listen on port 0.
-pub async fn run(
-    listener: TcpListener,
-    snapshot: Snapshot,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tls::TlsError> {
-    let app = Arc::new(App::new(snapshot, Metrics::new(), None)?);
-    let grace = app.state.load().config.limits.shutdown_grace;
-    app.serve(listener, None, async move {
-        shutdown.await;
-        grace
-    })
-    .await;
-    Ok(())
+/// The sockets a gateway serves, bound by the caller (so tests can listen on port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The traffic listener.
+    pub traffic: TcpListener,
+    /// The admin listener (`/healthz`, `/readyz`, `/config`, `/metrics`), if any.
+    pub admin: Option<TcpListener>,
 }
 
-/// Like [`run`], with a snapshot and TLS state the caller keeps (to swap or reload them).
-pub async fn serve_shared(
-    listener: TcpListener,
-    state: state::Shared,
-    tls: Option<Arc<TlsState>>,
-    shutdown: impl Future<Output = ()>,
+impl From<TcpListener> for Listeners {
+    fn from(traffic: TcpListener) -> Listeners {
+        Listeners {
+            traffic,
+            admin: None,
+        }
+    }
+}
+
+/// How long a shutdown lets in-flight requests finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// `[limits] shutdown_grace` of the config in effect when the shutdown starts.
+    Configured,
+    /// Exactly this long.
+    Grace(Duration),
+}
+
+impl From<()> for Drain {
+    fn from((): ()) -> Drain {
+        Drain::Configured
+    }
+}
+
+impl From<Duration> for Drain {
+    fn from(grace: Duration) -> Drain {
+        Drain::Grace(grace)
+    }
+}
+
+/// Serves `app` on `listeners` until `shutdown` completes, then drains for the grace period it
+/// yields (`()` for the configured `shutdown_grace`). The caller binds, so tests can listen on
+/// port 0, and keeps `app` to reload it, swap certificates or read its metrics.
+pub async fn run<D: Into<Drain>>(
+    listeners: impl Into<Listeners>,
+    app: Arc<App>,
+    shutdown: impl Future<Output = D>,
 ) {
-    let grace = state.load().config.limits.shutdown_grace;
-    let app = Arc::new(App {
-        config_path: None,
-        state,
-        metrics: Metrics::new(),
-        tls,
-        health: Arc::new(Health::default()),
-        reload_now: Notify::new(),
-        loaded_files: std::sync::atomic::AtomicU64::new(0),
-    });
-    app.serve(listener, None, async move {
-        shutdown.await;
+    let Listeners { traffic, admin } = listeners.into();
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(l) = admin {
+        let a = admin::Admin {
+            state: app.state.clone(),
+            metrics: app.metrics.clone(),
+            health: app.health.clone(),
+            running: app.running.clone(),
+        };
+        tokio::spawn(admin::serve(l, a, async move {
+            let _ = admin_stopped.await;
+        }));
+    }
+    let ready = app.clone();
+    let ready_task = tokio::spawn(async move { ready.become_ready().await });
+    let watcher = app.clone();
+    let watch_task = tokio::spawn(async move { reload::watch(watcher).await });
+    let gateway = Arc::new(proxy::Gateway::new(app.state.clone(), app.metrics.clone()));
+    let (health, state) = (app.health.clone(), app.state.clone());
+    server::serve(traffic, gateway, app.tls.clone(), async move {
+        let grace = match shutdown.await.into() {
+            Drain::Configured => state.load().config.limits.shutdown_grace,
+            Drain::Grace(grace) => grace,
+        };
+        health.set_draining();
         grace
     })
     .await;
+    ready_task.abort();
+    watch_task.abort();
+    let _ = stop_admin.send(());
 }
 
 /// Everything a running gateway holds: the live snapshot, certificates, metrics, readiness.
@@ -93,6 +132,8 @@ pub struct App {
     pub metrics: Metrics,
     pub tls: Option<Arc<TlsState>>,
     pub health: Arc<Health>,
+    /// The settings only a restart applies, as they were when this process started.
+    pub running: admin::RestartOnly,
     pub(crate) reload_now: Notify,
     /// A hash of the files the running config was loaded from, taken before reading them, so
     /// a change made while loading (or before the watcher starts) is still seen.
@@ -109,6 +150,7 @@ impl App {
         let tls = TlsState::new(&snapshot.config.listen)?.map(Arc::new);
         let app = App {
             config_path,
+            running: admin::RestartOnly::of(&snapshot.config),
             state: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics,
             tls,
@@ -156,11 +198,15 @@ impl App {
             Config::load(path).and_then(|c| Snapshot::build_from(c, Some(&current), &self.metrics));
         match result {
             Ok(s) => {
-                if s.config.listen.addr != current.config.listen.addr {
+                // Everything else applies now (connection limits are read per connection,
+                // `shutdown_grace` when the shutdown starts); these wait for a restart. One
+                // warning per reload that changes any of them.
+                let pending = self.running.pending(&s.config);
+                if pending != self.running.pending(&current.config) && !pending.is_empty() {
+                    let keys: Vec<_> = pending.iter().map(|(k, _, _)| *k).collect();
                     tracing::warn!(
-                        old = %current.config.listen.addr,
-                        new = %s.config.listen.addr,
-                        "listen addr changed: a restart is needed to move the listener"
+                        keys = %keys.join(", "),
+                        "these settings changed but apply only at the next start; /config shows them under restart_pending"
                     );
                 }
                 s.publish_key_metrics(Some(&current), &self.metrics);
@@ -220,42 +266,14 @@ impl App {
         }
     }
 
-    /// Serves traffic (and the admin endpoints, when given a listener) until `shutdown`
-    /// yields the grace period to drain with; readiness turns 503 first.
+    /// Same as [`run`] with these listeners; kept for callers that hold the `App` already.
     pub async fn serve(
         self: Arc<Self>,
         traffic: TcpListener,
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = Duration>,
     ) {
-        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        if let Some(l) = admin {
-            let a = admin::Admin {
-                state: self.state.clone(),
-                metrics: self.metrics.clone(),
-                health: self.health.clone(),
-            };
-            tokio::spawn(admin::serve(l, a, async move {
-                let _ = admin_stopped.await;
-            }));
-        }
-        let ready = self.clone();
-        tokio::spawn(async move { ready.become_ready().await });
-        let watcher = self.clone();
-        let watch_task = tokio::spawn(async move { reload::watch(watcher).await });
-        let gateway = Arc::new(proxy::Gateway::new(
-            self.state.clone(),
-            self.metrics.clone(),
-        ));
-        let health = self.health.clone();
-        server::serve(traffic, gateway, self.tls.clone(), async move {
-            let grace = shutdown.await;
-            health.set_draining();
-            grace
-        })
-        .await;
-        watch_task.abort();
-        let _ = stop_admin.send(());
+        run(Listeners { traffic, admin }, self, shutdown).await;
     }
 
     /// Releases the readiness latch once every issuer a route needs has keys.

@@ -31,7 +31,14 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     pub in_flight: IntGauge,
     pub token_cache: IntCounterVec,
+    /// Open client connections, by listener (traffic, admin).
+    pub open_connections: IntGaugeVec,
+    /// Failed accepts (EMFILE and the like), by listener.
+    pub accept_errors: IntCounterVec,
 }
+
+/// The listeners that connection metrics are labelled with.
+pub const LISTENERS: [&str; 2] = ["traffic", "admin"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,6 +148,27 @@ impl Metrics {
             "Verified-token cache lookups, by result (hit, miss).",
             &["result"],
         );
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "jwtgate_open_connections",
+                "Client connections open now, by listener (traffic, admin).",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(open_connections.clone()))
+            .expect("unique metric");
+        let accept_errors = counter(
+            "jwtgate_accept_errors_total",
+            "Failed accepts (such as too many open files), by listener (traffic, admin).",
+            &["listener"],
+        );
+        // Both listeners' series exist from the first scrape.
+        for l in LISTENERS {
+            open_connections.with_label_values(&[l]).set(0);
+            accept_errors.with_label_values(&[l]).reset();
+        }
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "jwtgate_build_info",
@@ -174,6 +202,8 @@ impl Metrics {
             tls_reloads,
             in_flight,
             token_cache,
+            open_connections,
+            accept_errors,
         }
     }
 

@@ -1,23 +1,64 @@
-//! The traffic listener: accept, TLS handshake, HTTP/1.1 and HTTP/2 on one port, drain on
+//! The listeners: accept under a connection cap, TLS handshake, protocol sniff, HTTP/1.1 and
+//! HTTP/2 on one port, a deadline on every phase in which the client owes bytes, drain on
 //! shutdown.
+//!
+//! Every deadline is `header_read_timeout` (T), read from the live config for each new
+//! connection, so a reload applies it to the connections that follow:
+//! - the TLS handshake: T from accept;
+//! - the first request: its head (or, on HTTP/2, the preface and the first stream's headers)
+//!   within T of accept, or of the end of the handshake with TLS. A silent connection or a
+//!   partial preface is closed then;
+//! - HTTP/1 between requests: hyper's header timer, T from the end of one response until the
+//!   next head is whole (a head dribbled byte by byte ends at that deadline, not per byte);
+//! - HTTP/2: a connection with no open stream for T gets a GOAWAY, and is dropped if it is still
+//!   there another T later; after T of silence the gateway pings, and a peer that does not
+//!   answer within T is dropped.
+//!
+//! Nothing here bounds a request in progress: a slow upstream, a streamed response or a
+//! WebSocket tunnel runs for as long as the proxy's own timeouts allow.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus::{IntCounter, IntGauge};
 use rustls_pki_types::CertificateDer;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
+use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::tls::TlsState;
 
-/// Header count limit; beyond it hyper answers 431.
-const MAX_HEADERS: usize = 100;
+/// Header count limit: beyond it hyper answers 431 on HTTP/1, and [`too_many_headers`] does
+/// on HTTP/2 (hyper's HTTP/2 server has no count limit of its own).
+pub const MAX_HEADERS: usize = 100;
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The first pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`], so a
+/// process out of file descriptors waits for some to close instead of spinning.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per listener this often about failed accepts; the rest are counted.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the request path knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -51,90 +92,538 @@ impl ConnInfo {
     }
 }
 
-/// Serves `listener` until `shutdown` yields a grace period, then closes the listener and lets
-/// in-flight requests finish for at most that long.
+/// What a listener applies to a new connection, read from the live config when it is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+}
+
+impl From<&Limits> for ConnLimits {
+    fn from(l: &Limits) -> ConnLimits {
+        ConnLimits {
+            header_read_timeout: l.header_read_timeout,
+            max_header_bytes: l.max_header_bytes,
+            max_connections: l.max_connections,
+            max_concurrent_streams: l.max_concurrent_streams,
+        }
+    }
+}
+
+impl Default for ConnLimits {
+    fn default() -> ConnLimits {
+        ConnLimits::from(&Limits::default())
+    }
+}
+
+/// Serves the traffic listener until `shutdown` yields a grace period, then closes the
+/// listener and lets in-flight requests finish for at most that long.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     tls: Option<Arc<TlsState>>,
     shutdown: impl Future<Output = Duration>,
 ) {
-    let limits = gateway.state.load().config.limits.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    let grace = loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+    let state = gateway.state.clone();
+    let metrics = gateway.metrics.clone();
+    let make = move |info: ConnInfo| {
+        let (gw, info) = (gateway.clone(), Arc::new(info));
+        move |req| {
+            let (gw, info) = (gw.clone(), info.clone());
+            // Boxed: hyper keeps the slot for this future for the connection's whole life, so
+            // an idle keep-alive connection then holds a pointer instead of the request state.
+            Box::pin(async move { gw.handle(req, &info).await })
+        }
+    };
+    let listen = Listen {
+        name: "traffic",
+        limits: move || ConnLimits::from(&state.load().config.limits),
+        metrics: Some(&metrics),
+        tls,
+    };
+    listen.serve(listener, shutdown, make).await;
+}
+
+/// Serves a small HTTP service (the admin endpoints, the demo echo upstream) on `listener`
+/// until `shutdown`: HTTP/1.1 and h2c, no TLS, no drain, the default limits.
+pub async fn serve_plain<F, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    serve_small(
+        listener,
+        "echo",
+        ConnLimits::default,
+        None,
+        shutdown,
+        handler,
+    )
+    .await;
+}
+
+/// Like [`serve_plain`], with the limits `limits` reads for each connection and the
+/// connection metrics labelled `name` (the admin listener).
+pub async fn serve_small<F, Fut, L>(
+    listener: TcpListener,
+    name: &'static str,
+    limits: L,
+    metrics: Option<&Metrics>,
+    shutdown: impl Future<Output = ()>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    L: Fn() -> ConnLimits,
+{
+    let listen = Listen {
+        name,
+        limits,
+        metrics,
+        tls: None,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        Duration::ZERO
+    };
+    listen
+        .serve(listener, shutdown, move |_info| handler.clone())
+        .await;
+}
+
+/// One listener: its name in metrics, where its limits come from, and TLS if any.
+struct Listen<'a, L> {
+    name: &'static str,
+    limits: L,
+    metrics: Option<&'a Metrics>,
+    tls: Option<Arc<TlsState>>,
+}
+
+impl<L: Fn() -> ConnLimits> Listen<'_, L> {
+    /// The accept loop: waits below `max_connections` before each accept, pauses after a
+    /// failed one, and spawns a task per connection that `make` gives its request handler.
+    async fn serve<M, H, Fut, B>(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = Duration>,
+        make: M,
+    ) where
+        M: Fn(ConnInfo) -> H + Send + Sync + 'static,
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let name = self.name;
+        let open = Arc::new(Open {
+            count: AtomicUsize::new(0),
+            closed: Notify::new(),
+            gauge: self
+                .metrics
+                .map(|m| m.open_connections.with_label_values(&[name])),
+        });
+        let accept_errors: Option<IntCounter> = self
+            .metrics
+            .map(|m| m.accept_errors.with_label_values(&[name]));
+        let make = Arc::new(make);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut builders = Arc::new(Builders::new((self.limits)()));
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut log = AcceptLog::default();
+        tokio::pin!(shutdown);
+        let grace = loop {
+            let accepted = tokio::select! {
+                grace = &mut shutdown => break grace,
+                a = async {
+                    open.below(|| (self.limits)().max_connections).await;
+                    listener.accept().await
+                } => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    a
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(c) = &accept_errors {
+                        c.inc();
+                    }
+                    // A client that gave up before its accept costs nothing; anything else
+                    // (EMFILE, ENFILE, ENOBUFS) needs time for resources to come back.
+                    if is_connection_error(&e) {
+                        tracing::debug!(listener = name, error = %e, "accept failed");
+                        continue;
+                    }
+                    log.failed(name, &e);
+                    tokio::select! {
+                        grace = &mut shutdown => break grace,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
-            },
-            grace = &mut shutdown => break grace,
-        };
-        let _ = stream.set_nodelay(true);
-        let (gw, builder, watcher, tls) = (
-            gateway.clone(),
-            builder.clone(),
-            graceful.watcher(),
-            tls.clone(),
-        );
-        let handshake_timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
-            match tls {
-                None => {
-                    let info = ConnInfo::new(peer, false, None);
-                    serve_conn(TokioIo::new(stream), info, gw, &builder, watcher).await;
-                }
-                // Boxed: a task is as large as its largest state, and the TLS states (the
-                // handshake, the rustls connection) are several KiB that a plain connection,
-                // idle for most of its life, should not carry.
-                Some(tls) => {
-                    let conn = accept_tls(stream, peer, tls, handshake_timeout);
-                    Box::pin(async move {
-                        if let Some((stream, info)) = conn.await {
-                            serve_conn(TokioIo::new(stream), info, gw, &builder, watcher).await;
-                        }
-                    })
-                    .await
-                }
+            };
+            let guard = open.admit();
+            let limits = (self.limits)();
+            if limits != builders.limits {
+                builders = Arc::new(Builders::new(limits));
             }
-        });
-    };
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+            let conn = Conn {
+                builders: builders.clone(),
+                make: make.clone(),
+                stop: stop_rx.clone(),
+            };
+            let tls = self.tls.clone();
+            tokio::spawn(conn.run(stream, peer, guard, tls));
+        };
+        drop(listener);
+        let _ = stop_tx.send(true);
+        if grace.is_zero() {
+            return;
+        }
+        tokio::select! {
+            () = open.below(|| 1) => tracing::info!(listener = name, "all connections drained"),
+            () = tokio::time::sleep(grace) => tracing::warn!(listener = name, "shutdown grace period over; closing remaining connections"),
+        }
     }
 }
 
-/// The TLS handshake, within `timeout`; `None` when it fails or times out.
+/// Errors of one connection that the accept call reports: nothing to wait for.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Rate-limits the accept failure log: a process out of file descriptors would otherwise
+/// write a line per attempt.
+#[derive(Default)]
+struct AcceptLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptLog {
+    fn failed(&mut self, listener: &'static str, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < ACCEPT_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            listener,
+            error = %e,
+            suppressed = self.suppressed,
+            "accept failed; pausing before the next one (out of file descriptors? raise the \
+             limit or lower [limits] max_connections; jwtgate_accept_errors_total counts these)"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// A listener's open connections: the count `max_connections` is checked against, and its
+/// gauge.
+struct Open {
+    count: AtomicUsize,
+    /// Woken whenever a connection closes: the accept loop waits on it at the cap, the drain
+    /// waits on it for zero.
+    closed: Notify,
+    gauge: Option<IntGauge>,
+}
+
+impl Open {
+    fn admit(self: &Arc<Self>) -> OpenGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        if let Some(g) = &self.gauge {
+            g.inc();
+        }
+        OpenGuard(self.clone())
+    }
+
+    /// Returns once fewer than `max()` connections are open (re-read after each close, so a
+    /// reload that raises the cap applies at the next close).
+    async fn below(&self, max: impl Fn() -> usize) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.count.load(Ordering::Acquire) < max() {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// A connection's place under the cap. Its socket holds it for its whole life, through a
+/// WebSocket upgrade too, so the count is of open sockets rather than of hyper connections.
+struct OpenGuard(Arc<Open>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        if let Some(g) = &self.0.gauge {
+            g.dec();
+        }
+        self.0.closed.notify_waiters();
+    }
+}
+
+/// hyper's builders for one set of limits, rebuilt by the accept loop only when they change.
+struct Builders {
+    limits: ConnLimits,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: ConnLimits) -> Builders {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            // hyper refuses a buffer limit under 8 KiB; the config's minimum is that too.
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(MAX_HEADERS);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            // A ping after T without a frame from the peer; no answer within T drops it. Only
+            // silence triggers it: a client reading a download sends WINDOW_UPDATEs.
+            .keep_alive_interval(limits.header_read_timeout)
+            .keep_alive_timeout(limits.header_read_timeout);
+        Builders { limits, h1, h2 }
+    }
+}
+
+/// What a connection's task needs besides its socket.
+struct Conn<M> {
+    builders: Arc<Builders>,
+    make: Arc<M>,
+    /// Turns true when the listener shuts down: finish what is in flight, then close.
+    stop: watch::Receiver<bool>,
+}
+
+impl<M> Conn<M> {
+    async fn run<H, Fut, B>(
+        mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        open: OpenGuard,
+        tls: Option<Arc<TlsState>>,
+    ) where
+        M: Fn(ConnInfo) -> H,
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let _ = stream.set_nodelay(true);
+        let timeout = self.builders.limits.header_read_timeout;
+        match tls {
+            None => {
+                let info = ConnInfo::new(peer, false, None);
+                let deadline = Instant::now() + timeout;
+                self.serve(stream, info, open, deadline).await;
+            }
+            // Boxed: a task is as large as its largest state, and the TLS states (the
+            // handshake, the rustls connection) are several KiB that a plain connection,
+            // idle for most of its life, should not carry.
+            Some(tls) => {
+                Box::pin(async move {
+                    let handshake = accept_tls(stream, peer, tls, Instant::now() + timeout);
+                    let accepted = tokio::select! {
+                        a = handshake => a,
+                        _ = self.stop.changed() => None,
+                    };
+                    if let Some((stream, info)) = accepted {
+                        let deadline = Instant::now() + timeout;
+                        self.serve(stream, info, open, deadline).await;
+                    }
+                })
+                .await;
+            }
+        }
+    }
+
+    /// Reads enough to tell HTTP/2 from HTTP/1 and serves the connection with the right one;
+    /// the first request must arrive by `deadline`.
+    async fn serve<S, H, Fut, B>(
+        &mut self,
+        io: S,
+        info: ConnInfo,
+        open: OpenGuard,
+        deadline: Instant,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        M: Fn(ConnInfo) -> H,
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let peer = info.peer;
+        // hyper-util's automatic builder reads the preface with no deadline: a client that
+        // sends nothing, or only part of `PRI * HTTP/2.0`, would be held forever.
+        let sniffed = tokio::select! {
+            s = tokio::time::timeout_at(deadline, sniff(io)) => s,
+            _ = self.stop.changed() => return,
+        };
+        let (io, prefix, h2) = match sniffed {
+            Ok(Ok(Some(s))) => s,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "connection failed before a request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, "no request within header_read_timeout; closing");
+                return;
+            }
+        };
+        let io = TokioIo::new(ConnIo {
+            io,
+            prefix,
+            _open: open,
+        });
+        let handler = (self.make)(info);
+        let result = if h2 {
+            self.serve_h2(io, handler, deadline).await
+        } else {
+            self.serve_h1(io, handler, deadline).await
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, client = %peer, "connection ended with an error");
+        }
+    }
+
+    async fn serve_h1<S, H, Fut, B>(
+        &mut self,
+        io: TokioIo<ConnIo<S>>,
+        handler: H,
+        deadline: Instant,
+    ) -> Result<(), hyper::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // hyper's header timer starts when it begins reading a head, which is after the sniff:
+        // the first request's deadline counts from accept, so it is kept here.
+        let started = Arc::new(AtomicBool::new(false));
+        let flag = started.clone();
+        let service = service_fn(move |req| {
+            flag.store(true, Ordering::Relaxed);
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = self
+            .builders
+            .h1
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let first = tokio::time::sleep_until(deadline);
+        tokio::pin!(first);
+        let (mut awaiting_first, mut stopping) = (true, false);
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                () = &mut first, if awaiting_first => {
+                    if !started.load(Ordering::Relaxed) {
+                        tracing::debug!("no request within header_read_timeout; closing");
+                        return Ok(());
+                    }
+                    awaiting_first = false;
+                }
+                _ = self.stop.changed(), if !stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    stopping = true;
+                }
+            }
+        }
+    }
+
+    async fn serve_h2<S, H, Fut, B>(
+        &mut self,
+        io: TokioIo<ConnIo<S>>,
+        handler: H,
+        deadline: Instant,
+    ) -> Result<(), hyper::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let timeout = self.builders.limits.header_read_timeout;
+        let streams = Arc::new(Streams::default());
+        let tracked = streams.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let stream = StreamGuard::open(tracked.clone());
+            let fut = (!too_many_headers(req.headers())).then(|| handler(req));
+            async move {
+                let res = match fut {
+                    Some(fut) => fut.await.map(Either::Right),
+                    None => headers_too_many().map(Either::Left),
+                };
+                // The stream counts as open until its response body is sent or dropped.
+                Ok::<_, Infallible>(res.map(|body| Tracked {
+                    body,
+                    _stream: stream,
+                }))
+            }
+        });
+        let conn = self.builders.h2.serve_connection(io, service);
+        tokio::pin!(conn);
+        let idle = idle_for(&streams, timeout, deadline);
+        tokio::pin!(idle);
+        let (mut goaway, mut stopping) = (false, false);
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                () = idle.as_mut() => {
+                    if goaway {
+                        tracing::debug!("idle HTTP/2 connection still open after GOAWAY; closing");
+                        return Ok(());
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    goaway = true;
+                    idle.set(idle_for(&streams, timeout, Instant::now() + timeout));
+                }
+                _ = self.stop.changed(), if !stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    stopping = true;
+                }
+            }
+        }
+    }
+}
+
+/// The TLS handshake, by `deadline`; `None` when it fails or times out.
 async fn accept_tls(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     tls: Arc<TlsState>,
-    timeout: Duration,
-) -> Option<(
-    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    ConnInfo,
-)> {
+    deadline: Instant,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
-    let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await else {
+    let Ok(Ok(stream)) = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await else {
         tracing::debug!(client = %peer, "TLS handshake failed or timed out");
         return None;
     };
@@ -148,65 +637,269 @@ async fn accept_tls(
     Some((stream, info))
 }
 
-async fn serve_conn<S>(
-    io: TokioIo<S>,
-    info: ConnInfo,
-    gw: Arc<Gateway>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let info = Arc::new(info);
-    let peer = info.peer;
-    let service = service_fn(move |req| {
-        let (gw, info) = (gw.clone(), info.clone());
-        // Boxed: hyper keeps the slot for this future for the connection's whole life, so an
-        // idle keep-alive connection then holds a pointer instead of the whole request state.
-        Box::pin(async move { Ok::<_, std::convert::Infallible>(gw.handle(req, &info).await) })
-    });
-    let conn = watcher.watch(
-        builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned(),
-    );
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, client = %peer, "connection ended with an error");
+/// Reads until the bytes either differ from the HTTP/2 preface (HTTP/1) or are all of it
+/// (HTTP/2); `None` when the client closes first. What was read is handed back to be read again.
+async fn sniff<S: AsyncRead + Unpin>(mut io: S) -> io::Result<Option<(S, Prefix, bool)>> {
+    let mut prefix = Prefix {
+        buf: [0; 24],
+        pos: 0,
+        len: 0,
+    };
+    loop {
+        let len = usize::from(prefix.len);
+        let n = io.read(&mut prefix.buf[len..]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let len = len + n;
+        // At most 24: the read fills at most the rest of the buffer.
+        prefix.len = len as u8;
+        if prefix.buf[..len] != H2_PREFACE[..len] {
+            return Ok(Some((io, prefix, false)));
+        }
+        if len == H2_PREFACE.len() {
+            return Ok(Some((io, prefix, true)));
+        }
     }
 }
 
-/// Serves a small HTTP service (the admin endpoints, the demo echo upstream) on `listener`
-/// until `shutdown`: HTTP/1.1 and h2c, no TLS, no drain.
-pub async fn serve_plain<F, Fut>(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    handler: F,
-) where
-    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
-{
-    tokio::pin!(shutdown);
+/// The bytes the sniff read, inline (an idle connection holds no buffer for them).
+struct Prefix {
+    buf: [u8; 24],
+    pos: u8,
+    len: u8,
+}
+
+/// A connection's socket: the sniffed bytes first, then the stream; holds the connection's
+/// place under `max_connections` until dropped.
+struct ConnIo<S> {
+    io: S,
+    prefix: Prefix,
+    _open: OpenGuard,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let p = &mut this.prefix;
+        if p.pos < p.len {
+            let rest = &p.buf[usize::from(p.pos)..usize::from(p.len)];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            // n <= 24.
+            p.pos += n as u8;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The open streams of one HTTP/2 connection, for its idle deadline.
+#[derive(Default)]
+struct Streams {
+    open: AtomicUsize,
+    /// Woken when the count leaves or reaches zero (not on every stream under load).
+    changed: Notify,
+}
+
+/// One open stream: from the request's headers until its response body is sent or dropped.
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn open(streams: Arc<Streams>) -> StreamGuard {
+        if streams.open.fetch_add(1, Ordering::AcqRel) == 0 {
+            streams.changed.notify_one();
+        }
+        StreamGuard(streams)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// Returns once the connection has had no open stream for `timeout`, or none at all by
+/// `first` (the connection's first deadline).
+async fn idle_for(streams: &Streams, timeout: Duration, first: Instant) {
+    let mut deadline = first;
     loop {
-        let stream = tokio::select! {
-            s = listener.accept() => match s {
-                Ok((s, _)) => s,
-                Err(_) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let fut = handler(req);
-                async move { Ok::<_, std::convert::Infallible>(fut.await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        let changed = streams.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if streams.open.load(Ordering::Acquire) == 0 {
+            tokio::select! {
+                // A stream that opened just as the deadline passed wins: it is activity.
+                biased;
+                () = changed => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        } else {
+            changed.await;
+        }
+        // Woken by a change: a stream opened or the last one closed just now.
+        deadline = Instant::now() + timeout;
+    }
+}
+
+/// A response body that keeps its stream counted as open while it is being sent.
+struct Tracked<B> {
+    body: B,
+    _stream: StreamGuard,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// True when a request has more header fields than HTTP/1 admits ([`MAX_HEADERS`]). The
+/// crumbs of a split `Cookie` (RFC 9113 §8.2.3) count as the one field HTTP/1 would send.
+pub fn too_many_headers(headers: &http::HeaderMap) -> bool {
+    let n = headers.len();
+    if n <= MAX_HEADERS {
+        return false;
+    }
+    let cookies = headers.get_all(http::header::COOKIE).iter().count();
+    n - cookies + usize::from(cookies > 0) > MAX_HEADERS
+}
+
+/// The 431 for a request over [`MAX_HEADERS`], as the gateway's other answers look.
+fn headers_too_many() -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "error": "request_header_fields_too_large",
+        "error_description": format!("the request has more than {MAX_HEADERS} header fields"),
+    });
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    let h = res.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `idle_for` in its own task, as the connection task would, driven as time moves.
+    fn watch(streams: &Arc<Streams>, t: Duration, first: Instant) -> tokio::task::JoinHandle<()> {
+        let s = streams.clone();
+        tokio::spawn(async move { idle_for(&s, t, first).await })
+    }
+
+    /// Whether the task has finished once everything runnable has run (the clock is paused).
+    async fn finished(h: &tokio::task::JoinHandle<()>) -> bool {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        h.is_finished()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_for_counts_from_the_last_stream_and_never_while_one_is_open() {
+        let t = Duration::from_secs(10);
+        let streams = Arc::new(Streams::default());
+        // No stream by the first deadline: idle.
+        let idle = watch(&streams, t, Instant::now() + Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(2999)).await;
+        assert!(!finished(&idle).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(finished(&idle).await);
+
+        // A stream open for 25 s (longer than T) keeps the connection; T after it ends, idle.
+        let idle = watch(&streams, t, Instant::now() + t);
+        let stream = StreamGuard::open(streams.clone());
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(!finished(&idle).await);
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(9999)).await;
+        assert!(!finished(&idle).await);
+        // A short stream in between starts the count again.
+        drop(StreamGuard::open(streams.clone()));
+        tokio::time::sleep(Duration::from_millis(9999)).await;
+        assert!(!finished(&idle).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(finished(&idle).await);
+    }
+
+    #[test]
+    fn header_count_counts_cookie_crumbs_once() {
+        let mut h = http::HeaderMap::new();
+        for i in 0..MAX_HEADERS {
+            h.append(
+                http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).expect("name"),
+                http::HeaderValue::from_static("v"),
+            );
+        }
+        assert!(!too_many_headers(&h));
+        for _ in 0..50 {
+            h.append(http::header::COOKIE, http::HeaderValue::from_static("a=b"));
+        }
+        // 100 fields and one Cookie field: one too many.
+        assert!(too_many_headers(&h));
+        h.remove("x-h0");
+        assert!(!too_many_headers(&h));
+        h.append("x-h0", http::HeaderValue::from_static("v"));
+        h.append("x-h0", http::HeaderValue::from_static("w"));
+        assert!(too_many_headers(&h));
     }
 }

@@ -61,17 +61,27 @@ async fn serve_async(config_path: &Path, demo: bool) -> anyhow::Result<()> {
     });
     let tls = snapshot.config.listen.tls.is_some();
     tracing::info!(target: TARGET, %addr, tls, "jwtgate serving");
-    let grace = snapshot.config.limits.shutdown_grace;
     drop(snapshot);
+    let state = app.state.clone();
     let shutdown = async move {
-        let grace = tokio::select! {
-            _ = term.recv() => { tracing::info!(target: TARGET, "SIGTERM: draining"); grace }
-            _ = int.recv() => { tracing::info!(target: TARGET, "SIGINT: draining"); grace.min(SIGINT_GRACE) }
+        let sigint = tokio::select! {
+            _ = term.recv() => { tracing::info!(target: TARGET, "SIGTERM: draining"); false }
+            _ = int.recv() => { tracing::info!(target: TARGET, "SIGINT: draining"); true }
         };
         let _ = stop_tx.send(true);
-        grace
+        // The grace period of the config in effect now: a reload may have changed it.
+        let grace = state.load().config.limits.shutdown_grace;
+        if sigint {
+            grace.min(SIGINT_GRACE)
+        } else {
+            grace
+        }
     };
-    app.serve(listener, admin, shutdown).await;
+    let listeners = crate::Listeners {
+        traffic: listener,
+        admin,
+    };
+    crate::run(listeners, app, shutdown).await;
     tracing::info!(target: TARGET, "stopped");
     Ok(())
 }

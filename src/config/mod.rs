@@ -124,6 +124,10 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Verified tokens remembered (0 turns the cache off); read once at start.
     pub token_cache_entries: usize,
+    /// Open client connections per listener; past it new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Concurrent streams one HTTP/2 connection may open.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -137,6 +141,8 @@ impl Default for Limits {
             upstream_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
             token_cache_entries: 10_000,
+            max_connections: 10_000,
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -815,7 +821,25 @@ impl Validator<'_> {
             1_000_000,
             d.token_cache_entries,
         );
+        let max_connections = size(
+            &raw.max_connections,
+            "max_connections",
+            1,
+            1_000_000,
+            d.max_connections,
+        );
+        let max_concurrent_streams = size(
+            &raw.max_concurrent_streams,
+            "max_concurrent_streams",
+            1,
+            10_000,
+            d.max_concurrent_streams as usize,
+        );
         Limits {
+            max_connections,
+            // Within 1..=10_000 by the check above.
+            max_concurrent_streams: u32::try_from(max_concurrent_streams)
+                .unwrap_or(d.max_concurrent_streams),
             max_token_bytes,
             max_header_bytes,
             header_read_timeout: self.duration(

@@ -67,6 +67,8 @@ pub struct RawLimits {
     pub upstream_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub token_cache_entries: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
 }
 
 /// One `[[issuer]]`.

@@ -318,20 +318,22 @@ impl Harness {
         };
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &text).expect("write config");
-        let snapshot = jwtgate::Snapshot::build(jwtgate::Config::load(&path)?)?;
+        // One registry for the snapshot and the app, so key refresh metrics are not lost.
+        let metrics = jwtgate::metrics::Metrics::new();
+        let snapshot =
+            jwtgate::Snapshot::build_from(jwtgate::Config::load(&path)?, None, &metrics)?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind gateway");
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            if let Err(e) = jwtgate::run(listener, snapshot, async move {
+            let app = jwtgate::App::new(snapshot, metrics, None)
+                .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+            jwtgate::run(listener, std::sync::Arc::new(app), async move {
                 let _ = stop_rx.await;
             })
-            .await
-            {
-                panic!("gateway failed to start: {e}");
-            }
+            .await;
         });
         Ok(Harness {
             dir,
