@@ -224,7 +224,7 @@ impl Config {
         resolve(self.path.parent().unwrap_or(Path::new("")), p)
     }
 
-    /// The location of a byte offset in config text, for key-loading errors.
+    /// An error at `loc` in this config's file, for problems found while loading keys.
     pub fn error(&self, loc: Loc, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.path.clone(),

@@ -1,5 +1,6 @@
 //! One `[[issuer]]`: its `iss`, audiences, algorithms and key source.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -12,8 +13,69 @@ use crate::config::{IssuerConfig, KeySource, Loc};
 /// Leeway beyond this hides clock problems rather than absorbing skew.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
+/// The `[[issuer]]` names as written, for routes to look theirs up in constant time.
+pub(super) struct IssuerNames<'a> {
+    pub(super) index: HashMap<&'a str, usize>,
+    pub(super) count: usize,
+}
+
+impl<'a> IssuerNames<'a> {
+    /// The first `[[issuer]]` of each name, by position.
+    pub(super) fn new(raw: &'a [Spanned<RawIssuer>]) -> Self {
+        let mut issuer_names: HashMap<&str, usize> = HashMap::with_capacity(raw.len());
+        for (n, i) in raw.iter().enumerate() {
+            issuer_names
+                .entry(i.get_ref().name.get_ref().as_str())
+                .or_insert(n);
+        }
+        IssuerNames {
+            index: issuer_names,
+            count: raw.len(),
+        }
+    }
+}
+
 impl Validator<'_> {
-    pub(super) fn issuer(&mut self, i: &RawIssuer) -> Option<IssuerConfig> {
+    /// Each `[[issuer]]` validated (`None` where invalid); reports names and `iss` values that
+    /// repeat.
+    pub(super) fn issuers(&mut self, raw: &[Spanned<RawIssuer>]) -> Vec<Option<IssuerConfig>> {
+        let mut names = HashSet::new();
+        // The `iss` strings, keyed without a trailing slash: a token's iss picks one issuer
+        // by exact match, so a second [[issuer]] with the same iss would never verify
+        // anything, and two that differ only by a trailing slash are refused too (almost
+        // always a typo that leaves one of them dead).
+        let mut iss_seen: HashMap<&str, (&str, &str)> = HashMap::new();
+        raw.iter()
+            .map(|i| {
+                let ri = i.get_ref();
+                let duplicate_name = !names.insert(ri.name.get_ref().clone());
+                if duplicate_name {
+                    self.error(
+                        &ri.name,
+                        format!("issuer name {:?} is used twice", ri.name.get_ref()),
+                    );
+                }
+                let iss = ri.issuer.get_ref().as_str();
+                // One error per repeated [[issuer]] block: a repeated name says it already.
+                match iss_seen.get(iss.trim_end_matches('/')).filter(|_| !duplicate_name) {
+                    Some((other_name, other_iss)) if *other_iss == iss => self.error(
+                        &ri.issuer,
+                        format!("issuer {:?}: issuer {iss:?} is already the issuer of [[issuer]] {other_name:?}; a token's iss selects one [[issuer]], so this one would never be used (merge them)", ri.name.get_ref()),
+                    ),
+                    Some((other_name, other_iss)) => self.error(
+                        &ri.issuer,
+                        format!("issuer {:?}: issuer {iss:?} differs from {other_iss:?} ([[issuer]] {other_name:?}) only by a trailing slash; a token's iss must equal one exactly, so keep the one your tokens carry", ri.name.get_ref()),
+                    ),
+                    None => {
+                        iss_seen.insert(iss.trim_end_matches('/'), (ri.name.get_ref(), iss));
+                    }
+                }
+                self.issuer(ri)
+            })
+            .collect()
+    }
+
+    fn issuer(&mut self, i: &RawIssuer) -> Option<IssuerConfig> {
         let name = i.name.get_ref().clone();
         let before = self.errors.len();
         if name.is_empty() {

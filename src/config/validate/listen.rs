@@ -5,7 +5,7 @@ use toml::Spanned;
 
 use super::Validator;
 use crate::config::raw;
-use crate::config::{CertFiles, Limits, Listen, Loc, TlsFiles};
+use crate::config::{Admin, CertFiles, Limits, Listen, Loc, TlsFiles};
 
 impl Validator<'_> {
     pub(super) fn listen(&mut self, raw: &Spanned<raw::RawListen>) -> Option<Listen> {
@@ -61,6 +61,12 @@ impl Validator<'_> {
             strip_headers,
             forward_client_cert: l.forward_client_cert.as_ref().is_none_or(|f| *f.get_ref()),
         })
+    }
+
+    /// `[admin]`: its address.
+    pub(super) fn admin(&mut self, raw: &raw::RawAdmin) -> Option<Admin> {
+        self.addr(&raw.addr, "admin addr")
+            .map(|addr| Admin { addr })
     }
 
     /// One `trusted_proxies` entry: a CIDR in canonical form, or one address.

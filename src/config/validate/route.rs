@@ -1,5 +1,7 @@
 //! One `[[route]]`: host, path prefix, methods, upstream, auth and claim headers.
 
+use std::collections::{HashMap, HashSet};
+
 use http::header::HeaderName;
 use http::Method;
 use toml::Spanned;
@@ -49,11 +51,53 @@ fn claim_header_refusal(name: &str) -> Option<&'static str> {
 }
 
 impl Validator<'_> {
-    pub(super) fn route(
+    /// The valid `[[route]]`s; reports repeated names, prefixes that differ only in case, and a
+    /// config with no route.
+    pub(super) fn routes(
         &mut self,
-        r: &Spanned<RawRoute>,
+        raw: &[Spanned<RawRoute>],
         issuers: &IssuerNames<'_>,
-    ) -> Option<RouteConfig> {
+    ) -> Vec<RouteConfig> {
+        let mut names = HashSet::new();
+        let mut folded_prefixes = HashMap::new();
+        let mut routes = Vec::with_capacity(raw.len());
+        for r in raw {
+            if !names.insert(r.get_ref().name.get_ref().clone()) {
+                self.error(
+                    &r.get_ref().name,
+                    format!("route name {:?} is used twice", r.get_ref().name.get_ref()),
+                );
+            }
+            if let Some(route) = self.route(r, issuers) {
+                // Prefixes that differ only in case are one prefix to a case-insensitive
+                // upstream: the later route could never be chosen (it is refused as ambiguous).
+                let key = (route.host.clone(), route.path_prefix.to_ascii_lowercase());
+                match folded_prefixes.get(&key) {
+                    Some(first) if *first != route.path_prefix => self.error(
+                        &r.get_ref().path_prefix,
+                        format!(
+                            "route {:?}: path_prefix {:?} differs from {first:?} only in case; case-insensitive upstreams read them as one, so requests for it are refused as ambiguous",
+                            route.name, route.path_prefix
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        folded_prefixes.insert(key, route.path_prefix.clone());
+                    }
+                }
+                routes.push(route);
+            }
+        }
+        if raw.is_empty() {
+            self.error_at(
+                0,
+                "no [[route]] is defined: the gateway would answer 404 to everything".into(),
+            );
+        }
+        routes
+    }
+
+    fn route(&mut self, r: &Spanned<RawRoute>, issuers: &IssuerNames<'_>) -> Option<RouteConfig> {
         let loc = self.loc(r.span().start);
         let r = r.get_ref();
         let name = r.name.get_ref().clone();
