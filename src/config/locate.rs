@@ -48,24 +48,43 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// How far apart [`LineIndex`] keeps its char-count checkpoints, in bytes.
+const CHECKPOINT_BYTES: usize = 1024;
+
 /// Byte offsets in config text to `line:col`.
 pub(super) struct LineIndex<'t> {
     text: &'t str,
     /// Byte offset of each line's start, so locating an offset is a binary search rather than
     /// a scan from the top (which made validation quadratic in the number of routes).
     line_starts: Vec<usize>,
+    /// `(byte offset, chars before it)` at char boundaries about [`CHECKPOINT_BYTES`] apart: a
+    /// column is counted from the nearest checkpoint, not from the line's start, which made
+    /// validation quadratic again when every route sits on one line (an inline array of tables).
+    checkpoints: Vec<(usize, usize)>,
 }
 
 impl<'t> LineIndex<'t> {
+    /// Indexes `text`; linear in its length.
     pub(super) fn new(text: &'t str) -> Self {
+        let mut checkpoints = vec![(0, 0)];
+        let mut next = CHECKPOINT_BYTES;
+        for (chars, (byte, _)) in text.char_indices().enumerate() {
+            if byte >= next {
+                checkpoints.push((byte, chars));
+                next = byte + CHECKPOINT_BYTES;
+            }
+        }
         LineIndex {
             text,
             line_starts: std::iter::once(0)
                 .chain(text.match_indices('\n').map(|(i, _)| i + 1))
                 .collect(),
+            checkpoints,
         }
     }
 
+    /// The 1-based line and column (in chars) of a byte offset; past the end or inside a char
+    /// it is the end of the text.
     pub(super) fn loc(&self, offset: usize) -> Loc {
         let offset = if self.text.is_char_boundary(offset.min(self.text.len())) {
             offset.min(self.text.len())
@@ -74,8 +93,19 @@ impl<'t> LineIndex<'t> {
         };
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let start = self.line_starts[line - 1];
-        let col = self.text[start..offset].chars().count() + 1;
+        let col = self.chars_before(offset) - self.chars_before(start) + 1;
         Loc { line, col }
+    }
+
+    /// How many chars precede `offset`, a char boundary.
+    fn chars_before(&self, offset: usize) -> usize {
+        // The first checkpoint is (0, 0), so one is always at or before `offset`.
+        let i = self
+            .checkpoints
+            .partition_point(|&(b, _)| b <= offset)
+            .max(1);
+        let (byte, chars) = self.checkpoints[i - 1];
+        chars + self.text[byte..offset].chars().count()
     }
 }
 
@@ -159,5 +189,35 @@ pub(super) fn describe_path(path: &[Seg]) -> String {
             "{name:?} in [{}] (a misspelled key would silently change behaviour, so it is refused)",
             section.join(".")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counting from the line's start, as before checkpoints: the reference.
+    fn naive(text: &str, offset: usize) -> Loc {
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Loc {
+            line: before.matches('\n').count() + 1,
+            col: before[line_start..].chars().count() + 1,
+        }
+    }
+
+    #[test]
+    fn checkpoints_give_the_columns_counted_from_the_line_start() {
+        // Long lines of multi-byte chars put checkpoints mid-line and next to char boundaries.
+        let long = "aé€😀".repeat(700);
+        let text = format!("{long}\nshort\n\n{long}x\n{long}");
+        let index = LineIndex::new(&text);
+        assert!(index.checkpoints.len() > 10);
+        for offset in (0..=text.len()).filter(|&o| text.is_char_boundary(o)) {
+            assert_eq!(index.loc(offset), naive(&text, offset), "offset {offset}");
+        }
+        // Past the end, or inside a char ('é' starts at byte 1): the end of the text.
+        assert_eq!(index.loc(text.len() + 5), naive(&text, text.len()));
+        assert_eq!(index.loc(2), naive(&text, text.len()));
     }
 }
