@@ -1,0 +1,243 @@
+//! The validated runtime configuration: what the rest of the gateway reads.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+
+use super::{ConfigError, Loc};
+use crate::alg::Alg;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from; relative paths inside it resolve against its directory.
+    pub path: PathBuf,
+    pub listen: Listen,
+    pub admin: Option<Admin>,
+    pub limits: Limits,
+    pub issuers: Vec<IssuerConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub certificates: Vec<CertFiles>,
+    /// Where `tls` is written, for certificate errors.
+    pub tls_loc: Loc,
+    /// Peers whose `X-Forwarded-For`/`-Proto`/`-Host`/`-Port` are kept (SPEC "Connections and
+    /// trust"); empty: no peer is trusted.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Site-specific headers removed from every client request, lower case with `-` for `_`; a
+    /// trailing `*` makes the entry a prefix.
+    pub strip_headers: Vec<String>,
+    /// Sets `X-Forwarded-Client-Cert` from the verified client certificate (mTLS only).
+    pub forward_client_cert: bool,
+}
+
+/// The default certificate and optional client CA.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A certificate and its key.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub addr: SocketAddr,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_token_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    /// Longest pause between request body data; a stalled upload is cut off.
+    pub body_read_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Verified tokens remembered (0 turns the cache off); read once at start.
+    pub token_cache_entries: usize,
+    /// Open client connections per listener; past it new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Concurrent streams one HTTP/2 connection may open.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_token_bytes: 8192,
+            max_header_bytes: 16384,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
+            token_cache_entries: 10_000,
+            max_connections: 10_000,
+            max_concurrent_streams: 100,
+        }
+    }
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    JwksUrl(String),
+    DiscoveryUrl(String),
+    JwksFile(PathBuf),
+    PemFiles(Vec<PathBuf>),
+    HmacEnv(String),
+    HmacFile(PathBuf),
+}
+
+/// One `[[issuer]]`, validated.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Alg>,
+    pub source: KeySource,
+    /// Where the key source is written, for errors found while loading keys.
+    pub source_loc: Loc,
+    pub leeway: Duration,
+    pub refresh: Duration,
+    /// Accepted `typ` values, compared case-insensitively; an absent `typ` is always accepted.
+    pub typ: Vec<String>,
+}
+
+/// `auth = required | optional | none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Optional,
+    None,
+}
+
+/// A host pattern: exact, or `*.example.com` (one or more labels before the suffix).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    Exact(String),
+    /// The suffix including its leading dot: `.example.com`.
+    Wildcard(String),
+}
+
+/// Where a claim is read from: a top-level name or a JSON Pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimPath {
+    Name(String),
+    Pointer(String),
+}
+
+impl ClaimPath {
+    pub(super) fn parse(s: &str) -> ClaimPath {
+        if s.starts_with('/') {
+            ClaimPath::Pointer(s.to_owned())
+        } else {
+            ClaimPath::Name(s.to_owned())
+        }
+    }
+
+    /// Looks the claim up in a claims object.
+    pub fn get<'a>(&self, claims: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+        match self {
+            ClaimPath::Name(n) => claims.get(n),
+            ClaimPath::Pointer(p) => claims.pointer(p),
+        }
+    }
+
+    /// The path as written in the config.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ClaimPath::Name(s) | ClaimPath::Pointer(s) => s,
+        }
+    }
+}
+
+/// A claim requirement of a route: every listed value must be present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    pub claim: ClaimPath,
+    pub values: Vec<String>,
+}
+
+/// The upstream a route forwards to.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// A base path prepended to the forwarded path; empty for none.
+    pub base_path: String,
+    /// The URL as written.
+    pub url: String,
+}
+
+/// One `[[route]]`, validated.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: Option<HostMatch>,
+    pub path_prefix: String,
+    pub methods: Option<Vec<Method>>,
+    pub upstream: Upstream,
+    pub auth: AuthMode,
+    /// Indices into [`Config::issuers`].
+    pub issuers: Vec<usize>,
+    pub require: Vec<Requirement>,
+    pub forward_token: bool,
+    pub websocket: bool,
+    pub upstream_ca: Option<PathBuf>,
+    pub upstream_http2: bool,
+    pub token_query: Option<String>,
+    pub token_cookie: Option<String>,
+    pub claim_headers: Vec<(HeaderName, ClaimPath)>,
+    /// Where the route is written, for warnings.
+    pub loc: Loc,
+}
+
+/// HMAC secrets shorter than this are guessable offline from any token (RFC 7518 §3.2 asks for
+/// at least the hash size; 32 bytes is the HS256 floor).
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        resolve(self.path.parent().unwrap_or(Path::new("")), p)
+    }
+
+    /// An error at `loc` in this config's file, for problems found while loading keys.
+    pub fn error(&self, loc: Loc, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            loc,
+            message: message.into(),
+        }
+    }
+}
+
+pub(super) fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}

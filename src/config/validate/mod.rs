@@ -1,0 +1,124 @@
+//! Raw config to runtime types. Every problem is collected with its position rather than
+//! returned at the first, so one run of `jwtgate check` lists them all.
+
+mod issuer;
+mod listen;
+mod route;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::locate::LineIndex;
+use super::raw::RawConfig;
+use super::types::resolve;
+use super::{Config, ConfigError, Loc};
+use issuer::IssuerNames;
+
+/// Collects the errors of one config text while building its runtime types.
+pub(super) struct Validator<'t> {
+    file: PathBuf,
+    base: PathBuf,
+    lines: LineIndex<'t>,
+    pub(super) errors: Vec<ConfigError>,
+}
+
+impl<'t> Validator<'t> {
+    /// A validator for `text`, read from `path`.
+    pub(super) fn new(path: &Path, text: &'t str) -> Self {
+        Validator {
+            file: path.to_owned(),
+            base: path.parent().map(Path::to_owned).unwrap_or_default(),
+            lines: LineIndex::new(text),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl Validator<'_> {
+    fn loc(&self, offset: usize) -> Loc {
+        self.lines.loc(offset)
+    }
+
+    pub(super) fn error_at(&mut self, offset: usize, message: String) {
+        let loc = self.loc(offset);
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            loc,
+            message,
+        });
+    }
+
+    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.error_at(at.span().start, message.into());
+    }
+
+    fn duration(&mut self, s: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(s.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.error(s, format!("{key} must be greater than zero"));
+                default
+            }
+            Err(e) => {
+                self.error(
+                    s,
+                    format!(
+                        "{key}: {:?} is not a duration: {e} (write one such as \"250ms\", \"30s\" or \"5m\")",
+                        s.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, s: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match s.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    s,
+                    format!(
+                        "{key} {:?} is not an IP address and port such as \"0.0.0.0:8443\"",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn file(&mut self, s: &Spanned<String>) -> PathBuf {
+        resolve(&self.base, Path::new(s.get_ref()))
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let listen = self.listen(&raw.listen);
+        let admin = raw.admin.as_ref().and_then(|a| self.admin(a));
+        let limits = self.limits(&raw.limits);
+        let issuers = self.issuers(&raw.issuer);
+        // Routes name issuers as written, so they are checked even when an issuer is invalid.
+        let issuer_names = IssuerNames::new(&raw.issuer);
+        let routes = self.routes(&raw.route, &issuer_names);
+        let issuers = issuers.into_iter().collect::<Option<Vec<_>>>()?;
+        Some(Config {
+            path: self.file.clone(),
+            listen: listen?,
+            admin,
+            limits,
+            issuers,
+            routes,
+        })
+    }
+
+    fn strings(&mut self, list: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<String> {
+        if list.get_ref().is_empty() {
+            self.error(list, format!("{key} must not be empty"));
+        }
+        list.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+    }
+}
