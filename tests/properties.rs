@@ -619,6 +619,63 @@ proptest! {
     }
 }
 
+/// A host of 1 to 4 labels from a small set, so routes share many suffixes.
+fn host_labels() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(vec!["a", "b", "example"]), 1..5)
+        .prop_map(|l| l.join("."))
+}
+
+proptest! {
+    #![proptest_config(pt())]
+
+    /// Many exact and wildcard hosts at every depth: nested wildcards (`*.a.b`, `*.b`), a
+    /// wildcard and an exact host on the same name, requests for a route's host with 0 to 2
+    /// labels more, so a request often lies under several wildcards at once. Prefixes come from
+/// a set that validation accepts, so no case is thrown away for a refused prefix.
+    #[test]
+    fn route_table_finds_what_a_scan_finds_with_many_wildcard_hosts(
+        routes in prop::collection::vec(
+            (host_labels(), 0..3usize,
+             prop::sample::select(vec!["/", "/a", "/ab", "/a/b", "/api/", "/b"]),
+             prop::option::of(prop::sample::select(vec!["GET", "POST"]))),
+            1..24,
+        ),
+        requests in prop::collection::vec(
+            (prop::collection::vec(prop::sample::select(vec!["a", "b", "x"]), 0..3),
+             any::<prop::sample::Index>(), route_path(), prop::sample::select(vec!["GET", "POST"])),
+            1..12,
+        ),
+    ) {
+        let mut text = String::from("[listen]\naddr = \"127.0.0.1:0\"\n");
+        for (i, (host, kind, prefix, method)) in routes.iter().enumerate() {
+            let host = match kind {
+                0 => format!("host = \"{host}\"\n"),
+                1 => format!("host = \"*.{host}\"\n"),
+                _ => String::new(),
+            };
+            let methods = method.map(|m| format!("methods = [\"{m}\"]\n")).unwrap_or_default();
+            text.push_str(&format!(
+                "[[route]]\nname = \"r{i}\"\n{host}{methods}path_prefix = {prefix:?}\n\
+                 upstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n"
+            ));
+        }
+        let Ok(c) = Config::parse(Path::new("f.toml"), &text) else { return Ok(()) };
+        let table = jwtgate::routes::RouteTable::new(&c.routes);
+        for (extra, of, path, method) in &requests {
+            let mut labels = extra.clone();
+            labels.push(&routes[of.index(routes.len())].0);
+            let host = labels.join(".");
+            let Ok(path) = normalize(path) else { continue };
+            let method = http::Method::from_bytes(method.as_bytes()).expect("method");
+            prop_assert_eq!(
+                table.find(&c.routes, &host, &path, &method),
+                find_by_scan(&c, &host, &path, &method),
+                "path {:?} host {} method {}\n{}", path, host, method, text
+            );
+        }
+    }
+}
+
 // ---- RouteTable::route: every upstream reading must agree ----
 
 /// The route of `path` by scan among host-less routes, with each route's prefix read through
