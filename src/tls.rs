@@ -41,7 +41,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+/// Reads a certificate, key or CA file, refusing one larger than the certificate file cap.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     crate::files::read_capped(path, crate::files::MAX_CERT_FILE_BYTES).map_err(|source| {
         TlsError::Read {
             path: path.to_owned(),
@@ -52,8 +53,12 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Reads every certificate of a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(path, &read_file(path)?)
+}
+
+/// Every certificate of PEM `bytes` read from `path` (which errors name).
+pub fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Invalid {
             path: path.to_owned(),
@@ -65,6 +70,18 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         });
     }
     Ok(certs)
+}
+
+/// The trust roots of the PEM CA bundle `bytes` read from `path`: every certificate in it.
+pub fn ca_roots(path: &Path, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in parse_certs(path, bytes)? {
+        roots.add(c).map_err(|e| TlsError::Invalid {
+            path: path.to_owned(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
 }
 
 /// One certificate chain with its key, the names it serves and when it expires.
@@ -81,7 +98,7 @@ pub struct LoadedCert {
 /// Loads a cert/key pair and checks that the key belongs to the leaf certificate.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
     let chain = read_certs(cert)?;
-    let key_bytes = read(key)?;
+    let key_bytes = read_file(key)?;
     let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Invalid {
         path: key.to_owned(),
         message: format!("not a PEM private key: {e}"),
@@ -189,13 +206,7 @@ pub fn server_config(
         .map_err(|e| TlsError::Setup(e.to_string()))?;
     let builder = match client_ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in read_certs(ca)? {
-                roots.add(c).map_err(|e| TlsError::Invalid {
-                    path: ca.to_owned(),
-                    message: format!("not a usable CA certificate: {e}"),
-                })?;
-            }
+            let roots = ca_roots(ca, &read_file(ca)?)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError::Setup(e.to_string()))?;
