@@ -257,7 +257,7 @@ impl App {
 
     fn record_cert_expiry(&self) {
         if let Some(tls) = &self.tls {
-            for (path, not_after) in tls.resolver.store.load().expiries() {
+            for (path, not_after) in tls.current().certs.expiries() {
                 self.metrics
                     .tls_cert_expiry
                     .with_label_values(&[&path.display().to_string()])

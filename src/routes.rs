@@ -28,8 +28,9 @@ pub struct RouteTable {
 #[derive(Debug, Default)]
 struct Hosts {
     exact: HashMap<String, Group>,
-    /// `(".example.com", routes)`, longest suffix first.
-    wildcard: Vec<(String, Group)>,
+    /// By suffix with its leading dot (`.example.com`). A lookup tries each suffix of the
+    /// Host instead of each wildcard, so it costs one hash per label, however many there are.
+    wildcard: HashMap<String, Group>,
     any_host: Group,
 }
 
@@ -127,44 +128,38 @@ impl Group {
 impl Hosts {
     /// Groups the routes by host; `prefixes` are the route prefixes in the reading to match.
     fn new<P: Prefixes + ?Sized>(routes: &[RouteConfig], prefixes: &P) -> Hosts {
-        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut wildcard: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut exact: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut wildcard: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut any_host = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             match &r.host {
-                Some(HostMatch::Exact(h)) => exact.entry(h.clone()).or_default().push(i),
-                Some(HostMatch::Wildcard(s)) => {
-                    match wildcard.iter_mut().find(|(suffix, _)| suffix == s) {
-                        Some((_, list)) => list.push(i),
-                        None => wildcard.push((s.clone(), vec![i])),
-                    }
-                }
+                Some(HostMatch::Exact(h)) => exact.entry(h.as_str()).or_default().push(i),
+                Some(HostMatch::Wildcard(s)) => wildcard.entry(s.as_str()).or_default().push(i),
                 None => any_host.push(i),
             }
         }
-        wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        let compile = |groups: HashMap<&str, Vec<usize>>| {
+            groups
+                .into_iter()
+                .map(|(h, list)| (h.to_owned(), Group::new(prefixes, list)))
+                .collect()
+        };
         Hosts {
-            exact: exact
-                .into_iter()
-                .map(|(h, list)| (h, Group::new(prefixes, list)))
-                .collect(),
-            wildcard: wildcard
-                .into_iter()
-                .map(|(s, list)| (s, Group::new(prefixes, list)))
-                .collect(),
+            exact: compile(exact),
+            wildcard: compile(wildcard),
             any_host: Group::new(prefixes, any_host),
         }
     }
 
-    /// The groups that apply to `host`, most specific first.
+    /// The groups that apply to `host`, most specific first: the exact host, then the
+    /// wildcards from the longest suffix to the shortest, then routes without a host.
     fn groups<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Group> + 'a {
         let exact = self.exact.get(host);
-        let wild = self
-            .wildcard
-            .iter()
+        let wild = host
+            .match_indices('.')
             // `*.example.com` needs at least one label before the suffix.
-            .filter(move |(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
-            .map(|(_, g)| g);
+            .filter(|&(k, _)| k > 0)
+            .filter_map(move |(k, _)| self.wildcard.get(&host[k..]));
         exact
             .into_iter()
             .chain(wild)
@@ -350,7 +345,40 @@ fn valid_port(port: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_host;
+    use super::{normalize_host, RouteTable};
+    use crate::config::{Config, HostMatch};
+
+    #[test]
+    fn ten_thousand_distinct_wildcard_suffixes_build_and_route() {
+        let text = "[listen]\naddr = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\n\
+                    path_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n";
+        let config = Config::parse(std::path::Path::new("f.toml"), text)
+            .unwrap_or_else(|e| panic!("config: {e}"));
+        let template = &config.routes[0];
+        let mut routes: Vec<_> = (0..10_000)
+            .map(|i| {
+                let mut r = template.clone();
+                r.host = Some(HostMatch::Wildcard(format!(".t{i}.example.com")));
+                r
+            })
+            .collect();
+        // A shorter wildcard every tenant host also lies under: the longer one wins.
+        let mut outer = template.clone();
+        outer.host = Some(HostMatch::Wildcard(".example.com".to_owned()));
+        routes.push(outer);
+        let table = RouteTable::new(&routes);
+        let get = http::Method::GET;
+        let find = |host: &str| table.find(&routes, host, "/x", &get);
+        assert_eq!(find("x.t9999.example.com"), Some(9999));
+        assert_eq!(find("a.b.t42.example.com"), Some(42));
+        assert_eq!(
+            find("t42.example.com"),
+            Some(10_000),
+            "one label is needed before .t42"
+        );
+        assert_eq!(find("example.com"), None);
+        assert_eq!(find("x.t10000.example.org"), None);
+    }
 
     #[test]
     fn hosts() {

@@ -622,7 +622,7 @@ async fn accept_tls(
     tls: Arc<TlsState>,
     deadline: Instant,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current().server.clone());
     let Ok(Ok(stream)) = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await else {
         tracing::debug!(client = %peer, "TLS handshake failed or timed out");
         return None;

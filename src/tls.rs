@@ -41,7 +41,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+/// Reads a certificate, key or CA file, refusing one larger than the certificate file cap.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     crate::files::read_capped(path, crate::files::MAX_CERT_FILE_BYTES).map_err(|source| {
         TlsError::Read {
             path: path.to_owned(),
@@ -52,8 +53,12 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Reads every certificate of a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(path, &read_file(path)?)
+}
+
+/// Every certificate of PEM `bytes` read from `path` (which errors name).
+pub fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Invalid {
             path: path.to_owned(),
@@ -65,6 +70,18 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         });
     }
     Ok(certs)
+}
+
+/// The trust roots of the PEM CA bundle `bytes` read from `path`: every certificate in it.
+pub fn ca_roots(path: &Path, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in parse_certs(path, bytes)? {
+        roots.add(c).map_err(|e| TlsError::Invalid {
+            path: path.to_owned(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
 }
 
 /// One certificate chain with its key, the names it serves and when it expires.
@@ -81,7 +98,7 @@ pub struct LoadedCert {
 /// Loads a cert/key pair and checks that the key belongs to the leaf certificate.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
     let chain = read_certs(cert)?;
-    let key_bytes = read(key)?;
+    let key_bytes = read_file(key)?;
     let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Invalid {
         path: key.to_owned(),
         message: format!("not a PEM private key: {e}"),
@@ -165,23 +182,23 @@ impl CertStore {
     }
 }
 
-/// Chooses the certificate per handshake from a store that reloads swap.
+/// Chooses the certificate per handshake from the store its config was built with.
 #[derive(Debug)]
-pub struct CertResolver {
-    pub store: ArcSwap<CertStore>,
+struct CertResolver {
+    store: Arc<CertStore>,
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.store.load().pick(hello.server_name()).key.clone())
+        Some(self.store.pick(hello.server_name()).key.clone())
     }
 }
 
-/// Builds the server config around `resolver`: TLS 1.2 and 1.3, ALPN h2 then http/1.1, and
+/// Builds the server config serving `store`: TLS 1.2 and 1.3, ALPN h2 then http/1.1, and
 /// client certificates required from `client_ca` when set.
 pub fn server_config(
     client_ca: Option<&Path>,
-    resolver: Arc<CertResolver>,
+    store: Arc<CertStore>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -189,13 +206,7 @@ pub fn server_config(
         .map_err(|e| TlsError::Setup(e.to_string()))?;
     let builder = match client_ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in read_certs(ca)? {
-                roots.add(c).map_err(|e| TlsError::Invalid {
-                    path: ca.to_owned(),
-                    message: format!("not a usable CA certificate: {e}"),
-                })?;
-            }
+            let roots = ca_roots(ca, &read_file(ca)?)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError::Setup(e.to_string()))?;
@@ -203,58 +214,81 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(resolver);
+    let mut config = builder.with_cert_resolver(Arc::new(CertResolver { store }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// The listener's live TLS state: the config new handshakes use, and its certificates.
+/// One loaded TLS setup: the config new handshakes use, the certificates its resolver
+/// serves and a hash of the files both were read from. Never changed once built: a reload
+/// builds a new one and swaps it in whole.
+#[derive(Debug)]
+pub struct TlsConfig {
+    /// The rustls config a handshake takes.
+    pub server: Arc<ServerConfig>,
+    /// The store `server` resolves certificates from, for expiry metrics.
+    pub certs: Arc<CertStore>,
+    /// A hash of the TLS files' bytes, taken before they were read.
+    pub fingerprint: u64,
+}
+
+impl TlsConfig {
+    /// Loads the certificates and builds the config around them; `Ok(None)` for plain HTTP.
+    fn load(listen: &Listen, fingerprint: u64) -> Result<Option<TlsConfig>, TlsError> {
+        let Some(store) = CertStore::load(listen)? else {
+            return Ok(None);
+        };
+        let certs = Arc::new(store);
+        let client_ca = listen.tls.as_ref().and_then(|t| t.client_ca.as_deref());
+        let server = server_config(client_ca, certs.clone())?;
+        Ok(Some(TlsConfig {
+            server,
+            certs,
+            fingerprint,
+        }))
+    }
+}
+
+/// The listener's live TLS state. One `ArcSwap` holds config and certificates together, so
+/// a handshake never pairs the client-CA policy of one reload with certificates of another.
 pub struct TlsState {
-    pub resolver: Arc<CertResolver>,
-    pub config: ArcSwap<ServerConfig>,
-    /// What was last loaded (or refused), to reload only on change and log a bad file once.
-    fingerprint: std::sync::Mutex<u64>,
+    live: ArcSwap<TlsConfig>,
+    /// The fingerprint last tried, refused ones included, so a bad file is logged once and
+    /// not on every poll. Locked only by the reload task and SIGHUP, never by a handshake.
+    last_tried: std::sync::Mutex<u64>,
 }
 
 impl TlsState {
     /// Loads certificates and builds the config; `Ok(None)` for a plain-HTTP listener.
     pub fn new(listen: &Listen) -> Result<Option<TlsState>, TlsError> {
-        let Some(store) = CertStore::load(listen)? else {
-            return Ok(None);
-        };
-        let resolver = Arc::new(CertResolver {
-            store: ArcSwap::from_pointee(store),
-        });
-        let client_ca = listen.tls.as_ref().and_then(|t| t.client_ca.as_deref());
-        let config = server_config(client_ca, resolver.clone())?;
-        Ok(Some(TlsState {
-            resolver,
-            config: ArcSwap::new(config),
-            fingerprint: std::sync::Mutex::new(fingerprint(listen)),
+        let now = fingerprint(listen);
+        Ok(TlsConfig::load(listen, now)?.map(|live| TlsState {
+            live: ArcSwap::from_pointee(live),
+            last_tried: std::sync::Mutex::new(now),
         }))
+    }
+
+    /// The setup serving now; a handshake takes one and keeps it to the end.
+    pub fn current(&self) -> Arc<TlsConfig> {
+        self.live.load_full()
     }
 
     /// Re-reads the files when their content changed; a bad file keeps the last good
     /// certificates. Returns `Ok(true)` when new ones were swapped in.
     pub fn reload(&self, listen: &Listen) -> Result<bool, TlsError> {
         let now = fingerprint(listen);
-        // The lock is held only by the reload task and SIGHUP, never by a request.
         let mut last = self
-            .fingerprint
+            .last_tried
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *last == now {
             return Ok(false);
         }
-        // Remember a refused version too, so a bad file is logged once, not every poll.
         *last = now;
-        let Some(store) = CertStore::load(listen)? else {
+        let Some(live) = TlsConfig::load(listen, now)? else {
             return Ok(false);
         };
-        let client_ca = listen.tls.as_ref().and_then(|t| t.client_ca.as_deref());
-        let config = server_config(client_ca, self.resolver.clone())?;
-        self.resolver.store.store(Arc::new(store));
-        self.config.store(config);
+        self.live.store(Arc::new(live));
         Ok(true)
     }
 }

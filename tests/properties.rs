@@ -567,6 +567,47 @@ fn find_by_scan(c: &Config, host: &str, path: &str, method: &http::Method) -> Op
         .or_else(|| best(&|r| in_group(r, 2)))
 }
 
+/// A config whose route `r{i}` is the `i`th `(host line, method, prefix)`.
+fn find_config<'a>(routes: impl Iterator<Item = (String, Option<&'a str>, &'a str)>) -> String {
+    let mut text = String::from("[listen]\naddr = \"127.0.0.1:0\"\n");
+    for (i, (host, method, prefix)) in routes.enumerate() {
+        let methods = method
+            .map(|m| format!("methods = [\"{m}\"]\n"))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "[[route]]\nname = \"r{i}\"\n{host}{methods}path_prefix = {prefix:?}\n\
+             upstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n"
+        ));
+    }
+    text
+}
+
+/// `RouteTable::find` agrees with [`find_by_scan`] on every request of the config `text`;
+/// a config that validation refuses, or a path that normalisation refuses, is skipped.
+fn find_agrees_with_scan<'a>(
+    text: &str,
+    requests: impl Iterator<Item = (String, &'a str, &'a str)>,
+) -> Result<(), TestCaseError> {
+    let Ok(c) = Config::parse(Path::new("f.toml"), text) else {
+        return Ok(());
+    };
+    let table = jwtgate::routes::RouteTable::new(&c.routes);
+    for (host, path, method) in requests {
+        let Ok(path) = normalize(path) else { continue };
+        let method = http::Method::from_bytes(method.as_bytes()).expect("method");
+        prop_assert_eq!(
+            table.find(&c.routes, &host, &path, &method),
+            find_by_scan(&c, &host, &path, &method),
+            "path {:?} host {} method {}\n{}",
+            path,
+            host,
+            method,
+            text
+        );
+    }
+    Ok(())
+}
+
 /// Path pieces that exercise segment boundaries: encoded and backslash separators, `;`
 /// parameters, names that are prefixes of each other.
 fn path_piece() -> impl Strategy<Value = &'static str> {
@@ -594,28 +635,58 @@ proptest! {
             1..8,
         ),
     ) {
-        let mut text = String::from("[listen]\naddr = \"127.0.0.1:0\"\n");
-        for (i, (prefix, host, method)) in routes.iter().enumerate() {
-            let host = ["", "host = \"a.example.com\"\n", "host = \"*.example.com\"\n",
-                "host = \"*.a.example.com\"\n"][*host];
-            let methods = method.map(|m| format!("methods = [\"{m}\"]\n")).unwrap_or_default();
-            text.push_str(&format!(
-                "[[route]]\nname = \"r{i}\"\n{host}{methods}path_prefix = {prefix:?}\n\
-                 upstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n"
-            ));
-        }
+        let hosts = ["", "host = \"a.example.com\"\n", "host = \"*.example.com\"\n",
+            "host = \"*.a.example.com\"\n"];
         // Prefixes that normalisation refuses make the config invalid: nothing to compare.
-        let Ok(c) = Config::parse(Path::new("f.toml"), &text) else { return Ok(()) };
-        let table = jwtgate::routes::RouteTable::new(&c.routes);
-        for (path, host, method) in &requests {
-            let Ok(path) = normalize(path) else { continue };
-            let method = http::Method::from_bytes(method.as_bytes()).expect("method");
-            prop_assert_eq!(
-                table.find(&c.routes, host, &path, &method),
-                find_by_scan(&c, host, &path, &method),
-                "path {:?} host {} method {}\n{}", path, host, method, text
-            );
-        }
+        let text = find_config(routes.iter().map(|(prefix, host, method)| {
+            (hosts[*host].to_owned(), *method, prefix.as_str())
+        }));
+        find_agrees_with_scan(&text, requests.iter().map(|(path, host, method)| {
+            ((*host).to_owned(), path.as_str(), *method)
+        }))?;
+    }
+}
+
+/// A host of 1 to 4 labels from a small set, so routes share many suffixes.
+fn host_labels() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(vec!["a", "b", "example"]), 1..5)
+        .prop_map(|l| l.join("."))
+}
+
+proptest! {
+    #![proptest_config(pt())]
+
+    /// Many exact and wildcard hosts at every depth: nested wildcards (`*.a.b`, `*.b`), a
+    /// wildcard and an exact host on the same name, requests for a route's host with 0 to 2
+    /// labels more, so a request often lies under several wildcards at once. Prefixes come from
+    /// a set that validation accepts, so no case is thrown away for a refused prefix.
+    #[test]
+    fn route_table_finds_what_a_scan_finds_with_many_wildcard_hosts(
+        routes in prop::collection::vec(
+            (host_labels(), 0..3usize,
+             prop::sample::select(vec!["/", "/a", "/ab", "/a/b", "/api/", "/b"]),
+             prop::option::of(prop::sample::select(vec!["GET", "POST"]))),
+            1..24,
+        ),
+        requests in prop::collection::vec(
+            (prop::collection::vec(prop::sample::select(vec!["a", "b", "x"]), 0..3),
+             any::<prop::sample::Index>(), route_path(), prop::sample::select(vec!["GET", "POST"])),
+            1..12,
+        ),
+    ) {
+        let text = find_config(routes.iter().map(|(host, kind, prefix, method)| {
+            let line = match kind {
+                0 => format!("host = \"{host}\"\n"),
+                1 => format!("host = \"*.{host}\"\n"),
+                _ => String::new(),
+            };
+            (line, *method, *prefix)
+        }));
+        find_agrees_with_scan(&text, requests.iter().map(|(extra, of, path, method)| {
+            let mut labels = extra.clone();
+            labels.push(&routes[of.index(routes.len())].0);
+            (labels.join("."), path.as_str(), *method)
+        }))?;
     }
 }
 

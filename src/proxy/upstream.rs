@@ -1,7 +1,10 @@
 //! Pooled upstream clients (plain HTTP, HTTPS with a CA bundle or system roots, HTTP/2 where a
 //! route asks for it) and the mapping of their failures.
 
-use std::path::PathBuf;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
 
 use super::answer::UpstreamKind;
-use crate::config::{Config, RouteConfig};
-use crate::tls::{provider, read_certs, TlsError};
+use crate::config::Config;
+use crate::tls::{ca_roots, provider, read_file, TlsError};
 
 /// A pooled client; one per distinct [`ClientKey`], shared by the routes that need it.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, super::body::IdleTimeout>;
@@ -24,53 +27,52 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
 /// What makes two routes need different clients.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientKey {
+    /// The route's `upstream_ca`; `None` for the system roots.
     pub ca: Option<PathBuf>,
-    /// A hash of the CA file's bytes, so a changed bundle gets a new client on reload.
+    /// A hash of the CA file's bytes (0 without one), so a changed bundle gets a new client
+    /// on reload.
     pub ca_hash: u64,
+    /// Whether the route sets `upstream_http2`.
     pub http2: bool,
+    /// `[limits] upstream_connect_timeout`.
     pub connect_timeout: Duration,
 }
 
-impl ClientKey {
-    /// The key for a route.
-    pub fn for_route(route: &RouteConfig, config: &Config) -> ClientKey {
-        use std::hash::{Hash, Hasher};
+/// A CA bundle as read once per snapshot build. The key's hash and the client's roots both
+/// come from these bytes, so a file rewritten during the build cannot give a client whose
+/// key describes other certificates.
+struct CaFile {
+    bytes: Vec<u8>,
+    hash: u64,
+}
+
+impl CaFile {
+    fn read(path: &Path) -> Result<CaFile, TlsError> {
+        let bytes = read_file(path)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        if let Some(ca) = &route.upstream_ca {
-            crate::files::read_capped(ca, crate::files::MAX_CERT_FILE_BYTES)
-                .ok()
-                .hash(&mut h);
-        }
-        ClientKey {
-            ca: route.upstream_ca.clone(),
-            ca_hash: h.finish(),
-            http2: route.upstream_http2,
-            connect_timeout: config.limits.upstream_connect_timeout,
-        }
+        bytes.hash(&mut h);
+        Ok(CaFile {
+            hash: h.finish(),
+            bytes,
+        })
     }
 }
 
-/// Builds a pooled client for `key`.
-pub fn client(key: &ClientKey) -> Result<UpstreamClient, TlsError> {
-    let mut roots = RootCertStore::empty();
-    match &key.ca {
-        Some(ca) => {
-            for c in read_certs(ca)? {
-                roots.add(c).map_err(|e| TlsError::Invalid {
-                    path: ca.clone(),
-                    message: format!("not a usable CA certificate: {e}"),
-                })?;
-            }
-        }
+/// Builds a pooled client for `key`, trusting the CA bundle `ca` (read from `key.ca`) or,
+/// without one, the system roots.
+fn client(key: &ClientKey, ca: Option<(&Path, &CaFile)>) -> Result<UpstreamClient, TlsError> {
+    let roots = match ca {
+        Some((path, file)) => ca_roots(path, &file.bytes)?,
         None => {
             // A machine without system roots still serves http:// upstreams; https ones then
             // fail with a TLS error (502) that says so.
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            roots
         }
-    }
+    };
     let tls = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Setup(e.to_string()))?
@@ -104,45 +106,50 @@ pub fn client(key: &ClientKey) -> Result<UpstreamClient, TlsError> {
 /// the key is unchanged so a reload keeps warm connections.
 #[derive(Debug, Default)]
 pub struct Clients {
-    clients: Vec<(ClientKey, Arc<UpstreamClient>)>,
-    /// For each route (by index), its client in `clients`.
-    by_route: Vec<usize>,
+    by_key: HashMap<ClientKey, Arc<UpstreamClient>>,
+    /// For each route (by index), its client.
+    by_route: Vec<Arc<UpstreamClient>>,
 }
 
 impl Clients {
-    /// Builds (or reuses from `previous`) a client for every route.
+    /// Builds (or reuses from `previous`) a client for every route, reading each CA file
+    /// once. The error names the first route whose client could not be built.
     pub fn build(
         config: &Config,
         previous: Option<&Clients>,
     ) -> Result<Clients, (usize, TlsError)> {
+        let mut cas: HashMap<&Path, CaFile> = HashMap::new();
         let mut out = Clients::default();
         for (i, route) in config.routes.iter().enumerate() {
-            let key = ClientKey::for_route(route, config);
-            let idx = match out.clients.iter().position(|(k, _)| *k == key) {
-                Some(idx) => idx,
-                None => {
-                    let reused = previous
-                        .and_then(|p| p.clients.iter().find(|(k, _)| *k == key))
-                        .map(|(_, c)| c.clone());
-                    let c = match reused {
-                        Some(c) => c,
-                        None => Arc::new(client(&key).map_err(|e| (i, e))?),
+            let ca = match route.upstream_ca.as_deref() {
+                Some(path) => {
+                    let file = match cas.entry(path) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(CaFile::read(path).map_err(|e| (i, e))?),
                     };
-                    out.clients.push((key, c));
-                    out.clients.len() - 1
+                    Some((path, &*file))
                 }
+                None => None,
             };
-            out.by_route.push(idx);
+            let key = ClientKey {
+                ca: route.upstream_ca.clone(),
+                ca_hash: ca.map_or(0, |(_, f)| f.hash),
+                http2: route.upstream_http2,
+                connect_timeout: config.limits.upstream_connect_timeout,
+            };
+            let c = match out.by_key.get(&key).or_else(|| previous?.by_key.get(&key)) {
+                Some(c) => c.clone(),
+                None => Arc::new(client(&key, ca).map_err(|e| (i, e))?),
+            };
+            out.by_key.entry(key).or_insert_with(|| c.clone());
+            out.by_route.push(c);
         }
         Ok(out)
     }
 
     /// The client for the route at `route`.
     pub fn for_route(&self, route: usize) -> Option<&UpstreamClient> {
-        self.by_route
-            .get(route)
-            .and_then(|&i| self.clients.get(i))
-            .map(|(_, c)| c.as_ref())
+        self.by_route.get(route).map(Arc::as_ref)
     }
 }
 
@@ -175,5 +182,104 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamKind {
         UpstreamKind::Connect
     } else {
         UpstreamKind::Reset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::Clients;
+    use crate::config::Config;
+
+    const DEV_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/dev-ca.crt");
+
+    /// A config with one route per `(name, extra lines)`.
+    fn config(routes: &[(&str, String)]) -> Config {
+        let mut text = String::from("[listen]\naddr = \"127.0.0.1:0\"\n");
+        for (name, extra) in routes {
+            text.push_str(&format!(
+                "[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\n\
+                 upstream = \"https://127.0.0.1:9\"\nauth = \"none\"\n{extra}\n"
+            ));
+        }
+        Config::parse(Path::new("f.toml"), &text).unwrap_or_else(|e| panic!("config: {e}"))
+    }
+
+    fn same(c: &Clients, a: usize, b: usize) -> bool {
+        match (c.for_route(a), c.for_route(b)) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            _ => panic!("routes {a} and {b} have clients"),
+        }
+    }
+
+    #[test]
+    fn routes_with_the_same_settings_share_one_client() {
+        let ca = format!("upstream_ca = {DEV_CA:?}");
+        let c = config(&[
+            ("a", ca.clone()),
+            ("b", String::new()),
+            ("c", ca.clone()),
+            ("d", format!("{ca}\nupstream_http2 = true")),
+            ("e", String::new()),
+        ]);
+        let clients = Clients::build(&c, None).unwrap_or_else(|(i, e)| panic!("route {i}: {e}"));
+        assert!(same(&clients, 0, 2), "one CA, one client");
+        assert!(same(&clients, 1, 4), "system roots, one client");
+        assert!(!same(&clients, 0, 1));
+        assert!(!same(&clients, 0, 3), "upstream_http2 needs its own client");
+        assert_eq!(clients.by_key.len(), 3);
+        assert!(clients.for_route(5).is_none());
+
+        // A rebuild keeps every client whose settings did not change.
+        let again = Clients::build(&c, Some(&clients)).unwrap_or_else(|(i, e)| panic!("{i}: {e}"));
+        for i in 0..5 {
+            assert!(std::ptr::eq(
+                again.for_route(i).expect("client"),
+                clients.for_route(i).expect("client")
+            ));
+        }
+    }
+
+    #[test]
+    fn a_changed_ca_file_gets_a_new_client() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ca.crt");
+        std::fs::copy(DEV_CA, &path).expect("copy");
+        let c = config(&[("a", format!("upstream_ca = {path:?}"))]);
+        let first = Clients::build(&c, None).unwrap_or_else(|(i, e)| panic!("{i}: {e}"));
+        let bundle = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, format!("{bundle}{bundle}")).expect("write");
+        let second = Clients::build(&c, Some(&first)).unwrap_or_else(|(i, e)| panic!("{i}: {e}"));
+        assert!(!std::ptr::eq(
+            first.for_route(0).expect("client"),
+            second.for_route(0).expect("client")
+        ));
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_located_error_on_the_first_route_using_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bad = dir.path().join("bad.crt");
+        std::fs::write(&bad, "not PEM").expect("write");
+        let missing = dir.path().join("missing.crt");
+        for (path, message) in [
+            (&bad, format!("{}: no PEM certificate found", bad.display())),
+            (&missing, format!("cannot read {}: ", missing.display())),
+        ] {
+            let ca = format!("upstream_ca = {path:?}");
+            let c = config(&[("ok", String::new()), ("bad", ca.clone()), ("also", ca)]);
+            let at = c.routes[1].loc;
+            let errors = match crate::state::Snapshot::build(c) {
+                Ok(_) => panic!("{} is refused", path.display()),
+                Err(e) => e.to_string(),
+            };
+            let want = format!(
+                "f.toml:{}:{}: route \"bad\": upstream TLS: {message}",
+                at.line, at.col
+            );
+            assert!(errors.starts_with(&want), "{errors}\nwanted {want}");
+            assert_eq!(errors.lines().count(), 1, "{errors}");
+        }
     }
 }
