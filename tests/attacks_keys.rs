@@ -254,7 +254,7 @@ async fn start_app(body: &str) -> Gw {
     let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = traffic.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.clone().serve(traffic, None, async move {
+    tokio::spawn(jwtgate::run(traffic, app.clone(), async move {
         let _ = stopped.await;
         Duration::from_secs(5)
     }));

@@ -136,7 +136,7 @@ async fn start_on(bind: &str, listen_extra: &str, config: &str) -> Gw {
         Arc::new(jwtgate::App::new(snapshot, jwtgate::metrics::Metrics::new(), None).expect("app"));
     let listener = TcpListener::bind(bind).await.expect("bind gateway");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(app.clone().serve(listener, None, async {
+    tokio::spawn(jwtgate::run(listener, app.clone(), async {
         std::future::pending::<()>().await;
         Duration::from_secs(1)
     }));

@@ -38,8 +38,7 @@ async fn app(
     let app = Arc::new(jwtgate::App::load(&path).expect("config"));
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
-    let a = app.clone();
-    tokio::spawn(async move { a.serve(l, None, std::future::pending()).await });
+    tokio::spawn(jwtgate::run(l, app.clone(), std::future::pending::<()>()));
     (app, addr, dir)
 }
 

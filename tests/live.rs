@@ -362,10 +362,17 @@ async fn launch(dir: tempfile::TempDir, config: PathBuf, up: Upstream) -> Gw {
         admin.local_addr().expect("addr"),
     );
     let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(app.clone().serve(traffic, Some(admin), async move {
-        let _ = stopped.await;
-        Duration::from_secs(10)
-    }));
+    let served = tokio::spawn(jwtgate::run(
+        jwtgate::Listeners {
+            traffic,
+            admin: Some(admin),
+        },
+        app.clone(),
+        async move {
+            let _ = stopped.await;
+            Duration::from_secs(10)
+        },
+    ));
     Gw {
         dir,
         config,
@@ -1151,7 +1158,7 @@ async fn config_changed_between_load_and_serve_is_applied() {
     let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = traffic.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.clone().serve(traffic, None, async move {
+    tokio::spawn(jwtgate::run(traffic, app.clone(), async move {
         let _ = stopped.await;
         Duration::from_secs(1)
     }));
@@ -1603,7 +1610,7 @@ async fn drain_finishes_in_flight_request_closes_traffic_port_and_readyz_turns_5
     .await;
     assert!(
         !served.is_finished() && !slow.is_finished(),
-        "serve() waits for the in-flight request"
+        "run() waits for the in-flight request"
     );
     let r = tokio::time::timeout(Duration::from_secs(5), slow)
         .await
@@ -1615,7 +1622,7 @@ async fn drain_finishes_in_flight_request_closes_traffic_port_and_readyz_turns_5
     assert_eq!(r.upstream_header("x-auth-sub"), ["alice"], "{}", r.body);
     tokio::time::timeout(Duration::from_secs(5), served)
         .await
-        .expect("serve() returned after the request finished")
+        .expect("run() returned after the request finished")
         .expect("serve task");
     println!("drained in {:?}", began.elapsed());
 }

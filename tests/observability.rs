@@ -357,10 +357,17 @@ impl Gw {
         let traffic = traffic_l.local_addr().expect("addr");
         let admin = admin_l.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(app.clone().serve(traffic_l, Some(admin_l), async move {
-            let _ = stopped.await;
-            Duration::from_secs(1)
-        }));
+        tokio::spawn(jwtgate::run(
+            jwtgate::Listeners {
+                traffic: traffic_l,
+                admin: Some(admin_l),
+            },
+            app.clone(),
+            async move {
+                let _ = stopped.await;
+                Duration::from_secs(1)
+            },
+        ));
         Gw {
             dir,
             app,

@@ -294,10 +294,17 @@ require = {{ scope = "api:read" }}
             admin.local_addr().expect("addr"),
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(app.serve(traffic, Some(admin), async move {
-            let _ = stopped.await;
-            Duration::from_secs(1)
-        }));
+        tokio::spawn(jwtgate::run(
+            jwtgate::Listeners {
+                traffic,
+                admin: Some(admin),
+            },
+            app,
+            async move {
+                let _ = stopped.await;
+                Duration::from_secs(1)
+            },
+        ));
         let gw = Gateway {
             addr,
             admin: admin_addr,

@@ -795,7 +795,7 @@ async fn library_reload_swaps_certificates_and_keeps_the_last_good_pair() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.serve(listener, None, async move {
+    tokio::spawn(jwtgate::run(listener, app, async move {
         let _ = stop_rx.await;
         Duration::from_secs(1)
     }));
@@ -1275,7 +1275,7 @@ async fn start_app(config: &str) -> (SocketAddr, Arc<jwtgate::App>, tempfile::Te
         Arc::new(jwtgate::App::new(snapshot, jwtgate::metrics::Metrics::new(), None).expect("app"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(app.clone().serve(listener, None, async {
+    tokio::spawn(jwtgate::run(listener, app.clone(), async {
         std::future::pending::<()>().await;
         Duration::from_secs(1)
     }));
