@@ -3,9 +3,10 @@
 //! at once (at most once a second) when a token names an unknown kid, and kept when a fetch
 //! fails.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -15,6 +16,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{oneshot, watch, Notify};
+// tokio's clock rather than std's: the same instant in production, and the one a paused-clock
+// test advances, so the schedule below can be tested exactly.
+use tokio::time::Instant;
 
 use super::{jwks, KeySet};
 use crate::config::{IssuerConfig, KeySource};
@@ -204,10 +208,11 @@ fn discovered_jwks_uri(
     }
 }
 
+/// What one fetch yields: the keys, the entries skipped (with why), and the `max-age`.
+pub type Fetched = (KeySet, Vec<String>, Option<Duration>);
+
 /// Fetches the key set of an issuer once: its JWKS URL, or discovery then its `jwks_uri`.
-pub async fn fetch(
-    issuer: &IssuerConfig,
-) -> Result<(KeySet, Vec<String>, Option<Duration>), FetchError> {
+pub async fn fetch(issuer: &IssuerConfig) -> Result<Fetched, FetchError> {
     let (source, algorithms) = (&issuer.source, &issuer.algorithms[..]);
     let jwks_url = match source {
         KeySource::JwksUrl(u) => u.clone(),
@@ -281,6 +286,26 @@ impl std::fmt::Debug for RemoteKeys {
 impl RemoteKeys {
     /// Starts the refresh task for an issuer; the first fetch begins at once.
     pub fn start(issuer: &IssuerConfig, metrics: Metrics) -> RemoteKeys {
+        RemoteKeys::start_with(
+            issuer,
+            metrics,
+            |inner: Arc<Inner>| async move { fetch(&inner.config).await },
+            jitter,
+        )
+    }
+
+    /// [`RemoteKeys::start`] with the fetch and the jitter given, so tests can script the
+    /// provider and check the schedule under a paused clock.
+    fn start_with<F, Fut>(
+        issuer: &IssuerConfig,
+        metrics: Metrics,
+        fetch: F,
+        jitter: fn(Duration) -> Duration,
+    ) -> RemoteKeys
+    where
+        F: FnMut(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, FetchError>> + Send + 'static,
+    {
         let (attempts, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             issuer: issuer.name.clone(),
@@ -293,7 +318,7 @@ impl RemoteKeys {
             metrics,
         });
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(refresh_loop(inner.clone(), stopped));
+        tokio::spawn(refresh_loop(inner.clone(), stopped, fetch, jitter));
         RemoteKeys { inner, _stop: stop }
     }
 
@@ -347,7 +372,21 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
+/// How long a successful fetch is trusted: `refresh`, or a shorter `max-age`, never below
+/// [`MIN_REFRESH`].
+fn refresh_wait(refresh: Duration, max_age: Option<Duration>) -> Duration {
+    max_age.map_or(refresh, |m| m.min(refresh)).max(MIN_REFRESH)
+}
+
+async fn refresh_loop<F, Fut>(
+    inner: Arc<Inner>,
+    mut stopped: oneshot::Receiver<()>,
+    mut fetch: F,
+    jitter: fn(Duration) -> Duration,
+) where
+    F: FnMut(Arc<Inner>) -> Fut,
+    Fut: Future<Output = Result<Fetched, FetchError>>,
+{
     let mut backoff = BACKOFF_START;
     let labels = [inner.issuer.as_str()];
     // The last failure logged: the same failure again (every backoff step) is logged at debug
@@ -357,7 +396,7 @@ async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
     loop {
         let started = Instant::now();
         inner.started.fetch_add(1, Ordering::SeqCst);
-        let wait = match fetch(&inner.config).await {
+        let wait = match fetch(inner.clone()).await {
             Ok((keys, skipped, max_age)) => {
                 if last_failure.take().is_some() {
                     tracing::info!(issuer = %inner.issuer, keys = keys.len(), "JWKS fetch succeeded again");
@@ -382,7 +421,7 @@ async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
                     .set(unix_now() as f64);
                 inner.current.store(Some(Arc::new(keys)));
                 backoff = BACKOFF_START;
-                max_age.map_or(refresh, |m| m.min(refresh)).max(MIN_REFRESH)
+                refresh_wait(refresh, max_age)
             }
             Err(e) => {
                 inner
