@@ -695,11 +695,13 @@ async fn refresh_every_5s_picks_up_a_new_key_without_an_unknown_kid() {
         },
     )
     .await;
+    // The exact schedule is held by the paused-clock tests in src/keys/remote.rs; this checks
+    // the wiring, with only a lower bound (a busy machine can make it later, never sooner).
     let times = p.fetch_times();
     assert_eq!(times.len(), 2, "exactly one refresh so far");
     let gap = times[1] - times[0];
     assert!(
-        gap >= Duration::from_millis(4500) && gap <= Duration::from_secs(8),
+        gap >= Duration::from_millis(4500),
         "the refresh came {gap:?} after the first fetch; refresh = 5s"
     );
     let r = gw.get("/", Some(&b.token())).await;
@@ -735,10 +737,12 @@ async fn max_age_below_the_floor_refreshes_after_5s_not_sooner_and_not_at_refres
         },
     )
     .await;
+    // The wiring of `Cache-Control` (refresh = 5m would not fetch again within the wait above);
+    // the exact schedule is held by the paused-clock tests in src/keys/remote.rs.
     let times = p.fetch_times();
     let gap = times[1] - times[0];
     assert!(
-        gap >= Duration::from_millis(4500) && gap <= Duration::from_secs(8),
+        gap >= Duration::from_millis(4500),
         "max-age=1 with refresh=5m: the next fetch came {gap:?} after the first (floor is 5 s)"
     );
     let r = gw.get("/", Some(&a.token())).await;
@@ -933,8 +937,9 @@ async fn bogus_kid_flood_is_401_and_costs_at_most_one_fetch_a_second() {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..200u32 {
-        // 200 requests spread over 3 s, many in flight at once (each waits for a refetch).
-        let at = start + Duration::from_millis(15 * u64::from(i));
+        // 200 requests spread over 1 s, many in flight at once (each waits for a refetch). The
+        // one-a-second schedule itself is held by a paused-clock test in src/keys/remote.rs.
+        let at = start + Duration::from_millis(5 * u64::from(i));
         let mut rnd = [0u8; 8];
         aws_lc_rs::rand::fill(&mut rnd).expect("rand");
         let token = a.token_with_kid(&format!("bogus-{i}-{}", b64(&rnd)));
