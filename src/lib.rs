@@ -266,16 +266,6 @@ impl App {
         }
     }
 
-    /// Same as [`run`] with these listeners; kept for callers that hold the `App` already.
-    pub async fn serve(
-        self: Arc<Self>,
-        traffic: TcpListener,
-        admin: Option<TcpListener>,
-        shutdown: impl Future<Output = Duration>,
-    ) {
-        run(Listeners { traffic, admin }, self, shutdown).await;
-    }
-
     /// Releases the readiness latch once every issuer a route needs has keys.
     async fn become_ready(&self) {
         let first: Vec<_> = self.state.load().remote_keys().cloned().collect();

@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use common::der::{der_seq, der_uint};
 use common::*;
 
 // =============================================================================================
@@ -277,9 +278,6 @@ async fn start(config: &str) -> (Harness, Recorder) {
     (h, rec)
 }
 
-const WWW_INVALID_PREFIX: &str =
-    "Bearer realm=\"jwtgate\", error=\"invalid_token\", error_description=\"";
-
 /// The gateway's own JSON error body (never the recorder's answer), with nothing injected.
 fn gateway_body(a: &Answer, case: &str) -> Value {
     assert_ne!(a.status, 500, "{case}: a 500: {}", a.body);
@@ -301,33 +299,6 @@ fn gateway_body(a: &Answer, case: &str) -> Value {
         a.headers
     );
     v
-}
-
-/// Asserts SPEC's invalid-token answer; returns the error_description.
-fn assert_invalid(a: &Answer, token: &str, case: &str) -> String {
-    assert_eq!(a.status, 401, "{case}: expected 401, got body {}", a.body);
-    let v = gateway_body(a, case);
-    assert_eq!(v["error"], "invalid_token", "{case}: {}", a.body);
-    let www = a
-        .header("www-authenticate")
-        .unwrap_or_else(|| panic!("{case}: no WWW-Authenticate; body {}", a.body));
-    assert!(
-        www.starts_with(WWW_INVALID_PREFIX) && www.ends_with('"'),
-        "{case}: WWW-Authenticate is {www:?}"
-    );
-    for seg in token.split('.').filter(|s| s.len() >= 12) {
-        assert!(
-            !a.body.contains(seg) && !www.contains(seg),
-            "{case}: the answer echoes a token segment: {}",
-            a.body
-        );
-    }
-    let desc = v["error_description"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(!desc.is_empty(), "{case}: empty error_description");
-    desc
 }
 
 /// Asserts SPEC's no-token answer: 401 with a bare Bearer challenge.
@@ -353,67 +324,23 @@ fn assert_passed(a: &Answer, case: &str) {
     );
 }
 
-async fn expect_401(h: &Harness, token: &str, case: &str) -> String {
-    let a = h.get_with_token("/t", token).await;
-    assert_invalid(&a, token, case)
-}
-
-async fn expect_401_saying(h: &Harness, token: &str, words: &[&str], case: &str) -> String {
-    let d = expect_401(h, token, case).await;
-    let lower = d.to_ascii_lowercase();
-    assert!(
-        words
-            .iter()
-            .any(|w| lower.contains(&w.to_ascii_lowercase())),
-        "{case}: description {d:?} mentions none of {words:?}"
-    );
-    d
-}
-
 async fn expect_200(h: &Harness, token: &str, case: &str) {
     let a = h.get_with_token("/t", token).await;
     assert_passed(&a, case);
 }
 
-type Http = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<bytes::Bytes>,
->;
-
-/// A keep-alive HTTP/1.1 client, for tests that send hundreds of requests.
-fn http_client() -> Http {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
-}
-
-/// GET /t with `Authorization: Bearer token` through `client`.
-async fn get_bearer(client: &Http, addr: SocketAddr, token: &str) -> Answer {
-    use http_body_util::BodyExt;
-    let req = http::Request::get(format!("http://{addr}/t"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("request");
-    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
-        .await
-        .expect("gateway answered in time")
-        .expect("gateway answered");
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
 /// Sends every (token, case) concurrently (32 at a time) and asserts each is invalid_token.
 async fn expect_all_401(h: &Harness, cases: Vec<(String, String)>) {
-    let client = http_client();
+    let client = client::new();
     for batch in cases.chunks(32) {
         let mut set = tokio::task::JoinSet::new();
         for (t, case) in batch.iter().cloned() {
             let (c, addr) = (client.clone(), h.addr);
-            set.spawn(async move { (get_bearer(&c, addr, &t).await, t, case) });
+            set.spawn(async move {
+                let url = format!("http://{addr}/t");
+                let a = client::try_get_url(&c, &url, Some(&t)).await;
+                (a.unwrap_or_else(|e| panic!("{case}: {e}")), t, case)
+            });
         }
         while let Some(done) = set.join_next().await {
             let (a, t, case) = done.expect("request task");
@@ -432,12 +359,6 @@ fn seg(json_text: &str) -> String {
 
 fn payload() -> String {
     claims().to_string()
-}
-
-fn with(claims: Value, name: &str, value: Value) -> Value {
-    let mut c = claims;
-    c[name] = value;
-    c
 }
 
 /// `input.HMAC(key, input)` for HS256/HS384/HS512, over the exact text `input`.
@@ -505,37 +426,6 @@ fn be_small(v: u8, len: usize) -> Vec<u8> {
 }
 
 // --- DER and OpenSSH wire encodings, by hand --------------------------------------------------
-
-fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let len = content.len();
-    let mut out = vec![tag];
-    if len < 128 {
-        out.push(len as u8);
-    } else {
-        let b: Vec<u8> = len
-            .to_be_bytes()
-            .iter()
-            .copied()
-            .skip_while(|x| *x == 0)
-            .collect();
-        out.push(0x80 | b.len() as u8);
-        out.extend_from_slice(&b);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-fn der_uint(b: &[u8]) -> Vec<u8> {
-    let mut v: Vec<u8> = b.iter().copied().skip_while(|x| *x == 0).collect();
-    if v.first().is_none_or(|x| x & 0x80 != 0) {
-        v.insert(0, 0);
-    }
-    der_tlv(0x02, &v)
-}
-
-fn der_seq(parts: &[Vec<u8>]) -> Vec<u8> {
-    der_tlv(0x30, &parts.concat())
-}
 
 fn ssh_string(b: &[u8]) -> Vec<u8> {
     let len = u32::try_from(b.len()).expect("short").to_be_bytes();
@@ -780,7 +670,13 @@ async fn alg_none_in_every_spelling_is_refused_by_hmac_only_and_rsa_only_issuers
                     (sign_raw("RS256", &htext, &body), "RS256 with the real key"),
                     (format!("{input}.AA"), "one zero byte"),
                 ] {
-                    expect_401(&h, &t, &format!("{good} issuer, header {htext}, {how}")).await;
+                    expect_401(
+                        &h,
+                        "/t",
+                        &t,
+                        &format!("{good} issuer, header {htext}, {how}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -962,6 +858,7 @@ async fn long_kids_are_unknown_or_over_the_size_limit() {
     let t = token_with_kid_len(fits);
     expect_401_saying(
         &h,
+        "/t",
         &t,
         &["kid"],
         &format!("{fits}-byte kid, {}-byte token", t.len()),
@@ -970,6 +867,7 @@ async fn long_kids_are_unknown_or_over_the_size_limit() {
     // A 9000-byte kid: the token is over max_token_bytes before anything is decoded.
     expect_401_saying(
         &h,
+        "/t",
         &token_with_kid_len(9000),
         &["max_token_bytes"],
         "9000-byte kid",
@@ -995,7 +893,7 @@ async fn long_kids_are_unknown_or_over_the_size_limit() {
     .await;
     let t = token_with_kid_len(8000);
     assert!(t.len() > 8192 && t.len() <= 12288, "{}", t.len());
-    expect_401_saying(&h, &t, &["kid"], "8000-byte kid, limit 12288").await;
+    expect_401_saying(&h, "/t", &t, &["kid"], "8000-byte kid, limit 12288").await;
     assert_eq!(rec.count(), 0);
 }
 
@@ -1024,6 +922,7 @@ async fn crit_and_b64_forms_not_covered_elsewhere_are_refused() {
     ] {
         expect_401(
             &h,
+            "/t",
             &sign_raw("HS256", header, &body),
             &format!("header {header}"),
         )
@@ -1115,7 +1014,7 @@ async fn duplicate_members_spelled_with_different_escapes_are_refused() {
             "nested roles and r\\u006fles",
         ),
     ] {
-        expect_401(&h, &sign_raw("HS256", &header, &body), case).await;
+        expect_401(&h, "/t", &sign_raw("HS256", &header, &body), case).await;
     }
     let got = rec.requests();
     assert_eq!(got.len(), 2, "only the two non-duplicate tokens passed");
@@ -1191,7 +1090,7 @@ async fn header_and_payload_base64url_must_be_canonical_and_unbroken() {
         (hs_over(&format!("{} .{pl}", hd)), "space before a dot"),
         (hs_over(&format!("{hd}. {pl}")), "space after a dot"),
     ] {
-        expect_401(&h, &t, case).await;
+        expect_401(&h, "/t", &t, case).await;
     }
     // Line breaks inside the token cannot be sent in a header line: obs-fold and a bare LF
     // both break the request itself (400 from the HTTP parser), never a passed token.
@@ -1350,7 +1249,7 @@ async fn ecdsa_psychic_der_and_wrong_length_signatures_are_refused() {
         }
         for (bad, what) in cases {
             let t = format!("{input}.{}", b64(&bad));
-            expect_401(&h, &t, &format!("{alg}: {what}")).await;
+            expect_401(&h, "/t", &t, &format!("{alg}: {what}")).await;
         }
     }
     // The ES384 signature size on an ES256 token and the other way round.
@@ -1358,12 +1257,14 @@ async fn ecdsa_psychic_der_and_wrong_length_signatures_are_refused() {
     let (i384, s384) = split_sig(&token("ES384", &claims()));
     expect_401(
         &h,
+        "/t",
         &format!("{i256}.{}", b64(&s384)),
         "ES256 token, ES384-sized signature",
     )
     .await;
     expect_401(
         &h,
+        "/t",
         &format!("{i384}.{}", b64(&s256)),
         "ES384 token, ES256-sized signature",
     )
@@ -1422,6 +1323,7 @@ async fn ed25519_malleated_signatures_are_refused() {
     ] {
         expect_401(
             &h,
+            "/t",
             &format!("{input}.{}", b64(&bad)),
             &format!("EdDSA: {what}"),
         )
@@ -1444,15 +1346,28 @@ async fn time_claims_just_outside_the_leeway_are_refused_and_just_inside_accepte
     let t = |name: &str, v: i64| token("ES256", &with(claims(), name, json!(v)));
     expect_401_saying(
         &h,
+        "/t",
         &t("exp", now() - LEEWAY - 2),
         &["expired"],
         "exp = now - leeway - 2",
     )
     .await;
     expect_200(&h, &t("exp", now() - LEEWAY + 5), "exp = now - leeway + 5").await;
-    expect_401(&h, &t("nbf", now() + LEEWAY + 5), "nbf = now + leeway + 5").await;
+    expect_401(
+        &h,
+        "/t",
+        &t("nbf", now() + LEEWAY + 5),
+        "nbf = now + leeway + 5",
+    )
+    .await;
     expect_200(&h, &t("nbf", now() + LEEWAY - 5), "nbf = now + leeway - 5").await;
-    expect_401(&h, &t("iat", now() + LEEWAY + 5), "iat = now + leeway + 5").await;
+    expect_401(
+        &h,
+        "/t",
+        &t("iat", now() + LEEWAY + 5),
+        "iat = now + leeway + 5",
+    )
+    .await;
     expect_200(&h, &t("iat", now() + LEEWAY - 5), "iat = now + leeway - 5").await;
     assert_eq!(rec.count(), 3);
 }
@@ -1479,7 +1394,7 @@ async fn time_claims_that_are_not_json_numbers_are_refused() {
         ("iat", json!("1e10")),
     ] {
         let c = with(claims(), name, v.clone());
-        expect_401(&h, &token("ES256", &c), &format!("{name} = {v}")).await;
+        expect_401(&h, "/t", &token("ES256", &c), &format!("{name} = {v}")).await;
     }
     // Not JSON at all: NaN, Infinity, a number serde cannot hold, hex, a leading +.
     let (iat, sub) = (now(), "alice");
@@ -1495,7 +1410,7 @@ async fn time_claims_that_are_not_json_numbers_are_refused() {
         let body =
             format!(r#"{{"iss":"{ISS}","aud":"{AUD}","sub":"{sub}","iat":{iat},"exp":{exp}}}"#);
         let t = sign_raw("HS256", r#"{"alg":"HS256","kid":"hmac"}"#, &body);
-        expect_401(&h, &t, &format!("exp {exp}")).await;
+        expect_401(&h, "/t", &t, &format!("exp {exp}")).await;
     }
     assert_eq!(rec.count(), 0);
 }
@@ -1521,7 +1436,7 @@ async fn huge_negative_and_fractional_time_values() {
         ("iat", json!(u64::MAX)),
         ("iat", json!(-1e308)),
     ] {
-        expect_401(&h, &t(name, v.clone()), &format!("{name} = {v}")).await;
+        expect_401(&h, "/t", &t(name, v.clone()), &format!("{name} = {v}")).await;
     }
     // Accepted: an exp far in the future (within range) is the issuer's (signed) choice;
     // nbf/iat far in the past are simply past; fractional and exponent-form numbers are numbers.
@@ -1569,6 +1484,7 @@ async fn iss_and_aud_look_alikes_are_refused() {
         let c = with(claims(), "iss", json!(iss));
         expect_401_saying(
             &h,
+            "/t",
             &token("ES256", &c),
             &["issuer"],
             &format!("iss {iss:?}"),
@@ -1596,7 +1512,7 @@ async fn iss_and_aud_look_alikes_are_refused() {
         json!([{ "aud": AUD }]),
     ] {
         let c = with(claims(), "aud", aud.clone());
-        expect_401(&h, &token("ES256", &c), &format!("aud {aud}")).await;
+        expect_401(&h, "/t", &token("ES256", &c), &format!("aud {aud}")).await;
     }
     assert_eq!(rec.count(), 0);
 }
@@ -2304,23 +2220,9 @@ async fn oversized_and_malformed_header_lines_never_reach_the_upstream() {
 /// Writes a POST that promises 1000 body bytes and sends 10, then reads until the gateway
 /// closes the connection or 10 s pass. Returns (what arrived, closed within 10 s).
 async fn stalled_post(addr: SocketAddr, path: &str) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
     let req =
         format!("POST {path} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 1000\r\n\r\n0123456789");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (String::from_utf8_lossy(&out).into_owned(), closed)
+    raw_exchange(addr, req.as_bytes(), Duration::from_secs(10)).await
 }
 
 #[tokio::test]

@@ -14,16 +14,14 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
-use common::{default_issuer, echo_upstream, free_port, ChildGuard};
+use common::metrics::metric;
+use common::tls::CERTS;
+use common::{default_issuer, echo_upstream, eventually, free_port, tls, ChildGuard};
 
 /// The deadline every test configures, unless it says otherwise.
 const DEADLINE: &str = "1s";
@@ -32,7 +30,8 @@ const DEADLINE: &str = "1s";
 const CLOSED_WITHIN: Duration = Duration::from_secs(4);
 /// Bound on any single network step that should succeed.
 const IO: Duration = Duration::from_secs(10);
-const CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs");
+/// How long a polled condition may take to hold.
+const WAIT: Duration = Duration::from_secs(10);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 // ---------------------------------------------------------------------------------------------
@@ -127,61 +126,20 @@ impl Gw {
         c.get(path).await
     }
 
-    /// The value of a metric series on `/metrics`, when it exists.
-    async fn metric(&self, series: &str) -> Option<f64> {
+    /// The value of `name` with `labels` on `/metrics`, when it exists.
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let (status, body) = self.admin_get("/metrics").await;
         assert_eq!(status, 200, "{body}");
-        metric_value(&body, series)
+        metric(&body, name, labels)
     }
-}
-
-/// The value of `series` (name and labels exactly as Prometheus prints them) in `text`.
-fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
-}
-
-/// Retries `check` for up to 10 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within 10 s");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Clients
 
-/// A TLS client trusting the dev CA, offering `alpn`.
+/// A TLS connection trusting the dev CA, offering `alpn`.
 async fn tls_connect(addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(format!("{CERTS}/dev-ca.crt")).expect("dev CA") {
-        roots.add(c.expect("dev CA pem")).expect("dev CA root");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = ServerName::try_from("localhost").expect("name");
-    tokio::time::timeout(IO, TlsConnector::from(Arc::new(config)).connect(name, tcp))
-        .await
-        .expect("handshake in time")
-        .expect("handshake")
+    tls::connect(addr, tls::dev_client(alpn, false)).await
 }
 
 /// Reads until the peer closes (EOF or an error); `Err` with what arrived when it is still
@@ -685,7 +643,7 @@ async fn a_websocket_tunnel_quiet_for_longer_than_the_deadline_stays_open() {
     assert_eq!(&echoed, b"still here");
     // The tunnel's socket still counts as an open connection.
     let open = gw
-        .metric("jwtgate_open_connections{listener=\"traffic\"}")
+        .metric("jwtgate_open_connections", &[("listener", "traffic")])
         .await;
     assert_eq!(open, Some(1.0), "an upgraded connection stays counted");
 }
@@ -707,8 +665,8 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     // A long deadline, so the held connections stay open.
     let gw = Gw::start_with(false, "30s", "max_connections = 5").await;
     let held = hold(gw.addr, 5).await;
-    eventually("five traffic connections counted", || async {
-        gw.metric("jwtgate_open_connections{listener=\"traffic\"}")
+    eventually(WAIT, "five traffic connections counted", || async {
+        gw.metric("jwtgate_open_connections", &[("listener", "traffic")])
             .await
             == Some(5.0)
     })
@@ -726,7 +684,7 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
         "the sixth connection must wait past max_connections = 5, got {early:?}"
     );
     assert_eq!(
-        gw.metric("jwtgate_open_connections{listener=\"traffic\"}")
+        gw.metric("jwtgate_open_connections", &[("listener", "traffic")])
             .await,
         Some(5.0)
     );
@@ -759,8 +717,8 @@ async fn max_connections_caps_the_admin_listener_too() {
 async fn the_open_connection_gauge_goes_up_and_down() {
     let gw = Gw::start_with(false, "30s", "").await;
     let held = hold(gw.addr, 3).await;
-    eventually("three open", || async {
-        gw.metric("jwtgate_open_connections{listener=\"traffic\"}")
+    eventually(WAIT, "three open", || async {
+        gw.metric("jwtgate_open_connections", &[("listener", "traffic")])
             .await
             == Some(3.0)
     })
@@ -768,21 +726,21 @@ async fn the_open_connection_gauge_goes_up_and_down() {
     // A TLS-less h2 connection and an h1 one with a request count the same way.
     let mut h2 = H2::new(TcpStream::connect(gw.addr).await.expect("connect")).await;
     assert_eq!(h2.get("/x").await.0, 200);
-    eventually("four open", || async {
-        gw.metric("jwtgate_open_connections{listener=\"traffic\"}")
+    eventually(WAIT, "four open", || async {
+        gw.metric("jwtgate_open_connections", &[("listener", "traffic")])
             .await
             == Some(4.0)
     })
     .await;
     // The admin listener counts the scrape's own connection.
     let admin = gw
-        .metric("jwtgate_open_connections{listener=\"admin\"}")
+        .metric("jwtgate_open_connections", &[("listener", "admin")])
         .await;
     assert!(admin.is_some_and(|v| v >= 1.0), "admin gauge: {admin:?}");
     drop(held);
     drop(h2);
-    eventually("back to zero", || async {
-        gw.metric("jwtgate_open_connections{listener=\"traffic\"}")
+    eventually(WAIT, "back to zero", || async {
+        gw.metric("jwtgate_open_connections", &[("listener", "traffic")])
             .await
             == Some(0.0)
     })
@@ -796,15 +754,18 @@ async fn connection_metrics_exist_from_the_first_scrape() {
     assert_eq!(status, 200);
     for l in ["traffic", "admin"] {
         for m in ["jwtgate_open_connections", "jwtgate_accept_errors_total"] {
-            let series = format!("{m}{{listener=\"{l}\"}}");
             assert!(
-                metric_value(&body, &series).is_some(),
-                "{series} missing from the first scrape:\n{body}"
+                metric(&body, m, &[("listener", l)]).is_some(),
+                "{m}{{listener=\"{l}\"}} missing from the first scrape:\n{body}"
             );
         }
     }
     assert_eq!(
-        metric_value(&body, "jwtgate_accept_errors_total{listener=\"traffic\"}"),
+        metric(
+            &body,
+            "jwtgate_accept_errors_total",
+            &[("listener", "traffic")]
+        ),
         Some(0.0)
     );
 }
@@ -970,7 +931,7 @@ async fn a_reload_applies_the_header_deadline_to_new_connections() {
     let gw = Gw::start_with(false, "60s", "").await;
     let admin = gw.admin.to_string();
     gw.rewrite("1s", "", &admin);
-    eventually("the reload is in effect", || async {
+    eventually(WAIT, "the reload is in effect", || async {
         gw.admin_get("/config")
             .await
             .1
@@ -1000,7 +961,7 @@ async fn settings_that_need_a_restart_are_shown_as_pending_in_config() {
         "token_cache_entries = 5",
         &format!("127.0.0.1:{port}"),
     );
-    eventually("the reload is seen", || async {
+    eventually(WAIT, "the reload is seen", || async {
         gw.admin_get("/config")
             .await
             .1
@@ -1098,7 +1059,7 @@ async fn out_of_file_descriptors_the_gateway_pauses_counts_and_recovers() {
         format!("127.0.0.1:{port}").parse().expect("addr"),
         format!("127.0.0.1:{admin_port}").parse().expect("addr"),
     );
-    eventually("the gateway serves", || async {
+    eventually(WAIT, "the gateway serves", || async {
         try_get(admin, "/healthz")
             .await
             .is_some_and(|(s, _)| s == 200)
@@ -1125,15 +1086,16 @@ async fn out_of_file_descriptors_the_gateway_pauses_counts_and_recovers() {
     }
     drop(held);
     // The silent connections time out, descriptors come back, and the gateway serves again.
-    eventually("the gateway serves again", || async {
+    eventually(WAIT, "the gateway serves again", || async {
         try_get(addr, "/again").await.is_some_and(|(s, _)| s == 200)
     })
     .await;
     let (status, metrics) = try_get(admin, "/metrics").await.expect("metrics");
     assert_eq!(status, 200);
-    let errors = metric_value(
+    let errors = metric(
         &metrics,
-        "jwtgate_accept_errors_total{listener=\"traffic\"}",
+        "jwtgate_accept_errors_total",
+        &[("listener", "traffic")],
     )
     .expect("the accept error counter");
     assert!(errors >= 1.0, "accept errors were counted: {errors}");

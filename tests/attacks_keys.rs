@@ -12,22 +12,17 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use bytes::Bytes;
+use common::client::try_get;
+use common::jwks::{Provider, Signer};
+use common::metrics::metric;
+use common::tls::CERTS;
 use common::*;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use jwtgate::App;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -35,45 +30,6 @@ use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-const CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs");
-
-/// A P-256 key made in the test, with its JWK and ES256 signing.
-struct Ec {
-    kp: EcdsaKeyPair,
-}
-
-impl Ec {
-    fn new() -> Ec {
-        Ec {
-            kp: EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("keygen"),
-        }
-    }
-
-    /// The public JWK with extra members (`kid`, `use`, `key_ops`, ...).
-    fn jwk(&self, extra: Value) -> Value {
-        let p = self.kp.public_key().as_ref();
-        let mut j = json!({ "kty": "EC", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..]) });
-        if let (Some(o), Value::Object(e)) = (j.as_object_mut(), extra) {
-            o.extend(e);
-        }
-        j
-    }
-
-    /// An ES256 token with `header` (JSON text) over the default valid claims.
-    fn sign(&self, header: &str) -> String {
-        let input = format!(
-            "{}.{}",
-            b64(header.as_bytes()),
-            b64(claims().to_string().as_bytes())
-        );
-        let sig = self
-            .kp
-            .sign(&SystemRandom::new(), input.as_bytes())
-            .expect("sign");
-        format!("{input}.{}", b64(sig.as_ref()))
-    }
-}
 
 /// An issuer `test` for the default iss/aud, ES256, with `source` (one TOML line).
 fn es_issuer(source: &str) -> String {
@@ -94,25 +50,8 @@ auth = "required"
 
 /// GET `/` with a bearer token over HTTP/2 (prior knowledge) to `addr`.
 async fn get_h2(addr: SocketAddr, token: &str) -> Answer {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let req = http::Request::get(format!("http://{addr}/"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(Empty::new())
-        .expect("request");
-    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
-        .await
-        .expect("answer in time")
-        .expect("answer");
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    let auth = format!("Bearer {token}");
+    client::get_h2(&format!("http://{addr}/"), &[("authorization", &auth)]).await
 }
 
 /// Asserts a 401 `invalid_token` from the gateway (not the upstream), the token not echoed.
@@ -158,83 +97,6 @@ async fn refused_everywhere(cases: &[(String, String)], explain_step: &str) {
     h.stop().await;
 }
 
-/// The sum of samples of `name` with every label pair in `labels`; `None` when no sample.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for l in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = l.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, lbls) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let all = labels
-            .iter()
-            .all(|(k, v)| lbls.split(',').any(|p| p == format!("{k}=\"{v}\"")));
-        if n == name && all {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    found
-}
-
-/// A JWKS/discovery server whose documents tests set per path; counts requests per path.
-#[derive(Clone, Default)]
-struct Provider {
-    docs: Arc<Mutex<std::collections::HashMap<String, String>>>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Provider {
-    async fn start() -> (Provider, SocketAddr, oneshot::Sender<()>) {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let p = Provider::default();
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let state = p.clone();
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-                    _ = &mut stopped => return,
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<Incoming>| {
-                        let state = state.clone();
-                        async move {
-                            state.hits.fetch_add(1, SeqCst);
-                            let doc = state
-                                .docs
-                                .lock()
-                                .expect("lock")
-                                .get(req.uri().path())
-                                .cloned();
-                            let res = match doc {
-                                Some(d) => http::Response::new(Full::new(Bytes::from(d))),
-                                None => http::Response::builder()
-                                    .status(404)
-                                    .body(Full::new(Bytes::new()))
-                                    .expect("404"),
-                            };
-                            Ok::<_, Infallible>(res)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        (p, addr, stop)
-    }
-
-    fn set(&self, path: &str, doc: String) {
-        self.docs.lock().expect("lock").insert(path.into(), doc);
-    }
-}
-
 /// A gateway through the library (App::load + serve) with its own listeners.
 struct Gw {
     app: Arc<App>,
@@ -254,7 +116,7 @@ async fn start_app(body: &str) -> Gw {
     let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = traffic.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.clone().serve(traffic, None, async move {
+    tokio::spawn(jwtgate::run(traffic, app.clone(), async move {
         let _ = stopped.await;
         Duration::from_secs(5)
     }));
@@ -272,43 +134,6 @@ fn render(up: SocketAddr, body: &str) -> String {
         "[listen]\naddr = \"127.0.0.1:0\"\n{}",
         body.replace("{upstream}", &format!("http://{up}"))
     )
-}
-
-async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<Answer, String> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut b = http::Request::get(format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let res = tokio::time::timeout(
-        Duration::from_secs(20),
-        client.request(b.body(Empty::new()).expect("request")),
-    )
-    .await
-    .map_err(|_| format!("GET {path}: no answer in 20 s"))?
-    .map_err(|e| format!("GET {path}: {e}"))?;
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-/// Polls until `probe` is true, at most `limit`.
-async fn until(limit: Duration, what: &str, mut probe: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !probe() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Runs `jwtgate check --config PATH` (bounded: a hang fails the test) and returns its exit
@@ -498,7 +323,7 @@ async fn jwks_file_harness(jwks: &Value) -> Result<Harness, jwtgate::config::Con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_whose_use_or_key_ops_do_not_allow_verifying_are_skipped() {
-    let good = Ec::new();
+    let good = Signer::new("ec");
     let cases = [
         ("use enc", json!({ "use": "enc" })),
         ("use SIG", json!({ "use": "SIG" })),
@@ -516,12 +341,13 @@ async fn keys_whose_use_or_key_ops_do_not_allow_verifying_are_skipped() {
         ),
     ];
     for (label, extra) in cases {
-        let bad = Ec::new();
+        let bad = Signer::new("ec");
         let mut member = extra.clone();
         member["kid"] = json!("bad");
-        let jwks = json!({ "keys": [good.jwk(json!({ "kid": "good" })), bad.jwk(member)] });
+        let jwks =
+            json!({ "keys": [good.jwk_with(json!({ "kid": "good" })), bad.jwk_with(member)] });
         let h = jwks_file_harness(&jwks).await.expect("config");
-        let t = bad.sign(r#"{"alg":"ES256","kid":"bad"}"#);
+        let t = bad.sign_header(r#"{"alg":"ES256","kid":"bad"}"#);
         let a = h.get_with_token("/", &t).await;
         assert_401(&a, &t, label);
         assert!(
@@ -529,16 +355,17 @@ async fn keys_whose_use_or_key_ops_do_not_allow_verifying_are_skipped() {
             "{label}: refused as an unknown key: {}",
             a.body
         );
-        let ok = good.sign(r#"{"alg":"ES256","kid":"good"}"#);
+        let ok = good.sign_header(r#"{"alg":"ES256","kid":"good"}"#);
         assert_eq!(h.get_with_token("/", &ok).await.status, 200, "{label}");
         h.stop().await;
     }
     // `key_ops` with verify (alone or among others) is a signature key.
     for ops in [json!(["verify"]), json!(["sign", "verify"])] {
-        let k = Ec::new();
-        let jwks = json!({ "keys": [k.jwk(json!({ "kid": "k", "use": "sig", "key_ops": ops }))] });
+        let k = Signer::new("ec");
+        let jwks =
+            json!({ "keys": [k.jwk_with(json!({ "kid": "k", "use": "sig", "key_ops": ops }))] });
         let h = jwks_file_harness(&jwks).await.expect("config");
-        let t = k.sign(r#"{"alg":"ES256","kid":"k"}"#);
+        let t = k.sign_header(r#"{"alg":"ES256","kid":"k"}"#);
         assert_eq!(h.get_with_token("/", &t).await.status, 200, "{ops}");
         h.stop().await;
     }
@@ -546,17 +373,17 @@ async fn keys_whose_use_or_key_ops_do_not_allow_verifying_are_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_of_two_keys_with_one_kid_is_used_and_the_later_ignored() {
-    let (first, second, third) = (Ec::new(), Ec::new(), Ec::new());
+    let (first, second, third) = (Signer::new("ec"), Signer::new("ec"), Signer::new("ec"));
     let jwks = json!({ "keys": [
-        first.jwk(json!({ "kid": "k" })),
-        second.jwk(json!({ "kid": "k" })),
-        third.jwk(json!({ "kid": "k", "use": "sig" })),
+        first.jwk_with(json!({ "kid": "k" })),
+        second.jwk_with(json!({ "kid": "k" })),
+        third.jwk_with(json!({ "kid": "k", "use": "sig" })),
     ]});
     let h = jwks_file_harness(&jwks).await.expect("config");
-    let ok = first.sign(r#"{"alg":"ES256","kid":"k"}"#);
+    let ok = first.sign_header(r#"{"alg":"ES256","kid":"k"}"#);
     assert_eq!(h.get_with_token("/", &ok).await.status, 200);
     for (label, k) in [("second", &second), ("third", &third)] {
-        let t = k.sign(r#"{"alg":"ES256","kid":"k"}"#);
+        let t = k.sign_header(r#"{"alg":"ES256","kid":"k"}"#);
         let a = h.get_with_token("/", &t).await;
         assert_401(&a, &t, label);
         assert_eq!(get_h2(h.addr, &t).await.status, 401, "{label} (h2)");
@@ -566,15 +393,15 @@ async fn the_first_of_two_keys_with_one_kid_is_used_and_the_later_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_than_100_usable_keys_refuse_the_key_set_and_pem_lists_too() {
-    let keys: Vec<Ec> = (0..101).map(|_| Ec::new()).collect();
+    let keys: Vec<Signer> = (0..101).map(|_| Signer::new("ec")).collect();
     let set = |n: usize| {
         json!({ "keys": keys[..n].iter().enumerate()
-            .map(|(i, k)| k.jwk(json!({ "kid": format!("k{i}") }))).collect::<Vec<_>>() })
+            .map(|(i, k)| k.jwk_with(json!({ "kid": format!("k{i}") }))).collect::<Vec<_>>() })
     };
     let h = jwks_file_harness(&set(100))
         .await
         .expect("100 keys are fine");
-    let t = keys[99].sign(r#"{"alg":"ES256","kid":"k99"}"#);
+    let t = keys[99].sign_header(r#"{"alg":"ES256","kid":"k99"}"#);
     assert_eq!(h.get_with_token("/", &t).await.status, 200);
     h.stop().await;
     let e = jwks_file_harness(&set(101))
@@ -588,7 +415,7 @@ async fn more_than_100_usable_keys_refuse_the_key_set_and_pem_lists_too() {
         many["keys"]
             .as_array_mut()
             .expect("keys")
-            .push(keys[0].jwk(json!({ "kid": format!("enc{i}"), "use": "enc" })));
+            .push(keys[0].jwk_with(json!({ "kid": format!("enc{i}"), "use": "enc" })));
     }
     let h = jwks_file_harness(&many)
         .await
@@ -632,11 +459,11 @@ async fn more_than_100_usable_keys_refuse_the_key_set_and_pem_lists_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_a_usable_kid_is_tried_against_at_most_four_keys() {
     // Kid-less keys: a token without a kid (or with an unknown one) may use any of them.
-    let keys: Vec<Ec> = (0..12).map(|_| Ec::new()).collect();
-    let set = |n: usize| json!({ "keys": keys[..n].iter().map(|k| k.jwk(json!({}))).collect::<Vec<_>>() });
+    let keys: Vec<Signer> = (0..12).map(|_| Signer::new("ec")).collect();
+    let set = |n: usize| json!({ "keys": keys[..n].iter().map(|k| k.jwk_with(json!({}))).collect::<Vec<_>>() });
     let h = jwks_file_harness(&set(4)).await.expect("config");
     for header in [r#"{"alg":"ES256"}"#, r#"{"alg":"ES256","kid":"nope"}"#] {
-        let t = keys[3].sign(header);
+        let t = keys[3].sign_header(header);
         assert_eq!(
             h.get_with_token("/", &t).await.status,
             200,
@@ -650,7 +477,7 @@ async fn a_token_without_a_usable_kid_is_tried_against_at_most_four_keys() {
         (0, r#"{"alg":"ES256"}"#),
         (5, r#"{"alg":"ES256","kid":"unknown"}"#),
     ] {
-        let t = keys[i].sign(header);
+        let t = keys[i].sign_header(header);
         for a in [h.get_with_token("/", &t).await, get_h2(h.addr, &t).await] {
             assert_401(&a, &t, header);
             assert!(
@@ -665,13 +492,14 @@ async fn a_token_without_a_usable_kid_is_tried_against_at_most_four_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_jwks_too_large_in_keys_or_without_usable_keys_is_a_failed_refresh_logged_briefly() {
-    let (p, paddr, _stop) = Provider::start().await;
+    let p = Provider::start().await;
+    let paddr = p.addr;
     // 150 usable keys: refused whole (a failed refresh), no key from it is ever used.
-    let keys: Vec<Ec> = (0..150).map(|_| Ec::new()).collect();
+    let keys: Vec<Signer> = (0..150).map(|_| Signer::new("ec")).collect();
     p.set(
         "/many.json",
         json!({ "keys": keys.iter().enumerate()
-            .map(|(i, k)| k.jwk(json!({ "kid": format!("k{i}") }))).collect::<Vec<_>>() })
+            .map(|(i, k)| k.jwk_with(json!({ "kid": format!("k{i}") }))).collect::<Vec<_>>() })
         .to_string(),
     );
     // 3,000 unusable entries with long kids: the failure log stays short.
@@ -701,7 +529,7 @@ async fn a_live_jwks_too_large_in_keys_or_without_usable_keys_is_a_failed_refres
         let metrics_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(a) = get(metrics_addr, "/metrics", None).await {
+            if let Ok(a) = try_get(metrics_addr, "/metrics", None).await {
                 let failures = metric(
                     &a.body,
                     "jwtgate_key_refresh_total",
@@ -719,10 +547,12 @@ async fn a_live_jwks_too_large_in_keys_or_without_usable_keys_is_a_failed_refres
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let gw: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let t = keys[0].sign(r#"{"alg":"ES256","kid":"k0"}"#);
-        let a = get(gw, "/", Some(&t)).await.expect("answer");
+        let t = keys[0].sign_header(r#"{"alg":"ES256","kid":"k0"}"#);
+        let a = try_get(gw, "/", Some(&t)).await.expect("answer");
         assert_eq!(a.status, 503, "{path}: no keys loaded: {}", a.body);
-        let ready = get(metrics_addr, "/readyz", None).await.expect("readyz");
+        let ready = try_get(metrics_addr, "/readyz", None)
+            .await
+            .expect("readyz");
         assert_eq!(ready.status, 503, "{path}");
         let logs = output_of(&out, &err);
         assert!(logs.contains(what), "{path}: {logs}");
@@ -736,11 +566,12 @@ async fn a_live_jwks_too_large_in_keys_or_without_usable_keys_is_a_failed_refres
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_documents_for_another_issuer_or_with_credentials_give_no_keys() {
-    let k = Ec::new();
-    let (p, paddr, _stop) = Provider::start().await;
+    let k = Signer::new("ec");
+    let p = Provider::start().await;
+    let paddr = p.addr;
     p.set(
         "/keys",
-        json!({ "keys": [k.jwk(json!({ "kid": "k" }))] }).to_string(),
+        json!({ "keys": [k.jwk_with(json!({ "kid": "k" }))] }).to_string(),
     );
     let jwks_uri = format!("http://{paddr}/keys");
     let cases = [
@@ -791,13 +622,13 @@ async fn discovery_documents_for_another_issuer_or_with_credentials_give_no_keys
             ),
         )
         .expect("write");
-        let before = p.hits.load(SeqCst);
+        let before = p.s.hits.load(SeqCst);
         let (out, err) = (dir.path().join("out"), dir.path().join("err"));
         let _child = spawn_run(dir.path(), &config, &out, &err, |_| {});
         let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(a) = get(admin, "/metrics", None).await {
+            if let Ok(a) = try_get(admin, "/metrics", None).await {
                 if metric(
                     &a.body,
                     "jwtgate_key_refresh_total",
@@ -817,8 +648,8 @@ async fn discovery_documents_for_another_issuer_or_with_credentials_give_no_keys
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let gw: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let t = k.sign(r#"{"alg":"ES256","kid":"k"}"#);
-        let a = get(gw, "/", Some(&t)).await.expect("answer");
+        let t = k.sign_header(r#"{"alg":"ES256","kid":"k"}"#);
+        let a = try_get(gw, "/", Some(&t)).await.expect("answer");
         assert_eq!(a.status, 503, "{label}: no keys: {}", a.body);
         let logs = output_of(&out, &err);
         assert!(
@@ -844,10 +675,10 @@ async fn discovery_documents_for_another_issuer_or_with_credentials_give_no_keys
         ))
     ))
     .await;
-    let t = k.sign(r#"{"alg":"ES256","kid":"k"}"#);
+    let t = k.sign_header(r#"{"alg":"ES256","kid":"k"}"#);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let a = get(gw.addr, "/", Some(&t)).await.expect("answer");
+        let a = try_get(gw.addr, "/", Some(&t)).await.expect("answer");
         if a.status == 200 {
             break;
         }
@@ -1011,7 +842,10 @@ async fn a_reload_to_dev_zero_or_a_fifo_is_refused_without_hanging_and_serving_g
     .await;
     let t = token("ES256", &claims());
     assert_eq!(
-        get(gw.addr, "/", Some(&t)).await.expect("answer").status,
+        try_get(gw.addr, "/", Some(&t))
+            .await
+            .expect("answer")
+            .status,
         200
     );
     let fifo = gw.dir.path().join("fifo");
@@ -1036,13 +870,13 @@ async fn a_reload_to_dev_zero_or_a_fifo_is_refused_without_hanging_and_serving_g
         };
         let before = failures();
         gw.app.request_reload();
-        until(
+        eventually(
             Duration::from_secs(10),
             &format!("{source}: reload refused"),
-            || failures() > before,
+            || std::future::ready(failures() > before),
         )
         .await;
-        let a = get(gw.addr, "/", Some(&t)).await.expect("answer");
+        let a = try_get(gw.addr, "/", Some(&t)).await.expect("answer");
         assert_eq!(a.status, 200, "{source}: the last good config serves");
     }
 }
@@ -1132,18 +966,21 @@ async fn a_10000_route_reload_completes_while_requests_keep_being_answered() {
     );
     let gw = start_app(&body).await;
     let t = token("ES256", &claims());
-    assert_eq!(get(gw.addr, "/r7", None).await.expect("answer").status, 200);
+    assert_eq!(
+        try_get(gw.addr, "/r7", None).await.expect("answer").status,
+        200
+    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
     let requester = {
         let (stop, answered, addr, t) = (stop.clone(), answered.clone(), gw.addr, t.clone());
         tokio::spawn(async move {
             while !stop.load(SeqCst) {
-                let a = get(addr, "/", Some(&t)).await?;
+                let a = try_get(addr, "/", Some(&t)).await?;
                 if a.status != 200 {
                     return Err(format!("status {} during the reload: {}", a.status, a.body));
                 }
-                let a = get(addr, "/r9999/x", None).await?;
+                let a = try_get(addr, "/r9999/x", None).await?;
                 if a.status != 200 {
                     return Err(format!("status {} during the reload", a.status));
                 }
@@ -1168,7 +1005,7 @@ async fn a_10000_route_reload_completes_while_requests_keep_being_answered() {
     let before = answered.load(SeqCst);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let a = get(gw.addr, "/added", None).await.expect("answer");
+        let a = try_get(gw.addr, "/added", None).await.expect("answer");
         if a.status == 502 {
             break;
         }
@@ -1197,7 +1034,8 @@ async fn a_10000_route_reload_completes_while_requests_keep_being_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_series_the_config_makes_known_exists_from_the_first_scrape() {
-    let (p, paddr, _stop) = Provider::start().await;
+    let p = Provider::start().await;
+    let paddr = p.addr;
     // A remote issuer whose provider never answers with keys (404), and a static one.
     let _ = &p;
     let body = format!(

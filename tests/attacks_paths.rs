@@ -5,26 +5,21 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use common::tls::CERTS;
 use common::{claims, default_issuer, token, Harness};
 
 /// Bound on every network step, so a broken gateway fails a test instead of hanging it.
 const IO: Duration = Duration::from_secs(5);
-
-const CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs");
 
 /// How a request reaches the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,21 +108,6 @@ impl Pair {
     }
 }
 
-fn tls_config(alpn: &[u8]) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(format!("{CERTS}/dev-ca.crt")).expect("dev CA") {
-        roots.add(c.expect("dev CA parses")).expect("dev CA root");
-    }
-    let mut c = ClientConfig::builder_with_provider(provider as Arc<CryptoProvider>)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(c)
-}
-
 /// A connection for `via` (TLS to `localhost`, ALPN chosen by the protocol).
 async fn connect(h: &Harness, via: Via) -> Box<dyn Io> {
     let tcp = TcpStream::connect(h.addr).await.expect("connect");
@@ -136,10 +116,13 @@ async fn connect(h: &Harness, via: Via) -> Box<dyn Io> {
     }
     let alpn: &[u8] = if via.h2() { b"h2" } else { b"http/1.1" };
     let name = ServerName::try_from("localhost").expect("name");
-    let s = tokio::time::timeout(IO, TlsConnector::from(tls_config(alpn)).connect(name, tcp))
-        .await
-        .expect("TLS handshake in time")
-        .expect("TLS handshake");
+    let s = tokio::time::timeout(
+        IO,
+        TlsConnector::from(common::tls::dev_client(&[alpn], false)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake in time")
+    .expect("TLS handshake");
     Box::new(s)
 }
 

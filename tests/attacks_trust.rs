@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,17 +15,17 @@ use http::{HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use common::{claims, default_issuer, echo_upstream, raw_exchange, token, Answer};
+use common::metrics::metric_or_zero;
+use common::tls::{self, cert_file};
+use common::{claims, default_issuer, echo_upstream, raw_exchange, token, with, Answer};
 
 /// Bound on every network step, so a broken gateway fails a test instead of hanging it.
 const IO: Duration = Duration::from_secs(10);
-
-const CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs");
 
 /// The untrusted peer of tests where 127.0.0.1 is trusted (Linux routes all of 127/8 to lo).
 const UNTRUSTED: &str = "127.0.0.2";
@@ -136,7 +135,7 @@ async fn start_on(bind: &str, listen_extra: &str, config: &str) -> Gw {
         Arc::new(jwtgate::App::new(snapshot, jwtgate::metrics::Metrics::new(), None).expect("app"));
     let listener = TcpListener::bind(bind).await.expect("bind gateway");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(app.clone().serve(listener, None, async {
+    tokio::spawn(jwtgate::run(listener, app.clone(), async {
         std::future::pending::<()>().await;
         Duration::from_secs(1)
     }));
@@ -251,16 +250,12 @@ fn received_names(a: &Answer) -> Vec<String> {
 
 /// The value of the auth failure counter for `route` and `reason`.
 fn auth_failures(gw: &Gw, route: &str, reason: &str) -> u64 {
-    gw.app
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("jwtgate_auth_failures_total{"))
-        .filter(|l| {
-            l.contains(&format!("route=\"{route}\"")) && l.contains(&format!("reason=\"{reason}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let labels = [("route", route), ("reason", reason)];
+    metric_or_zero(
+        &gw.app.metrics.render(),
+        "jwtgate_auth_failures_total",
+        &labels,
+    ) as u64
 }
 
 // =============================================================================================
@@ -657,10 +652,6 @@ async fn listen_trust_settings_are_validated_with_positions() {
 // The client certificate header (mTLS)
 // =============================================================================================
 
-fn cert_file(name: &str) -> PathBuf {
-    Path::new(CERTS).join(name)
-}
-
 fn mtls_listen(extra: &str) -> String {
     format!(
         "tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}\n{extra}",
@@ -668,31 +659,6 @@ fn mtls_listen(extra: &str) -> String {
         cert_file("server.key").display(),
         cert_file("dev-ca.crt").display()
     )
-}
-
-fn tls_client(identity: bool, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(cert_file("dev-ca.crt")).expect("ca") {
-        roots.add(c.expect("ca cert")).expect("root");
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots);
-    let mut c = if identity {
-        let certs = CertificateDer::pem_file_iter(cert_file("client.crt"))
-            .expect("client cert")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("client cert");
-        let key = PrivateKeyDer::from_pem_file(cert_file("client.key")).expect("client key");
-        b.with_client_auth_cert(certs, key).expect("identity")
-    } else {
-        b.with_no_client_auth()
-    };
-    c.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(c)
 }
 
 async fn send_tls(
@@ -708,26 +674,8 @@ async fn send_tls(
     } else {
         b"http/1.1"
     };
-    let name = ServerName::try_from("localhost").expect("name");
-    let tls = tokio::time::timeout(
-        IO,
-        tokio_rustls::TlsConnector::from(tls_client(identity, alpn)).connect(name, tcp),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake");
+    let tls = tls::handshake(tcp, tls::dev_client(&[alpn], identity)).await;
     exchange(tls, proto, "https", path, headers).await
-}
-
-/// The DER of the dev client certificate.
-fn client_der() -> Vec<u8> {
-    CertificateDer::pem_file_iter(cert_file("client.crt"))
-        .expect("client cert")
-        .next()
-        .expect("one cert")
-        .expect("cert")
-        .as_ref()
-        .to_vec()
 }
 
 /// Splits an Envoy XFCC element into its `key=value` pairs (values unquoted).
@@ -756,7 +704,7 @@ fn xfcc_pairs(v: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn mtls_sets_x_forwarded_client_cert_from_the_verified_certificate_only() {
     let gw = start_on("127.0.0.1:0", &mtls_listen(""), &routes()).await;
-    let der = client_der();
+    let der = tls::der_of(&cert_file("client.crt"));
     let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der)
         .as_ref()
         .iter()
@@ -858,11 +806,6 @@ async fn without_a_verified_certificate_no_client_cert_header_passes() {
 // =============================================================================================
 // Claim values that change meaning at the upstream
 // =============================================================================================
-
-fn with(mut c: Value, key: &str, v: Value) -> Value {
-    c[key] = v;
-    c
-}
 
 #[tokio::test]
 async fn claim_values_an_upstream_would_read_differently_refuse_the_token_and_others_pass() {

@@ -38,19 +38,13 @@ async fn app(
     let app = Arc::new(jwtgate::App::load(&path).expect("config"));
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
-    let a = app.clone();
-    tokio::spawn(async move { a.serve(l, None, std::future::pending()).await });
+    tokio::spawn(jwtgate::run(l, app.clone(), std::future::pending::<()>()));
     (app, addr, dir)
 }
 
-async fn get(addr: std::net::SocketAddr, path: &str, token: &str) -> u16 {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let req = http::Request::get(format!("http://{addr}{path}"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())
-        .expect("request");
-    client.request(req).await.expect("answer").status().as_u16()
+/// The status of GET `path` with `token`.
+async fn status(addr: std::net::SocketAddr, path: &str, token: &str) -> u16 {
+    client::get(addr, path, Some(token)).await.status
 }
 
 fn counter(app: &jwtgate::App, result: &str) -> u64 {
@@ -70,7 +64,7 @@ async fn a_repeated_token_hits_the_cache() {
     let (app, addr, _dir) = app(&format!("{}{ROUTES}", default_issuer()), &up).await;
     let t = token("ES256", &claims());
     for _ in 0..3 {
-        assert_eq!(get(addr, "/open", &t).await, 200);
+        assert_eq!(status(addr, "/open", &t).await, 200);
     }
     assert_eq!(counter(&app, "miss"), 1);
     assert_eq!(counter(&app, "hit"), 2);
@@ -81,9 +75,9 @@ async fn a_hit_still_checks_the_routes_requirements() {
     let up = echo().await;
     let (app, addr, _dir) = app(&format!("{}{ROUTES}", default_issuer()), &up).await;
     let t = token("RS256", &claims());
-    assert_eq!(get(addr, "/open", &t).await, 200);
+    assert_eq!(status(addr, "/open", &t).await, 200);
     assert_eq!(
-        get(addr, "/strict", &t).await,
+        status(addr, "/strict", &t).await,
         403,
         "cached signature, unmet scope"
     );
@@ -99,9 +93,9 @@ async fn a_hit_never_outlives_the_tokens_exp() {
     let mut c = claims();
     c["exp"] = (now() + 2).into();
     let t = token("EdDSA", &c);
-    assert_eq!(get(addr, "/open", &t).await, 200);
+    assert_eq!(status(addr, "/open", &t).await, 200);
     tokio::time::sleep(Duration::from_millis(3600)).await;
-    assert_eq!(get(addr, "/open", &t).await, 401, "expired while cached");
+    assert_eq!(status(addr, "/open", &t).await, 401, "expired while cached");
 }
 
 #[tokio::test]
@@ -110,8 +104,8 @@ async fn a_reload_that_drops_the_key_drops_the_entry() {
     let config = format!("{}{ROUTES}", default_issuer());
     let (app, addr, dir) = app(&config, &up).await;
     let t = token("HS256", &claims());
-    assert_eq!(get(addr, "/open", &t).await, 200);
-    assert_eq!(get(addr, "/open", &t).await, 200);
+    assert_eq!(status(addr, "/open", &t).await, 200);
+    assert_eq!(status(addr, "/open", &t).await, 200);
     // Replace the JWKS with one that lacks the HMAC key, then reload.
     let jwks: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("jwks.json")).expect("read"))
@@ -130,7 +124,7 @@ async fn a_reload_that_drops_the_key_drops_the_entry() {
     .expect("write");
     app.reload_config().expect("reload");
     assert_eq!(
-        get(addr, "/open", &t).await,
+        status(addr, "/open", &t).await,
         401,
         "the key that verified it is gone"
     );
@@ -145,7 +139,7 @@ async fn the_cache_can_be_turned_off() {
     );
     let (app, addr, _dir) = app(&config, &up).await;
     let t = token("ES384", &claims());
-    assert_eq!(get(addr, "/open", &t).await, 200);
-    assert_eq!(get(addr, "/open", &t).await, 200);
+    assert_eq!(status(addr, "/open", &t).await, 200);
+    assert_eq!(status(addr, "/open", &t).await, 200);
     assert_eq!(counter(&app, "hit") + counter(&app, "miss"), 0);
 }

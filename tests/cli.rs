@@ -10,20 +10,13 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use common::{free_port, is_located};
+use common::{free_port, is_located, repo};
 
 const DEV_ISS: &str = "https://dev.jwtgate.local/";
 const DEV_AUD: &str = "jwtgate-demo";
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 /// Runs the binary to completion from `cwd` with `args`.
 fn jwtgate(cwd: &Path, args: &[&str]) -> Output {
@@ -637,25 +630,14 @@ impl Reply {
 
 /// One GET on a fresh connection that is closed afterwards (so nothing idles in the gateway).
 async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build_http();
-    let mut b = http::Request::get(format!("http://{addr}{path}")).header("connection", "close");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let res = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(b.body(Empty::new()).expect("request")),
-    )
-    .await
-    .expect("answered in time")
-    .expect("answered");
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("connection", "close")];
+    headers.extend(auth.as_deref().map(|a| ("authorization", a)));
+    let url = format!("http://{addr}{path}");
+    let a = common::client::request("GET", &url, &headers, Bytes::new()).await;
     Reply {
-        status,
-        body: text(&body),
+        status: a.status,
+        body: a.body,
     }
 }
 

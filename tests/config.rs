@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::repo;
 use jwtgate::config::{ConfigErrors, KeySource};
 use jwtgate::{Config, Snapshot};
 
@@ -862,10 +863,6 @@ fn issuer_with(algs: &str, source: &str) -> String {
     format!(
         "\n[[issuer]]\nname = \"corp\"\nissuer = \"https://idp.example.com/\"\naudiences = [\"orders-api\"]\nalgorithms = {algs}\n{source}\n"
     )
-}
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
 #[test]

@@ -1235,29 +1235,7 @@ async fn claim_header_in_chunked_trailer_never_reaches_upstream_bytes() {
 
 /// An HTTP/2 (prior knowledge) request to the gateway; each header pair is sent as its own field.
 async fn h2_get(h: &Harness, path: &str, headers: &[(&str, &str)]) -> Answer {
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let mut b = http::Request::builder().uri(format!("http://{}{}", h.addr, path));
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    let req = b.body(Full::new(bytes::Bytes::new())).expect("request");
-    let res = tokio::time::timeout(Duration::from_secs(5), client.request(req))
-        .await
-        .expect("gateway answered in time")
-        .expect("gateway answered over h2");
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    common::client::get_h2(&format!("http://{}{}", h.addr, path), headers).await
 }
 
 #[tokio::test]

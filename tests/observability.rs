@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
@@ -24,24 +24,13 @@ use tokio::sync::oneshot;
 // ---------------------------------------------------------------------------------------------
 // Local helpers
 
+/// How long a polled condition may take to hold.
+const WAIT: Duration = Duration::from_secs(5);
+
 /// An answer read whole, from the gateway or its admin listener.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-}
+type Reply = Answer;
 
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
-    }
-
+impl Answer {
     /// Everything the client saw: status, every header, the body.
     fn transcript(&self) -> String {
         let mut t = format!("{}\n", self.status);
@@ -55,24 +44,7 @@ impl Reply {
 
 /// Any request, through a real HTTP/1.1 client.
 async fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut b = http::Request::builder().method(method).uri(url);
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    let req = b.body(Full::new(Bytes::new())).expect("request");
-    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .unwrap_or_else(|_| panic!("{method} {url}: no answer within 10 s"))
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    client::request(method, url, headers, Bytes::new()).await
 }
 
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -284,23 +256,6 @@ async fn scrape(admin: SocketAddr) -> Scrape {
     Scrape::new(r.body)
 }
 
-/// Polls `f` until it holds, for at most 5 s.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// A gateway run through the library `App`, with its own traffic and admin listeners.
 struct Gw {
     dir: tempfile::TempDir,
@@ -319,7 +274,7 @@ fn write_config(dir: &Path, config: &str, upstream: SocketAddr) -> PathBuf {
         .replace("{upstream}", &format!("http://{upstream}"))
         .replace("{dead}", &format!("http://127.0.0.1:{}", free_port()))
         .replace("{dir}", &dir.display().to_string())
-        .replace("{manifest}", &manifest_dir().display().to_string());
+        .replace("{manifest}", env!("CARGO_MANIFEST_DIR"));
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("write config");
     path
@@ -357,10 +312,17 @@ impl Gw {
         let traffic = traffic_l.local_addr().expect("addr");
         let admin = admin_l.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(app.clone().serve(traffic_l, Some(admin_l), async move {
-            let _ = stopped.await;
-            Duration::from_secs(1)
-        }));
+        tokio::spawn(jwtgate::run(
+            jwtgate::Listeners {
+                traffic: traffic_l,
+                admin: Some(admin_l),
+            },
+            app.clone(),
+            async move {
+                let _ = stopped.await;
+                Duration::from_secs(1)
+            },
+        ));
         Gw {
             dir,
             app,
@@ -374,7 +336,7 @@ impl Gw {
 
     async fn wait_ready(&self) {
         let admin = self.admin;
-        eventually("/readyz 200", || async move {
+        eventually(WAIT, "/readyz 200", || async move {
             get(admin, "/readyz", &[]).await.status == 200
         })
         .await;
@@ -793,13 +755,13 @@ auth = "none"
     );
     drop(c); // the client goes away before the answer
     let admin = gw.admin;
-    eventually("the abandoned request leaves flight", || async move {
+    eventually(WAIT, "the abandoned request leaves flight", || async move {
         scrape(admin).await.value("jwtgate_requests_in_flight", &[]) == 0.0
     })
     .await;
     // Whatever the gateway calls it (499, 502, 504, ...), the request is counted once and
     // its duration observed: one access line and one count per request.
-    eventually("the abandoned request is counted", || async move {
+    eventually(WAIT, "the abandoned request is counted", || async move {
         let m = scrape(admin).await;
         let counted: f64 = m
             .nonzero("jwtgate_requests_total", &["route", "code"])
@@ -1135,7 +1097,7 @@ auth = "required"
 "#
     );
     let gw = Gw::start(&config).await;
-    let cert = manifest_dir().join("certs/server.crt");
+    let cert = repo("certs/server.crt");
     let m = gw.scrape().await;
     let got = m.value(
         "jwtgate_tls_cert_expiry_timestamp_seconds",
@@ -1338,13 +1300,17 @@ async fn reload_counters_move_on_request_reload() {
     write_config(gw.dir.path(), &reload_config(true, false), upstream);
     gw.app.request_reload();
     let admin = gw.admin;
-    eventually("config_reloads_total{result=success} >= 1", || async move {
-        scrape(admin)
-            .await
-            .get("jwtgate_config_reloads_total", &[("result", "success")])
-            .unwrap_or(0.0)
-            >= 1.0
-    })
+    eventually(
+        WAIT,
+        "config_reloads_total{result=success} >= 1",
+        || async move {
+            scrape(admin)
+                .await
+                .get("jwtgate_config_reloads_total", &[("result", "success")])
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    )
     .await;
     let r = gw.get("/added/x", &[]).await;
     assert_eq!(r.status, 200, "the good edit applies: {}", r.body);
@@ -1359,13 +1325,17 @@ async fn reload_counters_move_on_request_reload() {
 
     write_config(gw.dir.path(), &reload_config(true, true), upstream);
     gw.app.request_reload();
-    eventually("config_reloads_total{result=failure} >= 1", || async move {
-        scrape(admin)
-            .await
-            .get("jwtgate_config_reloads_total", &[("result", "failure")])
-            .unwrap_or(0.0)
-            >= 1.0
-    })
+    eventually(
+        WAIT,
+        "config_reloads_total{result=failure} >= 1",
+        || async move {
+            scrape(admin)
+                .await
+                .get("jwtgate_config_reloads_total", &[("result", "failure")])
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    )
     .await;
     let r = gw.get("/added/x", &[]).await;
     assert_eq!(

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +19,8 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
-use common::Answer;
+use common::client::get;
+use common::{eventually, Answer};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -294,10 +294,17 @@ require = {{ scope = "api:read" }}
             admin.local_addr().expect("addr"),
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(app.serve(traffic, Some(admin), async move {
-            let _ = stopped.await;
-            Duration::from_secs(1)
-        }));
+        tokio::spawn(jwtgate::run(
+            jwtgate::Listeners {
+                traffic,
+                admin: Some(admin),
+            },
+            app,
+            async move {
+                let _ = stopped.await;
+                Duration::from_secs(1)
+            },
+        ));
         let gw = Gateway {
             addr,
             admin: admin_addr,
@@ -318,48 +325,6 @@ require = {{ scope = "api:read" }}
 
     async fn get(&self, token: &str) -> Answer {
         get(self.addr, "/orders/7", Some(token)).await
-    }
-}
-
-async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut b = http::Request::get(format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let req = b.body(Full::new(Bytes::new())).expect("request");
-    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
-        .await
-        .expect("answered in time")
-        .expect("answered");
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-/// Polls `probe` every 25 ms until it gives `Ok`, at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        match probe().await {
-            Ok(()) => return,
-            Err(last) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "{what}: not seen within {limit:?}; last: {last}"
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        }
     }
 }
 

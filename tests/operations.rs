@@ -19,14 +19,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use common::{echo_upstream, free_port, ChildGuard};
+use common::{echo_upstream, free_port, repo, ChildGuard};
 
 /// Every request of these tests must be answered within this, whatever stdout does.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 /// A `jwtgate run` child whose stdout is a pipe the test holds (reading it or not).
 struct Gw {
@@ -215,17 +211,8 @@ async fn load(addr: SocketAddr, path: &str, n: usize, http2: bool, want: u16) ->
 
 /// The value of an unlabelled metric on the admin listener's `/metrics`.
 async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let req = http::Request::get(format!("http://{admin}/metrics"))
-        .body(Empty::new())
-        .expect("request");
-    let res = tokio::time::timeout(ANSWER_WITHIN, client(false).request(req))
-        .await
-        .expect("/metrics answered in time")
-        .expect("/metrics answered");
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    let text = common::client::get(admin, "/metrics", None).await.body;
+    common::metrics::metric(&text, name, &[])
         .unwrap_or_else(|| panic!("no {name} on /metrics:\n{text}"))
 }
 

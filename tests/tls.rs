@@ -20,22 +20,20 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls::{ProtocolVersion, SupportedProtocolVersion};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use common::tls::{cert_file, der_of, dev_roots, pem_certs, pem_key, provider};
 use common::{claims, default_config, default_issuer, free_port, is_located, token, Harness};
 
 /// Bound on every single network step, so a broken gateway fails a test instead of hanging it.
 const IO: Duration = Duration::from_secs(5);
-
-const CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs");
 
 const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
 const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -43,38 +41,6 @@ const BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::v
 
 const H2: &[u8] = b"h2";
 const H1: &[u8] = b"http/1.1";
-
-fn cert_file(name: &str) -> PathBuf {
-    Path::new(CERTS).join(name)
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_file_iter(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
-}
-
-fn pem_key(path: &Path) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::from_pem_file(path).unwrap_or_else(|e| panic!("key {}: {e}", path.display()))
-}
-
-/// The DER of the (first) certificate in a PEM file.
-fn der_of(path: &Path) -> Vec<u8> {
-    pem_certs(path)[0].as_ref().to_vec()
-}
-
-fn dev_roots() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    for c in pem_certs(&cert_file("dev-ca.crt")) {
-        roots.add(c).expect("dev CA is a usable root");
-    }
-    roots
-}
 
 /// Accepts any server certificate (signatures are still checked), so a test can look at the
 /// certificate a server name got even when that certificate does not cover the name.
@@ -795,7 +761,7 @@ async fn library_reload_swaps_certificates_and_keeps_the_last_good_pair() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.serve(listener, None, async move {
+    tokio::spawn(jwtgate::run(listener, app, async move {
         let _ = stop_rx.await;
         Duration::from_secs(1)
     }));
@@ -1275,7 +1241,7 @@ async fn start_app(config: &str) -> (SocketAddr, Arc<jwtgate::App>, tempfile::Te
         Arc::new(jwtgate::App::new(snapshot, jwtgate::metrics::Metrics::new(), None).expect("app"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(app.clone().serve(listener, None, async {
+    tokio::spawn(jwtgate::run(listener, app.clone(), async {
         std::future::pending::<()>().await;
         Duration::from_secs(1)
     }));

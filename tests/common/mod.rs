@@ -2,6 +2,13 @@
 //! at test time for every algorithm, and tokens signed with them.
 #![allow(dead_code)]
 
+pub mod client;
+pub mod der;
+pub mod jwks;
+pub mod metrics;
+pub mod tls;
+
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -14,9 +21,6 @@ use aws_lc_rs::{hmac, rsa};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -368,26 +372,8 @@ impl Harness {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Answer {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let mut b = http::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{}", self.addr, path));
-        for (n, v) in headers {
-            b = b.header(*n, *v);
-        }
-        let req = b.body(Full::new(body)).expect("request");
-        let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
-            .await
-            .expect("gateway answered in time")
-            .expect("gateway answered");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Answer {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        let url = format!("http://{}{}", self.addr, path);
+        client::request(method, &url, headers, body).await
     }
 
     /// Writes raw bytes on a new TCP connection and returns everything read until the
@@ -572,4 +558,158 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (St
     .await
     .is_ok();
     (String::from_utf8_lossy(&out).into_owned(), ended)
+}
+
+/// A path in the repository (`env!("CARGO_MANIFEST_DIR")`), not the working directory.
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// `claims` with `name` set to `value`.
+pub fn with(claims: Value, name: &str, value: Value) -> Value {
+    let mut c = claims;
+    c[name] = value;
+    c
+}
+
+/// `claims` without `name`.
+pub fn without(claims: Value, name: &str) -> Value {
+    let mut c = claims;
+    c.as_object_mut().expect("claims object").remove(name);
+    c
+}
+
+/// What a probe of [`eventually`] reports: done (with a value) or not yet (with what it saw).
+pub trait Outcome {
+    /// The value once done.
+    type Value;
+    /// `Ok` once done, else what was seen.
+    fn outcome(self) -> Result<Self::Value, String>;
+}
+
+impl Outcome for bool {
+    type Value = ();
+    fn outcome(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("false".into())
+        }
+    }
+}
+
+impl<T> Outcome for Result<T, String> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self
+    }
+}
+
+/// Polls `probe` every 25 ms until it is done (`true` or `Ok`), at most `limit`; panics
+/// naming `what` and the last thing seen.
+pub async fn eventually<O, F, Fut>(limit: Duration, what: &str, mut probe: F) -> O::Value
+where
+    O: Outcome,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = O>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match probe().await.outcome() {
+            Ok(v) => return v,
+            Err(last) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what}: not seen within {limit:?}; last seen: {last}"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+}
+
+/// The start of the `WWW-Authenticate` challenge of an invalid-token answer.
+pub const WWW_INVALID_PREFIX: &str =
+    "Bearer realm=\"jwtgate\", error=\"invalid_token\", error_description=\"";
+
+/// Asserts SPEC's invalid-token answer (401, the challenge with a description, the gateway's
+/// own JSON body, no upstream reached, nothing injected, no token or sizeable token segment
+/// echoed); returns the `error_description`.
+pub fn assert_invalid(a: &Answer, token: &str, case: &str) -> String {
+    assert_eq!(a.status, 401, "{case}: expected 401, got body {}", a.body);
+    let www = a
+        .header("www-authenticate")
+        .unwrap_or_else(|| panic!("{case}: no WWW-Authenticate header; body {}", a.body));
+    assert!(
+        www.starts_with(WWW_INVALID_PREFIX),
+        "{case}: WWW-Authenticate is {www:?}"
+    );
+    assert!(
+        www.len() > WWW_INVALID_PREFIX.len() + 1 && www.ends_with('"'),
+        "{case}: WWW-Authenticate has no description: {www:?}"
+    );
+    let body: Value = serde_json::from_str(&a.body)
+        .unwrap_or_else(|e| panic!("{case}: body is not JSON ({e}): {}", a.body));
+    assert_eq!(body["error"], "invalid_token", "{case}: body {}", a.body);
+    let desc = body["error_description"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{case}: no error_description: {}", a.body))
+        .to_owned();
+    assert!(!desc.is_empty(), "{case}: empty error_description");
+    // The gateway answered: the echo upstream's report has `headers` and `method`, a
+    // recording upstream's has `recorder`.
+    assert!(
+        ["headers", "method", "recorder"]
+            .iter()
+            .all(|k| body.get(k).is_none()),
+        "{case}: the upstream was reached: {}",
+        a.body
+    );
+    assert!(
+        a.headers.get("x-injected").is_none(),
+        "{case}: a header was injected into the answer: {:?}",
+        a.headers
+    );
+    // Never the token, nor any sizeable segment of it (the signature above all).
+    let whole = (!token.is_empty()).then_some(token);
+    for piece in whole
+        .into_iter()
+        .chain(token.split('.').filter(|s| s.len() >= 12))
+    {
+        assert!(
+            !a.body.contains(piece),
+            "{case}: the body echoes {piece:?}: {}",
+            a.body
+        );
+        assert!(
+            !www.contains(piece),
+            "{case}: WWW-Authenticate echoes {piece:?}"
+        );
+    }
+    desc
+}
+
+/// GETs `path` with `token` and asserts the invalid-token answer; returns the description.
+pub async fn expect_401(h: &Harness, path: &str, token: &str, case: &str) -> String {
+    let a = h.get_with_token(path, token).await;
+    assert_invalid(&a, token, case)
+}
+
+/// Like [`expect_401`], and the description mentions one of `words` (case-insensitive).
+pub async fn expect_401_saying(
+    h: &Harness,
+    path: &str,
+    token: &str,
+    words: &[&str],
+    case: &str,
+) -> String {
+    let d = expect_401(h, path, token, case).await;
+    let lower = d.to_ascii_lowercase();
+    assert!(
+        words
+            .iter()
+            .any(|w| lower.contains(&w.to_ascii_lowercase())),
+        "{case}: description {d:?} mentions none of {words:?}"
+    );
+    d
 }
