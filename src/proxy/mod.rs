@@ -276,7 +276,8 @@ impl Gateway {
 /// servers upper-case methods; an HTTP/1.1 request without Host (RFC 9112 §3.2; HTTP/1.0 may
 /// omit it); an absolute-form target of a scheme other than http or https; raw non-ASCII bytes
 /// in the query (the path has its own check); a transfer coding other than one final
-/// `chunked`, which hyper would drop silently (501, RFC 9112 §6.1).
+/// `chunked`, which hyper would drop silently (501, RFC 9112 §6.1). `identity` (a coding that
+/// changes nothing, once registered) is let through: dropping it loses no byte.
 fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let method = req.method().as_str();
     if method.eq_ignore_ascii_case("CONNECT") {
@@ -312,6 +313,9 @@ fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
             .to_str()
             .map_err(|_| ProxyError::BadRequest("the Transfer-Encoding header is not ASCII"))?;
         for coding in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if coding.eq_ignore_ascii_case("identity") {
+                continue;
+            }
             if !coding.eq_ignore_ascii_case("chunked") {
                 return Err(ProxyError::NotImplemented(
                     "the only transfer coding the gateway implements is chunked",
