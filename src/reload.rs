@@ -44,8 +44,24 @@ pub fn watched_files(config_path: &Path, c: &Config) -> Vec<PathBuf> {
 
 /// A hash of every file's bytes; a missing file hashes as missing. Each read is capped (at the
 /// largest cap of any watched kind), and a device or FIFO is never opened, so a path pointed
-/// at `/dev/zero` costs nothing here; loading it is refused with a clear error.
+/// at `/dev/zero` costs nothing here; loading it is refused with a clear error. A file that
+/// could not be read for another reason hashes as that error (see [`known_fingerprint`] for
+/// the watcher's reading).
 pub fn fingerprint(files: &[PathBuf]) -> u64 {
+    known_fingerprint(files).unwrap_or_else(|e| error_hash(&e))
+}
+
+/// The fingerprint of a set of files one of which could not be read with `e`.
+fn error_hash(e: &std::io::Error) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (3u8, e.kind().to_string()).hash(&mut h);
+    h.finish()
+}
+
+/// Like [`fingerprint`], but an error other than "not found" while reading a file (too many
+/// open files, permission denied, ...) is returned: it says nothing about whether the file
+/// changed, so the watcher retries at the next poll instead of reloading.
+pub fn known_fingerprint(files: &[PathBuf]) -> Result<u64, std::io::Error> {
     use crate::files::{read_capped, ReadError, MAX_CONFIG_BYTES};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for f in files {
@@ -54,25 +70,51 @@ pub fn fingerprint(files: &[PathBuf]) -> u64 {
             Ok(bytes) => (0u8, bytes).hash(&mut h),
             Err(ReadError::TooLarge { .. }) => 1u8.hash(&mut h),
             Err(ReadError::NotAFile) => 2u8.hash(&mut h),
-            Err(ReadError::Io(e)) => (3u8, e.kind().to_string()).hash(&mut h),
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => 4u8.hash(&mut h),
+            Err(ReadError::Io(e)) => return Err(e),
         }
     }
-    h.finish()
+    Ok(h.finish())
+}
+
+/// What one pass of the watcher does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// Reload: asked for, or the files differ from what was loaded.
+    Reload,
+    /// The files read as loaded.
+    Unchanged,
+    /// A file could not be read (such as during file-descriptor exhaustion): not a change,
+    /// and not a failed reload; the next poll looks again.
+    Unknown,
+}
+
+/// The watcher's decision from the fingerprint it just took and the one last loaded.
+pub fn decide(forced: bool, now: &Result<u64, std::io::Error>, last: u64) -> Poll {
+    match now {
+        _ if forced => Poll::Reload,
+        Ok(fp) if *fp == last => Poll::Unchanged,
+        Ok(_) => Poll::Reload,
+        Err(_) => Poll::Unknown,
+    }
 }
 
 /// The fingerprint of a config file and every file it names (as it reads now). A config that
 /// does not parse counts as just its own bytes.
 pub fn files_fingerprint(config_path: &Path) -> u64 {
-    files_fingerprint_and_list(config_path).0
+    known_files_fingerprint(config_path)
+        .0
+        .unwrap_or_else(|e| error_hash(&e))
 }
 
-/// [`files_fingerprint`] and the files it covers (what to watch next).
-pub fn files_fingerprint_and_list(config_path: &Path) -> (u64, Vec<PathBuf>) {
+/// The fingerprint of a config file and every file it names, an unreadable file reported as
+/// in [`known_fingerprint`], and the files it covers (what to watch next).
+fn known_files_fingerprint(config_path: &Path) -> (Result<u64, std::io::Error>, Vec<PathBuf>) {
     let files = match Config::load(config_path) {
         Ok(c) => watched_files(config_path, &c),
         Err(_) => vec![config_path.to_owned()],
     };
-    (fingerprint(&files), files)
+    (known_fingerprint(&files), files)
 }
 
 fn directories(files: &[PathBuf]) -> BTreeSet<PathBuf> {
@@ -140,13 +182,21 @@ pub async fn watch(app: Arc<App>) {
             let (app, path, files) = (app.clone(), config_path.clone(), files.clone());
             move || {
                 let mut next = None;
-                if forced || fingerprint(&files) != last {
-                    // The fingerprint is taken BEFORE the files are read: a change that lands
-                    // while the reload reads them differs from it, so the next poll reloads
-                    // again rather than losing the change. A refused config is remembered
-                    // too, so it is logged once, not on every poll.
-                    next = Some(files_fingerprint_and_list(&path));
-                    let _ = app.reload_config();
+                match decide(forced, &known_fingerprint(&files), last) {
+                    Poll::Reload => {
+                        // The fingerprint is taken BEFORE the files are read: a change that
+                        // lands while the reload reads them differs from it, so the next poll
+                        // reloads again rather than losing the change. A refused config is
+                        // remembered too, so it is logged once, not on every poll.
+                        next = Some(known_files_fingerprint(&path));
+                        let _ = app.reload_config();
+                    }
+                    Poll::Unchanged => {}
+                    Poll::Unknown => {
+                        tracing::debug!(
+                            "a watched file could not be read; looking again at the next poll"
+                        );
+                    }
                 }
                 app.reload_tls();
                 next
@@ -154,7 +204,11 @@ pub async fn watch(app: Arc<App>) {
         };
         match tokio::task::spawn_blocking(job).await {
             Ok(Some((fp, listed))) => {
-                last = fp;
+                // An unreadable file leaves `last` as it was: the next poll that can read
+                // everything reloads once more if anything differs, rather than miss a change.
+                if let Ok(fp) = fp {
+                    last = fp;
+                }
                 files = listed;
             }
             Ok(None) => {}
@@ -162,5 +216,38 @@ pub async fn watch(app: Arc<App>) {
                 tracing::error!(error = %e, "the reload task failed; retrying at the next change or poll")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_file_is_unknown_not_a_change() {
+        let emfile = || Err(std::io::Error::from_raw_os_error(24));
+        assert_eq!(decide(false, &emfile(), 7), Poll::Unknown);
+        assert_eq!(
+            decide(false, &Err(std::io::ErrorKind::PermissionDenied.into()), 7),
+            Poll::Unknown
+        );
+        assert_eq!(decide(true, &emfile(), 7), Poll::Reload);
+        assert_eq!(decide(false, &Ok(7), 7), Poll::Unchanged);
+        assert_eq!(decide(false, &Ok(8), 7), Poll::Reload);
+        assert_eq!(decide(true, &Ok(7), 7), Poll::Reload);
+    }
+
+    #[test]
+    fn a_missing_file_is_known_and_another_read_error_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.toml");
+        let missing = vec![file.clone()];
+        let before = known_fingerprint(&missing).expect("a missing file is a known state");
+        std::fs::write(&file, "x").expect("write");
+        assert_ne!(known_fingerprint(&missing).expect("readable"), before);
+        // A path below a regular file fails with ENOTDIR: neither present nor absent.
+        let below_file = vec![file.join("b.toml")];
+        assert!(known_fingerprint(&below_file).is_err());
+        assert_eq!(fingerprint(&below_file), fingerprint(&below_file));
     }
 }

@@ -30,6 +30,19 @@ pub struct Snapshot {
     pub skipped_keys: Vec<String>,
 }
 
+/// The `kind` label values of `jwtgate_upstream_errors_total`.
+const UPSTREAM_KINDS: [&str; 4] = ["connect", "timeout", "reset", "tls"];
+
+/// The status codes the gateway itself may answer on a route with `auth`: a malformed request
+/// (400), an unreachable or slow upstream (502, 504), and where tokens are verified a refused
+/// token (401), an unmet requirement (403) and keys not loaded yet (503).
+pub fn gateway_codes(auth: AuthMode) -> &'static [&'static str] {
+    match auth {
+        AuthMode::None => &["400", "502", "504"],
+        AuthMode::Required | AuthMode::Optional => &["400", "401", "403", "502", "503", "504"],
+    }
+}
+
 static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The live snapshot; requests `load()` it once each.
@@ -116,10 +129,11 @@ impl Snapshot {
     /// `jwtgate_key_refresh_total{result=success|failure}` (static issuers too: they never
     /// fetch) and `jwtgate_key_refresh_last_success_timestamp_seconds` (a static issuer's is
     /// the time its keys were loaded); `jwtgate_config_reloads_total{result=success|failure}`;
-    /// per route `jwtgate_upstream_errors_total` for each kind, and for routes that verify
-    /// tokens `jwtgate_auth_failures_total` for each reason. `jwtgate_requests_total` (its
-    /// `code` is only known once answered) and the duration histogram (19 lines per route)
-    /// appear with a route's first request.
+    /// per route `jwtgate_request_duration_seconds`, `jwtgate_upstream_errors_total` for each
+    /// kind and `jwtgate_requests_total` for each code the gateway itself answers on it
+    /// ([`gateway_codes`]), and for routes that verify tokens `jwtgate_auth_failures_total`
+    /// for each reason. Other codes (the upstream's) appear with their first answer. The
+    /// per-route series of a route that `previous` had and this one has not are removed.
     pub fn publish_key_metrics(&self, previous: Option<&Snapshot>, metrics: &Metrics) {
         for i in &self.issuers {
             let name = i.config.name.as_str();
@@ -138,7 +152,11 @@ impl Snapshot {
         }
         for r in &self.config.routes {
             let route = r.name.as_str();
-            for kind in ["connect", "timeout", "reset", "tls"] {
+            metrics.request_duration.with_label_values(&[route]);
+            for code in gateway_codes(r.auth) {
+                metrics.requests.with_label_values(&[route, code]);
+            }
+            for kind in UPSTREAM_KINDS {
                 metrics.upstream_errors.with_label_values(&[route, kind]);
             }
             if r.auth != AuthMode::None {
@@ -147,6 +165,24 @@ impl Snapshot {
                         .auth_failures
                         .with_label_values(&[route, reason.as_str()]);
                 }
+            }
+        }
+        for old in previous.map_or(&[][..], |p| &p.config.routes[..]) {
+            let route = old.name.as_str();
+            if self.config.routes.iter().any(|r| r.name == route) {
+                continue;
+            }
+            let _ = metrics.request_duration.remove_label_values(&[route]);
+            for code in gateway_codes(old.auth) {
+                let _ = metrics.requests.remove_label_values(&[route, code]);
+            }
+            for kind in UPSTREAM_KINDS {
+                let _ = metrics.upstream_errors.remove_label_values(&[route, kind]);
+            }
+            for reason in crate::auth::Reason::ALL {
+                let _ = metrics
+                    .auth_failures
+                    .remove_label_values(&[route, reason.as_str()]);
             }
         }
         for old in previous.map_or(&[][..], |p| &p.issuers[..]) {

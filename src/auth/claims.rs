@@ -16,10 +16,13 @@ pub const MAX_CLAIM_HEADER_BYTES: usize = 4096;
 ///
 /// A value that an upstream would read differently from the token makes the whole token
 /// invalid (never dropped or rewritten): a control character (CR, LF, NUL, TAB, DEL, ...);
-/// leading or trailing whitespace (every HTTP parser trims it); a string that starts with `"`
+/// leading or trailing whitespace (every HTTP parser trims it) or an invisible format character
+/// that some trims also remove (see [`is_trimmed_invisible`]); a string that starts with `"`
 /// (read as a quoted string by some); in an array of strings, an element that is empty or holds
 /// `,` or `"` (a comma-splitting upstream would see other elements); a value longer than
-/// [`MAX_CLAIM_HEADER_BYTES`]. JSON text needs none of these checks beyond control bytes:
+/// [`MAX_CLAIM_HEADER_BYTES`]; a number, alone or inside JSON text, beyond 2^53 in magnitude
+/// (serde_json prints integers past `u64` as rounded floats, and JavaScript reads any integer
+/// past 2^53 rounded, so the upstream would see another value). JSON text needs none of these checks beyond control bytes:
 /// every string in it is quoted, so no piece of it read as a list is a bare value.
 pub fn header_value(
     claims: &Map<String, Value>,
@@ -58,9 +61,49 @@ pub fn header_value(
             }
             out
         }
-        Some(other) => other.to_string(),
+        Some(other) => {
+            if has_big_number(other) {
+                return Err(unsafe_claim(
+                    "it holds a number beyond 2^53, which an upstream would read rounded",
+                ));
+            }
+            other.to_string()
+        }
     };
     to_header(&text).map(Some).map_err(unsafe_claim)
+}
+
+/// Largest magnitude every JSON reader holds exactly (IEEE 754 doubles, JavaScript).
+const MAX_EXACT_INTEGER: u64 = 1 << 53;
+
+/// True when `v` is or holds a number beyond [`MAX_EXACT_INTEGER`] in magnitude.
+fn has_big_number(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                u > MAX_EXACT_INTEGER
+            } else if let Some(i) = n.as_i64() {
+                i.unsigned_abs() > MAX_EXACT_INTEGER
+            } else {
+                // A float: past 2^53 every double is an integer printed with an exponent.
+                n.as_f64()
+                    .is_none_or(|f| !f.is_finite() || f.abs() > MAX_EXACT_INTEGER as f64)
+            }
+        }
+        Value::Array(items) => items.iter().any(has_big_number),
+        Value::Object(members) => members.values().any(has_big_number),
+        Value::Null | Value::Bool(_) | Value::String(_) => false,
+    }
+}
+
+/// Default-ignorable characters that are not Unicode `White_Space` but that common trims
+/// remove or that render as nothing: ZWSP, ZWNJ, ZWJ, WORD JOINER, BOM (JavaScript's `trim`),
+/// MONGOLIAN VOWEL SEPARATOR (whitespace in older Unicode) and SOFT HYPHEN.
+fn is_trimmed_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{180E}' | '\u{00AD}'
+    )
 }
 
 const TOO_LONG: &str = "it is longer than 4096 bytes";
@@ -73,6 +116,11 @@ fn check_text(s: &str) -> Result<(), &'static str> {
     // Unicode whitespace too: Go's TrimSpace, Python's strip and .NET's Trim remove it.
     if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
         return Err("it has leading or trailing whitespace, which an upstream would trim");
+    }
+    if s.starts_with(is_trimmed_invisible) || s.ends_with(is_trimmed_invisible) {
+        return Err(
+            "it starts or ends with an invisible format character (such as U+200B or U+FEFF), which an upstream may trim",
+        );
     }
     Ok(())
 }

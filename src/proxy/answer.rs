@@ -35,6 +35,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("no route matches this request")]
     NotFound,
+    /// A request feature the gateway does not implement (RFC 9112 §6.1: an unknown transfer
+    /// coding is a 501).
+    #[error("{0}")]
+    NotImplemented(&'static str),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("the keys of issuer {issuer} are not loaded yet")]
@@ -52,6 +56,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Auth(AuthError::Insufficient(_)) => StatusCode::FORBIDDEN,
             ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
             ProxyError::KeysNotLoaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -67,6 +72,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "invalid_request",
             ProxyError::NotFound => "not_found",
+            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::Auth(AuthError::Missing) => "missing_token",
             ProxyError::Auth(AuthError::Insufficient(_)) => "insufficient_scope",
             ProxyError::Auth(_) => "invalid_token",

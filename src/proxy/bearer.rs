@@ -4,7 +4,10 @@
 //! Query and cookie names are compared as upstreams read them, so a name that an upstream
 //! would take for the token is the token here too: percent-decoded (`+` as a space), ASCII
 //! case-insensitive (ASP.NET), surrounding whitespace ignored, and `.`, ` ` and `[` read as `_`
-//! (PHP). Query pairs are split on `;` as well as `&` (older Python, Go and Java servers), and
+//! (PHP). A name with an array suffix (`access_token[]`, `access_token[0]`, `access_token[x][y]`)
+//! is the name before its first `[` too: PHP, Rack and Node's `qs` read it as that parameter.
+//! A query name holding NUL (`access_token%00`) is refused: C-based parsers end the name there.
+//! Query pairs are split on `;` as well as `&` (older Python, Go and Java servers), and
 //! cookies on `,` as well as `;` (RFC 2965 servers). Cookie values may be quoted.
 
 use std::borrow::Cow;
@@ -51,12 +54,17 @@ pub fn find<'r>(
         }
     }
     if let Some(q) = query {
-        let standard = normal_name(STANDARD_QUERY);
-        let param = route.token_query.as_deref().map(normal_name);
+        let standard = decoded_name(STANDARD_QUERY);
+        let param = route.token_query.as_deref().map(decoded_name);
         for (name, value) in query_pairs(q) {
-            let name = normal_name(name);
-            let is_param = param.as_ref() == Some(&name);
-            if is_param || name == standard {
+            let name = decoded_name(name);
+            if name.contains(&0) {
+                return Err(ProxyError::BadRequest(
+                    "a query parameter name holds a NUL byte, which servers read differently",
+                ));
+            }
+            let is_param = param.as_ref().is_some_and(|p| reads_as(&name, p));
+            if is_param || reads_as(&name, &standard) {
                 count += 1;
                 if is_param {
                     found = Some((decode(value, true), Source::Query));
@@ -65,11 +73,11 @@ pub fn find<'r>(
         }
     }
     if let Some(cookie_name) = route.token_cookie.as_deref() {
-        let want = normal_name(cookie_name);
+        let want = decoded_name(cookie_name);
         for v in headers.get_all(header::COOKIE) {
             let Ok(v) = v.to_str() else { continue };
             for (name, value) in cookie_pairs(v) {
-                if normal_name(name) == want {
+                if reads_as(&decoded_name(name), &want) {
                     count += 1;
                     found = Some((decode(unquote(value), false), Source::Cookie));
                 }
@@ -95,9 +103,10 @@ fn bearer(v: &str) -> Option<&str> {
         .then(|| rest.trim_start_matches(' '))
 }
 
-/// A name as upstreams compare it (see the module docs). Borrowed in the common case: a name
-/// of lower-case letters, digits, `-` and `_` is already in normal form.
-fn normal_name(raw: &str) -> Cow<'_, [u8]> {
+/// A name decoded as upstreams decode it (see the module docs), `[` kept so that an array
+/// suffix can still be seen. Borrowed in the common case: a name of lower-case letters,
+/// digits, `-` and `_` is already decoded.
+fn decoded_name(raw: &str) -> Cow<'_, [u8]> {
     let plain = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-');
     if raw.as_bytes().iter().all(plain) {
         return Cow::Borrowed(raw.as_bytes());
@@ -112,16 +121,31 @@ fn normal_name(raw: &str) -> Cow<'_, [u8]> {
             .trim_ascii()
             .iter()
             .map(|b| match b.to_ascii_lowercase() {
-                b'.' | b' ' | b'[' => b'_',
+                b'.' | b' ' => b'_',
                 other => other,
             })
             .collect(),
     )
 }
 
+/// True when a decoded name reads as `want` (a decoded configured name, which the config keeps
+/// free of `[`) to some upstream: as a whole with
+/// a lone `[` read as `_` (PHP), or by its part before the first `[` (an array suffix).
+fn reads_as(decoded: &[u8], want: &[u8]) -> bool {
+    let Some(i) = decoded.iter().position(|&b| b == b'[') else {
+        return decoded == want;
+    };
+    decoded[..i] == *want
+        || (decoded.len() == want.len()
+            && decoded
+                .iter()
+                .zip(want)
+                .all(|(&d, &w)| d == w || (d == b'[' && w == b'_')))
+}
+
 /// True when a query parameter or cookie name reads as `name` to an upstream.
 pub fn same_name(raw: &str, name: &str) -> bool {
-    normal_name(raw) == normal_name(name)
+    reads_as(&decoded_name(raw), &decoded_name(name))
 }
 
 /// A percent-decoded value (`+` as a space for query values); invalid UTF-8 is kept lossily,
@@ -164,7 +188,7 @@ fn cookie_pairs(v: &str) -> impl Iterator<Item = (&str, &str)> {
 /// The query without the route's token parameter (every spelling of it); `None` when nothing
 /// is left. The other pairs keep their separators.
 pub fn query_without(query: &str, param: &str) -> Option<String> {
-    let want = normal_name(param);
+    let want = decoded_name(param);
     let mut out = String::with_capacity(query.len());
     let mut rest = query;
     let mut sep = "";
@@ -174,7 +198,7 @@ pub fn query_without(query: &str, param: &str) -> Option<String> {
             None => (rest, None, ""),
         };
         let name = part.split_once('=').map_or(part, |(n, _)| n);
-        if normal_name(name) != want {
+        if !reads_as(&decoded_name(name), &want) {
             if !out.is_empty() {
                 out.push_str(sep);
             }
@@ -210,6 +234,9 @@ mod tests {
             "access_token%20",
             "%61ccess_token",
             "access[token",
+            "access_token%5b0%5d",
+            "ACCESS.TOKEN[]",
+            "access_token[",
         ] {
             assert!(same_name(raw, "access_token"), "{raw}");
         }
@@ -218,6 +245,10 @@ mod tests {
             "access-token",
             "accesstoken",
             "access_token2",
+            "access[token]",
+            "access_tokens[]",
+            "[access_token]",
+            "x[access_token]",
         ] {
             assert!(!same_name(raw, "access_token"), "{raw}");
         }
@@ -230,6 +261,10 @@ mod tests {
             Some("a=1;b=2")
         );
         assert_eq!(query_without("ACCESS_TOKEN=x", "access_token"), None);
+        assert_eq!(
+            query_without("access_token[]=x&a=1&access_token%5B0%5D=y", "access_token").as_deref(),
+            Some("a=1")
+        );
         assert_eq!(
             query_without("a=1&b&c=3", "access_token").as_deref(),
             Some("a=1&b&c=3")

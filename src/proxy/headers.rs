@@ -47,7 +47,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// scheme, the original URL, a method override, the client certificate, an identity set by an
 /// authenticating proxy. Lower case, `-` (an inbound `_` matches too), sorted for a binary
 /// search. README "Headers a client may never send" lists them with their prefixes.
-static TRUST_FAMILY: [&str; 41] = [
+static TRUST_FAMILY: [&str; 43] = [
     "cf-connecting-ip",
     "cf-connecting-ipv6",
     "cf-ipcountry",
@@ -62,6 +62,7 @@ static TRUST_FAMILY: [&str; 41] = [
     "proxy-auth-cert",
     "proxy-client-ip",
     "proxy-ssl-id",
+    "remote-addr",
     "true-client-ip",
     "x-appengine-user-ip",
     "x-arr-clientcert",
@@ -72,6 +73,7 @@ static TRUST_FAMILY: [&str; 41] = [
     "x-client-ip",
     "x-client-verify",
     "x-cluster-client-ip",
+    "x-custom-ip-authorization",
     "x-forwarded",
     "x-host",
     "x-http-method",
@@ -109,16 +111,20 @@ static TRUST_FAMILY_PREFIXES: [&str; 10] = [
 /// The part of the family that names the user an authenticating proxy let in (oauth2-proxy,
 /// ALB, IAP, App Service, Kong, Grafana's auth proxy, Linkerd): removed from clients like the
 /// rest, but a claim header may use these names, since the gateway is that proxy here.
-static PROXY_IDENTITY: [&str; 5] = [
+/// `X-User`, `X-Auth-User` and `X-Email` are the generic names many auth proxies use.
+static PROXY_IDENTITY: [&str; 8] = [
     "l5d-client-id",
     "remote-user",
+    "x-auth-user",
+    "x-email",
     "x-goog-iap-jwt-assertion",
     "x-remote-user",
+    "x-user",
     "x-webauth-user",
 ];
 
 /// Prefixes of [`PROXY_IDENTITY`].
-static PROXY_IDENTITY_PREFIXES: [&str; 7] = [
+static PROXY_IDENTITY_PREFIXES: [&str; 8] = [
     "x-amzn-oidc-",
     "x-auth-request-",
     "x-authenticated-",
@@ -126,6 +132,7 @@ static PROXY_IDENTITY_PREFIXES: [&str; 7] = [
     "x-goog-authenticated-user-",
     "x-ms-client-principal",
     "x-ms-token-",
+    "x-pomerium-",
 ];
 
 /// What a trusted proxy may pass on: its client chain and the client's scheme, host and port.
@@ -615,8 +622,13 @@ mod tests {
             "true-client-ip",
             "x-client-cert",
             "x-arr-clientcert",
+            "remote-addr",
+            "x_custom_ip_authorization",
         ] {
             assert!(is_trust_family(name), "{name}");
+        }
+        for name in ["x-user", "x_auth_user", "x-email", "x-pomerium-claim-email"] {
+            assert!(is_proxy_identity(name) && is_trust_family(name), "{name}");
         }
         for name in [
             "x-request-id",

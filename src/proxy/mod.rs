@@ -126,13 +126,7 @@ impl Gateway {
         request_id: &HeaderValue,
         outcome: &mut Outcome,
     ) -> Result<Response<Incoming>, ProxyError> {
-        // CONNECT (origin-form, authority-form or HTTP/2) asks for a tunnel, which would carry
-        // anything past routing: refused before anything else, never forwarded.
-        if req.method() == http::Method::CONNECT {
-            return Err(ProxyError::BadRequest(
-                "the CONNECT method is not supported: the gateway never opens a tunnel",
-            ));
-        }
+        check_request(&req)?;
         // Taken before the request is forwarded: the client side of a WebSocket tunnel.
         let client_upgrade = is_websocket_upgrade(req.headers(), req.version())
             .then(|| hyper::upgrade::on(&mut req));
@@ -274,6 +268,68 @@ impl Gateway {
         headers::remove_connection_listed(res.headers_mut());
         Ok(res)
     }
+}
+
+/// Refuses, before routing, what no route may forward: CONNECT (a tunnel carries anything
+/// past routing); TRACE and TRACK (an upstream that implements them reflects the request, the
+/// gateway's claim headers and certificate header included), each in any case since some
+/// servers upper-case methods; an HTTP/1.1 request without Host (RFC 9112 §3.2; HTTP/1.0 may
+/// omit it); an absolute-form target of a scheme other than http or https; raw non-ASCII bytes
+/// in the query (the path has its own check); a transfer coding other than one final
+/// `chunked`, which hyper would drop silently (501, RFC 9112 §6.1). `identity` (a coding that
+/// changes nothing, once registered) is let through: dropping it loses no byte.
+fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let method = req.method().as_str();
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Err(ProxyError::BadRequest(
+            "the CONNECT method is not supported: the gateway never opens a tunnel",
+        ));
+    }
+    if method.eq_ignore_ascii_case("TRACE") || method.eq_ignore_ascii_case("TRACK") {
+        return Err(ProxyError::BadRequest(
+            "the TRACE and TRACK methods are not supported: they would reflect the gateway's headers",
+        ));
+    }
+    if req.version() == http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return Err(ProxyError::BadRequest(
+            "an HTTP/1.1 request must have a Host header",
+        ));
+    }
+    if let Some(scheme) = req.uri().scheme_str() {
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(ProxyError::BadRequest(
+                "the request target's scheme is neither http nor https",
+            ));
+        }
+    }
+    if req.uri().query().is_some_and(|q| !q.is_ascii()) {
+        return Err(ProxyError::BadRequest(
+            "the request target's query holds raw non-ASCII bytes: percent-encode them",
+        ));
+    }
+    let mut chunked = 0;
+    for v in req.headers().get_all(header::TRANSFER_ENCODING) {
+        let v = v
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("the Transfer-Encoding header is not ASCII"))?;
+        for coding in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if coding.eq_ignore_ascii_case("identity") {
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(ProxyError::NotImplemented(
+                    "the only transfer coding the gateway implements is chunked",
+                ));
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(ProxyError::BadRequest(
+            "the request is chunked more than once",
+        ));
+    }
+    Ok(())
 }
 
 /// Status recorded for a request whose client went away before it was answered (nginx's

@@ -50,6 +50,22 @@ fn claim_header_refusal(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Why a `token_query` or `token_cookie` name cannot be matched reliably, or `None`. Each
+/// refused character splits or rewrites a name in some upstream's parser (`;` `,` `&` `=`
+/// separate pairs, `[` starts an array suffix, `%` is decoded, whitespace is trimmed), so the
+/// name the gateway looks for would not be the one the upstream reads.
+fn token_name_refusal(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("must not be empty")
+    } else if name.chars().any(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, ';' | '=' | ',' | '&' | '[' | '%')
+    }) {
+        Some("must not contain whitespace, a control character or any of ; = , & [ %")
+    } else {
+        None
+    }
+}
+
 impl Validator<'_> {
     /// The valid `[[route]]`s; reports repeated names, prefixes that differ only in case, and a
     /// config with no route.
@@ -261,6 +277,16 @@ impl Validator<'_> {
                     claim,
                     format!("route {name:?}: {header:?} is not a valid header name"),
                 ),
+            }
+        }
+        for (key, value) in [
+            ("token_query", &r.token_query),
+            ("token_cookie", &r.token_cookie),
+        ] {
+            if let Some(why) = value.as_ref().and_then(|v| token_name_refusal(v.get_ref())) {
+                if let Some(v) = value {
+                    self.error(v, format!("route {name:?}: {key} {:?} {why}", v.get_ref()));
+                }
             }
         }
         let token_query = r.token_query.as_ref().map(|q| q.get_ref().clone());
