@@ -261,7 +261,8 @@ pub struct TlsState {
 impl TlsState {
     /// Loads certificates and builds the config; `Ok(None)` for a plain-HTTP listener.
     pub fn new(listen: &Listen) -> Result<Option<TlsState>, TlsError> {
-        let now = fingerprint(listen);
+        // Unreadable now: loading fails below with the real error, or a later poll reloads.
+        let now = fingerprint(listen).unwrap_or_default();
         Ok(TlsConfig::load(listen, now)?.map(|live| TlsState {
             live: ArcSwap::from_pointee(live),
             last_tried: std::sync::Mutex::new(now),
@@ -276,7 +277,11 @@ impl TlsState {
     /// Re-reads the files when their content changed; a bad file keeps the last good
     /// certificates. Returns `Ok(true)` when new ones were swapped in.
     pub fn reload(&self, listen: &Listen) -> Result<bool, TlsError> {
-        let now = fingerprint(listen);
+        // A file that cannot be read right now (out of file descriptors, ...) says nothing
+        // about whether it changed: the next poll looks again, nothing is counted.
+        let Ok(now) = fingerprint(listen) else {
+            return Ok(false);
+        };
         let mut last = self
             .last_tried
             .lock()
@@ -293,8 +298,9 @@ impl TlsState {
     }
 }
 
-/// A hash of every TLS file's bytes (read by path each time, so a symlink flip is seen).
-fn fingerprint(listen: &Listen) -> u64 {
+/// A hash of every TLS file's bytes (read by path each time, so a symlink flip is seen), or
+/// the error that kept a file from being read.
+fn fingerprint(listen: &Listen) -> std::io::Result<u64> {
     let mut paths: Vec<PathBuf> = Vec::new();
     if let Some(t) = &listen.tls {
         paths.extend([t.cert.clone(), t.key.clone()]);
@@ -303,5 +309,5 @@ fn fingerprint(listen: &Listen) -> u64 {
     for c in &listen.certificates {
         paths.extend([c.cert.clone(), c.key.clone()]);
     }
-    crate::reload::fingerprint(&paths)
+    crate::reload::known_fingerprint(&paths)
 }
