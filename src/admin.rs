@@ -251,6 +251,7 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
             "max_header_bytes": l.max_header_bytes,
             "header_read_timeout": humantime::format_duration(l.header_read_timeout).to_string(),
             "body_read_timeout": humantime::format_duration(l.body_read_timeout).to_string(),
+            "send_timeout": humantime::format_duration(l.send_timeout).to_string(),
             "token_cache_entries": l.token_cache_entries,
             "upstream_connect_timeout": humantime::format_duration(l.upstream_connect_timeout).to_string(),
             "upstream_timeout": humantime::format_duration(l.upstream_timeout).to_string(),

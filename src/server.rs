@@ -14,7 +14,12 @@
 //!   there another T later; after T of silence the gateway pings, and a peer that does not
 //!   answer within T is dropped.
 //!
-//! Nothing here bounds a request in progress: a slow upstream, a streamed response or a
+//! The phase in which the gateway owes bytes has its own deadline, `send_timeout` (S): while
+//! the connection holds response bytes the client does not take (a socket write that stays
+//! blocked, an HTTP/2 body frame waiting for flow-control window), and none has been taken for
+//! S, the connection is closed. Waiting on the upstream holds nothing, so it never counts.
+//!
+//! Nothing else bounds a request in progress: a slow upstream, a streamed response or a
 //! WebSocket tunnel runs for as long as the proxy's own timeouts allow.
 
 use std::convert::Infallible;
@@ -22,7 +27,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -96,6 +101,7 @@ impl ConnInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub max_concurrent_streams: u32,
@@ -105,6 +111,7 @@ impl From<&Limits> for ConnLimits {
     fn from(l: &Limits) -> ConnLimits {
         ConnLimits {
             header_read_timeout: l.header_read_timeout,
+            send_timeout: l.send_timeout,
             max_header_bytes: l.max_header_bytes,
             max_connections: l.max_connections,
             max_concurrent_streams: l.max_concurrent_streams,
@@ -493,16 +500,19 @@ impl<M> Conn<M> {
                 return;
             }
         };
+        let sends = Arc::new(Sends::new());
         let io = TokioIo::new(ConnIo {
             io,
             prefix,
+            sends: sends.clone(),
+            write_held: false,
             _open: open,
         });
         let handler = (self.make)(info);
         let result = if h2 {
-            self.serve_h2(io, handler, deadline).await
+            self.serve_h2(io, handler, deadline, sends).await
         } else {
-            self.serve_h1(io, handler, deadline).await
+            self.serve_h1(io, handler, deadline, sends).await
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, client = %peer, "connection ended with an error");
@@ -514,6 +524,7 @@ impl<M> Conn<M> {
         io: TokioIo<ConnIo<S>>,
         handler: H,
         deadline: Instant,
+        sends: Arc<Sends>,
     ) -> Result<(), hyper::Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -539,10 +550,16 @@ impl<M> Conn<M> {
         tokio::pin!(conn);
         let first = tokio::time::sleep_until(deadline);
         tokio::pin!(first);
+        let stalled = send_stalled(&sends, self.builders.limits.send_timeout);
+        tokio::pin!(stalled);
         let (mut awaiting_first, mut stopping) = (true, false);
         loop {
             tokio::select! {
                 r = conn.as_mut() => return r,
+                () = stalled.as_mut() => {
+                    tracing::debug!("the client took no response bytes within send_timeout; closing");
+                    return Ok(());
+                }
                 () = &mut first, if awaiting_first => {
                     if !started.load(Ordering::Relaxed) {
                         tracing::debug!("no request within header_read_timeout; closing");
@@ -563,6 +580,7 @@ impl<M> Conn<M> {
         io: TokioIo<ConnIo<S>>,
         handler: H,
         deadline: Instant,
+        sends: Arc<Sends>,
     ) -> Result<(), hyper::Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -573,9 +591,10 @@ impl<M> Conn<M> {
     {
         let timeout = self.builders.limits.header_read_timeout;
         let streams = Arc::new(Streams::default());
-        let tracked = streams.clone();
+        let (tracked, held) = (streams.clone(), sends.clone());
         let service = service_fn(move |req: Request<Incoming>| {
             let stream = StreamGuard::open(tracked.clone());
+            let sends = held.clone();
             let fut = (!too_many_headers(req.headers())).then(|| handler(req));
             async move {
                 let res = match fut {
@@ -583,20 +602,25 @@ impl<M> Conn<M> {
                     None => headers_too_many().map(Either::Left),
                 };
                 // The stream counts as open until its response body is sent or dropped.
-                Ok::<_, Infallible>(res.map(|body| Tracked {
-                    body,
-                    _stream: stream,
-                }))
+                Ok::<_, Infallible>(res.map(|body| Tracked::new(body, sends, stream)))
             }
         });
         let conn = self.builders.h2.serve_connection(io, service);
         tokio::pin!(conn);
         let idle = idle_for(&streams, timeout, deadline);
         tokio::pin!(idle);
+        // Also ends a stream that keeps the connection from counting as idle only because its
+        // body waits for window the client never gives.
+        let stalled = send_stalled(&sends, self.builders.limits.send_timeout);
+        tokio::pin!(stalled);
         let (mut goaway, mut stopping) = (false, false);
         loop {
             tokio::select! {
                 r = conn.as_mut() => return r,
+                () = stalled.as_mut() => {
+                    tracing::debug!("the client took no response bytes within send_timeout; closing");
+                    return Ok(());
+                }
                 () = idle.as_mut() => {
                     if goaway {
                         tracing::debug!("idle HTTP/2 connection still open after GOAWAY; closing");
@@ -671,11 +695,41 @@ struct Prefix {
 }
 
 /// A connection's socket: the sniffed bytes first, then the stream; holds the connection's
-/// place under `max_connections` until dropped.
+/// place under `max_connections` until dropped. A write that stays blocked (the client reads
+/// nothing) holds response bytes for the send deadline until some are taken.
 struct ConnIo<S> {
     io: S,
     prefix: Prefix,
+    sends: Arc<Sends>,
+    /// True while the last write or flush returned `Pending`.
+    write_held: bool,
     _open: OpenGuard,
+}
+
+impl<S> ConnIo<S> {
+    /// Records a blocked write as held bytes and the next completed one as bytes taken.
+    fn track<T>(&mut self, p: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match (&p, self.write_held) {
+            (Poll::Pending, false) => {
+                self.write_held = true;
+                self.sends.hold();
+            }
+            (Poll::Ready(_), true) => {
+                self.write_held = false;
+                self.sends.release();
+            }
+            _ => {}
+        }
+        p
+    }
+}
+
+impl<S> Drop for ConnIo<S> {
+    fn drop(&mut self) {
+        if self.write_held {
+            self.sends.release();
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
@@ -704,7 +758,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.track(p)
     }
 
     fn poll_write_vectored(
@@ -712,7 +768,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.track(p)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -720,11 +778,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.io).poll_flush(cx);
+        this.track(p)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.track(p)
     }
 }
 
@@ -779,29 +841,161 @@ async fn idle_for(streams: &Streams, timeout: Duration, first: Instant) {
     }
 }
 
-/// A response body that keeps its stream counted as open while it is being sent.
+/// What one connection holds for its client, for the send deadline: how many places hold
+/// response bytes the client has not taken, and since when none was taken.
+struct Sends {
+    /// What `since_ms` counts from.
+    base: Instant,
+    /// Blocked socket writes and HTTP/2 body frames waiting for window.
+    held: AtomicUsize,
+    /// Milliseconds from `base` to the last time held bytes were taken, or the count left zero.
+    since_ms: AtomicU64,
+    /// Woken when the count leaves zero, so no timer runs while nothing is held.
+    began: Notify,
+}
+
+impl Sends {
+    fn new() -> Sends {
+        Sends {
+            base: Instant::now(),
+            held: AtomicUsize::new(0),
+            since_ms: AtomicU64::new(0),
+            began: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes are now held for the client.
+    fn hold(&self) {
+        // The start is written before the count leaves zero: the deadline never reads a count
+        // above zero with the time of an earlier hold.
+        if self.held.load(Ordering::Acquire) == 0 {
+            self.since_ms.store(self.now_ms(), Ordering::Release);
+        }
+        if self.held.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.began.notify_one();
+        }
+    }
+
+    /// Held bytes were taken (or given up with their stream): progress.
+    fn release(&self) {
+        self.since_ms.store(self.now_ms(), Ordering::Release);
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Returns once the connection has held response bytes for `timeout` without the client
+/// taking any of them.
+async fn send_stalled(sends: &Sends, timeout: Duration) {
+    loop {
+        let began = sends.began.notified();
+        tokio::pin!(began);
+        began.as_mut().enable();
+        if sends.held.load(Ordering::Acquire) == 0 {
+            began.await;
+            continue;
+        }
+        let since = Duration::from_millis(sends.since_ms.load(Ordering::Acquire));
+        let deadline = sends.base + since + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// The largest data frame an HTTP/2 response body hands to hyper at once (h2's default
+/// SETTINGS_MAX_FRAME_SIZE). Larger upstream chunks are cut, so a client reading through a
+/// small window shows progress at least once per this many bytes.
+const SEND_PIECE_BYTES: usize = 16 * 1024;
+
+/// An HTTP/2 response body: keeps its stream counted as open while it is being sent, and holds
+/// each data frame it hands to hyper for the send deadline until hyper asks for the next one
+/// (which hyper does only once the frame had window to go).
 struct Tracked<B> {
     body: B,
+    /// What is left of an upstream chunk longer than [`SEND_PIECE_BYTES`].
+    rest: Bytes,
+    sends: Arc<Sends>,
+    /// True from a data frame until the next poll.
+    held: bool,
     _stream: StreamGuard,
 }
 
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
+impl<B> Tracked<B> {
+    fn new(body: B, sends: Arc<Sends>, stream: StreamGuard) -> Tracked<B> {
+        Tracked {
+            body,
+            rest: Bytes::new(),
+            sends,
+            held: false,
+            _stream: stream,
+        }
+    }
+
+    /// The next piece of `data` (the rest stays in `rest`), held until hyper polls again.
+    fn piece(&mut self, mut data: Bytes) -> Bytes {
+        if data.len() > SEND_PIECE_BYTES {
+            self.rest = data.split_off(SEND_PIECE_BYTES);
+        }
+        if !data.is_empty() {
+            self.held = true;
+            self.sends.hold();
+        }
+        data
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if self.held {
+            self.sends.release();
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.held {
+            this.held = false;
+            this.sends.release();
+        }
+        if !this.rest.is_empty() {
+            let rest = std::mem::take(&mut this.rest);
+            return Poll::Ready(Some(Ok(Frame::data(this.piece(rest)))));
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(this.piece(data))))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            p => p,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let hint = self.body.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut out = SizeHint::new();
+        out.set_lower(hint.lower().saturating_add(rest));
+        if let Some(upper) = hint.upper() {
+            out.set_upper(upper.saturating_add(rest));
+        }
+        out
     }
 }
 
@@ -879,6 +1073,26 @@ mod tests {
         assert!(!finished(&idle).await);
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert!(finished(&idle).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_stalled_counts_from_the_last_bytes_taken_and_only_while_some_are_held() {
+        let t = Duration::from_secs(10);
+        let sends = Arc::new(Sends::new());
+        let s = sends.clone();
+        let stalled = tokio::spawn(async move { send_stalled(&s, t).await });
+        // Nothing held: no deadline, however long.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!finished(&stalled).await);
+        // Held, then taken just before T: the count starts again from the taking.
+        sends.hold();
+        tokio::time::sleep(Duration::from_millis(9999)).await;
+        sends.release();
+        sends.hold();
+        tokio::time::sleep(Duration::from_millis(9999)).await;
+        assert!(!finished(&stalled).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(finished(&stalled).await);
     }
 
     #[test]

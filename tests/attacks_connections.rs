@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -88,21 +87,7 @@ impl Gw {
         let path = dir.path().join("gateway.toml");
         let text = config_text(echo, tls, deadline, limits, "127.0.0.1:0");
         std::fs::write(&path, text).expect("write config");
-        let app = jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
-        let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (addr, admin_addr) = (
-            traffic.local_addr().expect("addr"),
-            admin.local_addr().expect("addr"),
-        );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let listeners = jwtgate::Listeners {
-            traffic,
-            admin: Some(admin),
-        };
-        tokio::spawn(jwtgate::run(listeners, Arc::new(app), async move {
-            let _ = stopped.await;
-        }));
+        let (addr, admin_addr, stop) = common::run_with_admin(&path).await;
         Gw {
             addr,
             admin: admin_addr,

@@ -63,6 +63,7 @@ pub struct RawLimits {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub body_read_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
     pub upstream_connect_timeout: Option<Spanned<String>>,
     pub upstream_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,

@@ -69,6 +69,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Longest pause between request body data; a stalled upload is cut off.
     pub body_read_timeout: Duration,
+    /// Longest time the client may take none of the response bytes the gateway holds for it;
+    /// past it the connection is closed.
+    pub send_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -87,6 +90,7 @@ impl Default for Limits {
             max_header_bytes: 16384,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),

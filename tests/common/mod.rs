@@ -713,3 +713,28 @@ pub async fn expect_401_saying(
     );
     d
 }
+
+/// A running gateway on the config file `path`, with a traffic and an admin listener on
+/// 127.0.0.1:0: their addresses, and the sender that stops it (dropping it stops it too).
+pub async fn run_with_admin(path: &Path) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
+    let app = jwtgate::App::load(path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
+    let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (addr, admin_addr) = (
+        traffic.local_addr().expect("addr"),
+        admin.local_addr().expect("addr"),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let listeners = jwtgate::Listeners {
+        traffic,
+        admin: Some(admin),
+    };
+    tokio::spawn(jwtgate::run(
+        listeners,
+        std::sync::Arc::new(app),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, admin_addr, stop)
+}

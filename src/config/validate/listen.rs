@@ -195,6 +195,7 @@ impl Validator<'_> {
                 "body_read_timeout",
                 d.body_read_timeout,
             ),
+            send_timeout: self.duration(&raw.send_timeout, "send_timeout", d.send_timeout),
             upstream_connect_timeout: self.duration(
                 &raw.upstream_connect_timeout,
                 "upstream_connect_timeout",
