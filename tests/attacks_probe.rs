@@ -23,11 +23,12 @@ const CLOSED_WITHIN: Duration = Duration::from_secs(10);
 const IO: Duration = Duration::from_secs(10);
 
 /// One `auth = "none"` route `/` and one optional route `/q` reading `token_query`, with the
-/// connection deadline set to [`DEADLINE`].
+/// connection and send deadlines set to [`DEADLINE`].
 fn config() -> String {
     format!(
         r#"[limits]
 header_read_timeout = "{DEADLINE}"
+send_timeout = "{DEADLINE}"
 {}
 [[route]]
 name = "public"
@@ -52,7 +53,6 @@ token_query = "access_token"
 /// receive, and answers the gateway's pings: a connection that makes no progress must still
 /// be closed (like nginx's `send_timeout`), or a few such clients fill `max_connections`.
 #[tokio::test]
-
 async fn h2_zero_window_stream_is_not_held_forever() {
     let h = Harness::start(&config()).await;
     let tcp = TcpStream::connect(h.addr).await.expect("connect");
