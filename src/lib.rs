@@ -218,6 +218,7 @@ impl App {
                 self.metrics
                     .config_last_reload_success
                     .set(unix_now() as f64);
+                self.record_cert_expiry();
                 tracing::info!(config = %path.display(), "config reloaded");
                 Ok(())
             }
@@ -255,13 +256,37 @@ impl App {
         }
     }
 
+    /// Sets the expiry gauge for the listener's certificates and for every CA bundle the
+    /// config names (the listener's `client_ca`, the routes' `upstream_ca`): an expiring CA
+    /// breaks mTLS or an upstream as surely as an expiring certificate.
     fn record_cert_expiry(&self) {
+        let set = |path: &Path, not_after: i64| {
+            self.metrics
+                .tls_cert_expiry
+                .with_label_values(&[&path.display().to_string()])
+                .set(not_after as f64);
+        };
         if let Some(tls) = &self.tls {
             for (path, not_after) in tls.current().certs.expiries() {
-                self.metrics
-                    .tls_cert_expiry
-                    .with_label_values(&[&path.display().to_string()])
-                    .set(not_after as f64);
+                set(path, not_after);
+            }
+        }
+        let config = &self.state.load().config;
+        let client_ca = config
+            .listen
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_ca.as_deref());
+        let upstream_cas = config
+            .routes
+            .iter()
+            .filter_map(|r| r.upstream_ca.as_deref());
+        let cas: std::collections::BTreeSet<&Path> =
+            client_ca.into_iter().chain(upstream_cas).collect();
+        for ca in cas {
+            // Loading already refused an unreadable CA; one that breaks later keeps its last value.
+            if let Ok(not_after) = tls::bundle_expiry(ca) {
+                set(ca, not_after);
             }
         }
     }

@@ -187,6 +187,14 @@ impl Metrics {
         registry
             .register(Box::new(log_drops))
             .expect("unique metric");
+        // process_start_time_seconds (restarts), CPU, memory and open files, the series every
+        // Prometheus user expects; read from /proc at scrape time (Linux only).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         Metrics {
             registry,
             requests,

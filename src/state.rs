@@ -128,7 +128,8 @@ impl Snapshot {
     /// until something happens): per issuer `jwtgate_keys_loaded`,
     /// `jwtgate_key_refresh_total{result=success|failure}` (static issuers too: they never
     /// fetch) and `jwtgate_key_refresh_last_success_timestamp_seconds` (a static issuer's is
-    /// the time its keys were loaded); `jwtgate_config_reloads_total{result=success|failure}`;
+    /// the time its keys were loaded); `jwtgate_config_reloads_total{result=success|failure}`
+    /// (and `jwtgate_tls_reloads_total` with TLS);
     /// per route `jwtgate_request_duration_seconds`, `jwtgate_upstream_errors_total` for each
     /// kind and `jwtgate_requests_total` for each code the gateway itself answers on it
     /// ([`gateway_codes`]), and for routes that verify tokens `jwtgate_auth_failures_total`
@@ -149,6 +150,9 @@ impl Snapshot {
         }
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
+            if self.config.listen.tls.is_some() {
+                metrics.tls_reloads.with_label_values(&[result]);
+            }
         }
         for r in &self.config.routes {
             let route = r.name.as_str();

@@ -121,6 +121,25 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
     })
 }
 
+/// The earliest `notAfter` (Unix seconds) of the certificates in a PEM bundle (a CA file), so
+/// the expiry gauge warns before the first certificate in it lapses.
+pub fn bundle_expiry(path: &Path) -> Result<i64, TlsError> {
+    let certs = read_certs(path)?;
+    certs
+        .iter()
+        .map(|c| leaf_info(c).map(|(_, not_after)| not_after))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| TlsError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?
+        .into_iter()
+        .min()
+        .ok_or_else(|| TlsError::NoCertificate {
+            path: path.to_owned(),
+        })
+}
+
 fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;

@@ -43,11 +43,17 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(repo(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-/// Every `jwtgate_...` name in a PromQL expression, histogram suffixes folded into the base
+/// Every `jwtgate_...` and `process_...` name in a PromQL expression, histogram suffixes folded into the base
 /// name (`_bucket`, `_sum`, `_count` of a histogram are exported under it).
 fn metric_names(expr: &str, into: &mut BTreeSet<String>) {
     let mut rest = expr;
-    while let Some(i) = rest.find("jwtgate_") {
+    let next = |r: &str| {
+        ["jwtgate_", "process_"]
+            .iter()
+            .filter_map(|p| r.find(p))
+            .min()
+    };
+    while let Some(i) = next(rest) {
         let tail = &rest[i..];
         let end = tail
             .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
@@ -139,7 +145,7 @@ async fn scrape_after_traffic() -> String {
     let (echo, _stop_echo) = echo_upstream().await;
     let closed = free_port();
     let text = format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"{CERTS}/server.crt\", key = \"{CERTS}/server.key\" }}\n\n[admin]\naddr = \"127.0.0.1:0\"\n{}\n[[route]]\nname = \"down\"\npath_prefix = \"/down\"\nupstream = \"http://127.0.0.1:{closed}\"\nauth = \"required\"\n\n[[route]]\nname = \"main\"\npath_prefix = \"/\"\nupstream = \"http://{echo}\"\nauth = \"required\"\n",
+        "[listen]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"{CERTS}/server.crt\", key = \"{CERTS}/server.key\" }}\n\n[admin]\naddr = \"127.0.0.1:0\"\n{}\n[[route]]\nname = \"down\"\npath_prefix = \"/down\"\nupstream = \"http://127.0.0.1:{closed}\"\nauth = \"required\"\nupstream_ca = \"{CERTS}/dev-ca.crt\"\n\n[[route]]\nname = \"main\"\npath_prefix = \"/\"\nupstream = \"http://{echo}\"\nauth = \"required\"\n",
         default_issuer()
     );
     let path = dir.path().join("gateway.toml");
@@ -156,6 +162,33 @@ async fn scrape_after_traffic() -> String {
 
     let answer = common::client::get(admin, "/metrics", None).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
+    // The certificate alerts cover CA bundles: the upstream CA has its expiry series, in the
+    // future, like the served certificate.
+    for cert in ["server.crt", "dev-ca.crt"] {
+        let expiry = common::metrics::metric(
+            &answer.body,
+            "jwtgate_tls_cert_expiry_timestamp_seconds",
+            &[("cert", &format!("{CERTS}/{cert}"))],
+        )
+        .unwrap_or_else(|| panic!("no expiry series for {cert}:\n{}", answer.body));
+        assert!(
+            expiry > jwtgate::unix_now() as f64,
+            "{cert} expiry {expiry}"
+        );
+    }
+    // A failing certificate reload is visible from the first scrape (the series exist at 0).
+    for result in ["success", "failure"] {
+        assert_eq!(
+            common::metrics::metric(
+                &answer.body,
+                "jwtgate_tls_reloads_total",
+                &[("result", result)]
+            ),
+            Some(0.0),
+            "tls reload {result} series:\n{}",
+            answer.body
+        );
+    }
     answer.body
 }
 
