@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,22 +14,19 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use common::default_issuer;
+use common::tls::CERTS;
 
 /// How long a stalled connection may take to be closed after its 1 s deadline: the deadline
 /// plus a wide margin for a busy machine (such connections were held forever before).
 const CLOSED_WITHIN: Duration = Duration::from_secs(5);
 /// Bound on any single network step that should succeed.
 const IO: Duration = Duration::from_secs(10);
-const CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs");
 /// A response larger than every socket buffer between the gateway and the client.
 const BIG: usize = 8 << 20;
 const TRAFFIC_GAUGE: &str = "jwtgate_open_connections{listener=\"traffic\"}";
@@ -189,25 +185,7 @@ async fn upstream() -> SocketAddr {
 
 /// A TLS connection trusting the dev CA, offering h2 only.
 async fn tls_h2(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(format!("{CERTS}/dev-ca.crt")).expect("dev CA") {
-        roots.add(c.expect("dev CA pem")).expect("dev CA root");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = ServerName::try_from("localhost").expect("name");
-    let connect = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp);
-    tokio::time::timeout(IO, connect)
-        .await
-        .expect("handshake in time")
-        .expect("handshake")
+    common::tls::connect(addr, common::tls::dev_client(&[b"h2"], false)).await
 }
 
 /// A GET of `path` on a new HTTP/2 connection whose streams advertise `window` bytes of
