@@ -98,15 +98,10 @@ pub fn warnings(snap: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
     // Routes grouped by host and prefix, in file order: only routes of one group can shadow
     // each other, so the search stays linear unless many routes share a host and prefix.
-    let mut groups: HashMap<(u8, &str, &str), Vec<&RouteConfig>> = HashMap::new();
+    let mut groups: HashMap<(&Option<HostMatch>, &str), Vec<&RouteConfig>> = HashMap::new();
     for b in &c.routes {
-        let host = match &b.host {
-            None => (0, ""),
-            Some(HostMatch::Exact(h)) => (1, h.as_str()),
-            Some(HostMatch::Wildcard(s)) => (2, s.as_str()),
-        };
         let earlier = groups
-            .entry((host.0, host.1, b.path_prefix.as_str()))
+            .entry((&b.host, b.path_prefix.as_str()))
             .or_default();
         // Same host and prefix, earlier in the file, and at least the same methods: the route
         // table keeps file order among equals, so `b` can never be chosen.

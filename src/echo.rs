@@ -19,7 +19,15 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// The answer is `{"method", "path", "query", "version", "headers": {name: [values]}, "body"}`.
 /// `?delay_ms=N` delays the answer (for timeout tests); `?status=N` sets its status.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    crate::server::serve_plain(listener, shutdown, echo).await;
+    crate::server::serve_small(
+        listener,
+        "echo",
+        crate::server::ConnLimits::default,
+        None,
+        shutdown,
+        echo,
+    )
+    .await;
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {

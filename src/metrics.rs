@@ -130,7 +130,7 @@ impl Metrics {
             .expect("unique metric");
         let tls_cert_expiry = gauge(
             "jwtgate_tls_cert_expiry_timestamp_seconds",
-            "notAfter of each served certificate, by configured file path.",
+            "notAfter of each served certificate and the earliest of each CA bundle the config names (client_ca, upstream_ca), by configured file path.",
             &["cert"],
         );
         let tls_reloads = counter(

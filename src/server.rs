@@ -154,28 +154,8 @@ pub async fn serve(
 }
 
 /// Serves a small HTTP service (the admin endpoints, the demo echo upstream) on `listener`
-/// until `shutdown`: HTTP/1.1 and h2c, no TLS, no drain, the default limits.
-pub async fn serve_plain<F, Fut>(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    serve_small(
-        listener,
-        "echo",
-        ConnLimits::default,
-        None,
-        shutdown,
-        handler,
-    )
-    .await;
-}
-
-/// Like [`serve_plain`], with the limits `limits` reads for each connection and the
-/// connection metrics labelled `name` (the admin listener).
+/// until `shutdown`: HTTP/1.1 and h2c, no TLS, no drain, with the limits `limits` reads for
+/// each connection and, with `metrics`, the connection metrics labelled `name`.
 pub async fn serve_small<F, Fut, L>(
     listener: TcpListener,
     name: &'static str,
