@@ -100,9 +100,7 @@ pub fn warnings(snap: &Snapshot) -> Vec<String> {
     // each other, so the search stays linear unless many routes share a host and prefix.
     let mut groups: HashMap<(&Option<HostMatch>, &str), Vec<&RouteConfig>> = HashMap::new();
     for b in &c.routes {
-        let earlier = groups
-            .entry((&b.host, b.path_prefix.as_str()))
-            .or_default();
+        let earlier = groups.entry((&b.host, b.path_prefix.as_str())).or_default();
         // Same host and prefix, earlier in the file, and at least the same methods: the route
         // table keeps file order among equals, so `b` can never be chosen.
         if let Some(a) = earlier.iter().find(|a| match (&a.methods, &b.methods) {

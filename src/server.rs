@@ -76,6 +76,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client certificate, verified against `client_ca` during the handshake (mTLS).
     pub client_cert: Option<CertificateDer<'static>>,
+    /// `X-Forwarded-Client-Cert` for that certificate, built once per connection (hash, PEM,
+    /// subject) instead of on every request.
+    pub client_cert_header: Option<http::HeaderValue>,
 }
 
 impl ConnInfo {
@@ -88,11 +91,15 @@ impl ConnInfo {
         // An IP address's text is always a valid header value.
         let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        let client_cert_header = client_cert
+            .as_ref()
+            .and_then(crate::proxy::headers::client_cert_value);
         ConnInfo {
             peer,
             peer_ip,
             tls,
             client_cert,
+            client_cert_header,
         }
     }
 }

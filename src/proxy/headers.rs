@@ -290,8 +290,8 @@ impl HeaderPlan {
         }
         h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
         if self.forward_client_cert {
-            if let Some(v) = f.client_cert.and_then(client_cert_value) {
-                h.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+            if let Some(v) = f.client_cert {
+                h.insert(X_FORWARDED_CLIENT_CERT.clone(), v.clone());
             }
         }
         for (name, value) in claims {
@@ -381,8 +381,9 @@ pub struct Forward<'a> {
     pub peer: IpAddr,
     /// The peer's address as text ([`crate::server::ConnInfo::peer_ip`]).
     pub client_ip: &'a HeaderValue,
-    /// The client certificate verified in the TLS handshake, if any.
-    pub client_cert: Option<&'a CertificateDer<'static>>,
+    /// `X-Forwarded-Client-Cert` for the certificate verified in the TLS handshake, if any
+    /// ([`crate::server::ConnInfo::client_cert_header`]).
+    pub client_cert: Option<&'a HeaderValue>,
     /// The request's authority (Host), as the client sent it.
     pub host: Option<&'a HeaderValue>,
     /// True when a WebSocket upgrade is being forwarded.

@@ -203,7 +203,7 @@ impl Gateway {
                 tls: conn.tls,
                 peer: conn.peer.ip(),
                 client_ip: &conn.peer_ip,
-                client_cert: conn.client_cert.as_ref(),
+                client_cert: conn.client_cert_header.as_ref(),
                 host: host_value.as_ref(),
                 websocket,
                 request_id,
