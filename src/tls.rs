@@ -238,33 +238,26 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// One loaded TLS setup: the config new handshakes use, the certificates its resolver
-/// serves and a hash of the files both were read from. Never changed once built: a reload
-/// builds a new one and swaps it in whole.
+/// One loaded TLS setup: the config new handshakes use and the certificates its resolver
+/// serves. Never changed once built: a reload builds a new one and swaps it in whole.
 #[derive(Debug)]
 pub struct TlsConfig {
     /// The rustls config a handshake takes.
     pub server: Arc<ServerConfig>,
     /// The store `server` resolves certificates from, for expiry metrics.
     pub certs: Arc<CertStore>,
-    /// A hash of the TLS files' bytes, taken before they were read.
-    pub fingerprint: u64,
 }
 
 impl TlsConfig {
     /// Loads the certificates and builds the config around them; `Ok(None)` for plain HTTP.
-    fn load(listen: &Listen, fingerprint: u64) -> Result<Option<TlsConfig>, TlsError> {
+    fn load(listen: &Listen) -> Result<Option<TlsConfig>, TlsError> {
         let Some(store) = CertStore::load(listen)? else {
             return Ok(None);
         };
         let certs = Arc::new(store);
         let client_ca = listen.tls.as_ref().and_then(|t| t.client_ca.as_deref());
         let server = server_config(client_ca, certs.clone())?;
-        Ok(Some(TlsConfig {
-            server,
-            certs,
-            fingerprint,
-        }))
+        Ok(Some(TlsConfig { server, certs }))
     }
 }
 
@@ -282,7 +275,7 @@ impl TlsState {
     pub fn new(listen: &Listen) -> Result<Option<TlsState>, TlsError> {
         // Unreadable now: loading fails below with the real error, or a later poll reloads.
         let now = fingerprint(listen).unwrap_or_default();
-        Ok(TlsConfig::load(listen, now)?.map(|live| TlsState {
+        Ok(TlsConfig::load(listen)?.map(|live| TlsState {
             live: ArcSwap::from_pointee(live),
             last_tried: std::sync::Mutex::new(now),
         }))
@@ -309,7 +302,7 @@ impl TlsState {
             return Ok(false);
         }
         *last = now;
-        let Some(live) = TlsConfig::load(listen, now)? else {
+        let Some(live) = TlsConfig::load(listen)? else {
             return Ok(false);
         };
         self.live.store(Arc::new(live));

@@ -172,11 +172,6 @@ impl TokenCache {
     pub fn is_empty(&self) -> bool {
         self.cache.is_empty()
     }
-
-    /// The summed weight of the entries (the estimate of their memory), for tests.
-    pub fn weight(&self) -> u64 {
-        self.cache.weight()
-    }
 }
 
 #[cfg(test)]

@@ -166,12 +166,14 @@ pub fn is_proxy_identity(name: &str) -> bool {
 }
 
 /// `name` against a sorted table of exact names and a list of prefixes, `_` read as `-`.
-fn in_lists(name: &str, exact: &[&str], prefixes: &[&str]) -> bool {
+fn in_lists(name: &str, exact: &[impl AsRef<str>], prefixes: &[impl AsRef<str>]) -> bool {
     let n = name.as_bytes();
     exact
-        .binary_search_by(|p| cmp_folded(n, p.as_bytes()).reverse())
+        .binary_search_by(|p| cmp_folded(n, p.as_ref().as_bytes()).reverse())
         .is_ok()
-        || prefixes.iter().any(|p| starts_folded(n, p.as_bytes()))
+        || prefixes
+            .iter()
+            .any(|p| starts_folded(n, p.as_ref().as_bytes()))
 }
 
 /// What the header code needs from the snapshot, built once per snapshot: the claim header
@@ -180,7 +182,7 @@ fn in_lists(name: &str, exact: &[&str], prefixes: &[&str]) -> bool {
 pub struct HeaderPlan {
     /// In the form inbound names are compared in: lower case with `_` read as `-`.
     claim_names: Vec<HeaderName>,
-    /// `[listen] strip_headers` names (lower case, `-`).
+    /// `[listen] strip_headers` names (lower case, `-`), sorted.
     strip_exact: Vec<String>,
     /// `[listen] strip_headers` entries that ended in `*`, without it.
     strip_prefixes: Vec<String>,
@@ -200,6 +202,10 @@ impl HeaderPlan {
                 None => plan.strip_exact.push(s.clone()),
             }
         }
+        // Sorted for the binary search of `in_lists` (the names are already lower case with
+        // `-`, the form it compares in).
+        plan.strip_exact.sort();
+        plan.strip_exact.dedup();
         plan.trusted = config.listen.trusted_proxies.clone();
         plan.forward_client_cert = config.listen.forward_client_cert;
         plan
@@ -231,14 +237,7 @@ impl HeaderPlan {
 
     /// True when `[listen] strip_headers` names this header (same matching as claim names).
     fn is_site_stripped(&self, name: &HeaderName) -> bool {
-        let n = name.as_str().as_bytes();
-        self.strip_exact
-            .iter()
-            .any(|s| cmp_folded(n, s.as_bytes()) == Ordering::Equal)
-            || self
-                .strip_prefixes
-                .iter()
-                .any(|p| starts_folded(n, p.as_bytes()))
+        in_lists(name.as_str(), &self.strip_exact, &self.strip_prefixes)
     }
 
     /// True when the peer is one of `[listen] trusted_proxies`.
