@@ -158,6 +158,25 @@ fn max_age(h: &http::HeaderMap) -> Option<Duration> {
 /// checks a configured `jwks_url` gets (an http(s) URL without credentials), and an https
 /// discovery never leads to a plain-http key set (a downgrade anyone on the path could serve).
 /// Messages never quote a URL that carries credentials.
+/// Why a key URL is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlProblem {
+    /// Not an absolute `http://` or `https://` URL.
+    NotHttp,
+    /// `user@host`: the credentials would show in logs and `/config`.
+    Credentials,
+}
+
+/// The check every key URL passes, configured (`jwks_url`, `discovery_url`) or discovered
+/// (`jwks_uri`): an absolute http(s) URL without credentials.
+pub fn key_url_problem(uri: &http::Uri) -> Option<UrlProblem> {
+    match uri.authority() {
+        Some(a) if a.as_str().contains('@') => Some(UrlProblem::Credentials),
+        Some(_) if matches!(uri.scheme_str(), Some("http" | "https")) => None,
+        _ => Some(UrlProblem::NotHttp),
+    }
+}
+
 fn discovered_jwks_uri(
     discovery_url: &str,
     expected_iss: &str,
@@ -186,26 +205,35 @@ fn discovered_jwks_uri(
     let uri: http::Uri = raw
         .parse()
         .map_err(|_| "the discovery document's jwks_uri is not a URL".to_owned())?;
-    let Some(authority) = uri.authority() else {
-        return Err("the discovery document's jwks_uri is not an absolute http(s) URL".into());
-    };
-    if authority.as_str().contains('@') {
-        return Err(
-            "the discovery document's jwks_uri carries credentials (user@host); refused, as a configured jwks_url would be"
-                .into(),
-        );
+    match key_url_problem(&uri) {
+        Some(UrlProblem::Credentials) => {
+            return Err(
+                "the discovery document's jwks_uri carries credentials (user@host); refused, as a configured jwks_url would be"
+                    .into(),
+            )
+        }
+        Some(UrlProblem::NotHttp) if uri.authority().is_none() => {
+            return Err(
+                "the discovery document's jwks_uri is not an absolute http(s) URL".into(),
+            )
+        }
+        Some(UrlProblem::NotHttp) => {
+            return Err(
+                "the discovery document's jwks_uri must be an http:// or https:// URL".into(),
+            )
+        }
+        None => {}
     }
     let https_discovery = discovery_url
         .get(..8)
         .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
-    match (uri.scheme_str(), https_discovery) {
-        (Some("https"), _) | (Some("http"), false) => Ok(raw.to_owned()),
-        (Some("http"), true) => Err(
+    if https_discovery && uri.scheme_str() == Some("http") {
+        return Err(
             "the discovery document's jwks_uri is http:// but discovery_url is https://; a downgrade is refused"
                 .into(),
-        ),
-        _ => Err("the discovery document's jwks_uri must be an http:// or https:// URL".into()),
+        );
     }
+    Ok(raw.to_owned())
 }
 
 /// What one fetch yields: the keys, the entries skipped (with why), and the `max-age`.

@@ -198,15 +198,18 @@ impl Validator<'_> {
     }
 
     fn url_ok(&mut self, u: &Spanned<String>, issuer: &str, key: &str) {
-        match u.get_ref().parse::<http::Uri>() {
-            Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => self.error(
+        use crate::keys::remote::{key_url_problem, UrlProblem};
+        let problem = match u.get_ref().parse::<http::Uri>() {
+            Ok(uri) => key_url_problem(&uri),
+            Err(_) => Some(UrlProblem::NotHttp),
+        };
+        match problem {
+            None => {}
+            Some(UrlProblem::Credentials) => self.error(
                 u,
                 format!("issuer {issuer:?}: {key} must not carry credentials: they would show in logs and /config"),
             ),
-            Ok(uri)
-                if matches!(uri.scheme_str(), Some("http" | "https"))
-                    && uri.authority().is_some() => {}
-            _ => self.error(
+            Some(UrlProblem::NotHttp) => self.error(
                 u,
                 format!("issuer {issuer:?}: {key} must be an http:// or https:// URL"),
             ),
