@@ -999,22 +999,11 @@ pub fn too_many_headers(headers: &http::HeaderMap) -> bool {
 
 /// The 431 for a request over [`MAX_HEADERS`], as the gateway's other answers look.
 fn headers_too_many() -> Response<Full<Bytes>> {
-    let body = serde_json::json!({
-        "error": "request_header_fields_too_large",
-        "error_description": format!("the request has more than {MAX_HEADERS} header fields"),
-    });
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
-    *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-    let h = res.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    res
+    crate::proxy::answer::json_answer(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "request_header_fields_too_large",
+        &format!("the request has more than {MAX_HEADERS} header fields"),
+    )
 }
 
 #[cfg(test)]

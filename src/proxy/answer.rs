@@ -50,6 +50,21 @@ pub enum ProxyError {
     Upstream { kind: UpstreamKind },
 }
 
+/// The shape of every answer the gateway writes itself: status, `{"error", "error_description"}`
+/// as JSON, never cached. [`ProxyError::response`] and the connection layer's 431 share it.
+pub fn json_answer(status: StatusCode, code: &str, description: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": code, "error_description": description });
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
 impl ProxyError {
     /// The answer's status.
     pub fn status(&self) -> StatusCode {
@@ -86,16 +101,8 @@ impl ProxyError {
 
     /// The answer, with `x-request-id` so a client can quote it when asking why.
     pub fn response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
-        let description = self.to_string();
-        let body = serde_json::json!({ "error": self.code(), "error_description": description });
-        let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
-        *res.status_mut() = self.status();
+        let mut res = json_answer(self.status(), self.code(), &self.to_string());
         let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(super::headers::X_REQUEST_ID.clone(), request_id.clone());
         match self {
             // RFC 6750 §3.1: a request without credentials gets no error code.
