@@ -3,8 +3,8 @@
 //! never a token, subject, kid or raw request path.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for a proxy: the gateway's own work is tens of microseconds, upstreams take
@@ -183,10 +183,14 @@ impl Metrics {
         registry
             .register(Box::new(build_info))
             .expect("unique metric");
-        let log_drops = crate::logging::sink::DropCounters::new().expect("valid metric");
-        registry
-            .register(Box::new(log_drops))
-            .expect("unique metric");
+        for drops in [
+            &crate::logging::sink::ACCESS_DROPPED,
+            &crate::logging::sink::EVENTS_DROPPED,
+        ] {
+            registry
+                .register(Box::new(IntCounter::clone(drops)))
+                .expect("unique metric");
+        }
         // process_start_time_seconds (restarts), CPU, memory and open files, the series every
         // Prometheus user expects; read from /proc at scrape time (Linux only).
         #[cfg(target_os = "linux")]

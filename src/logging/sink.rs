@@ -4,9 +4,9 @@
 //! the queue fills and further lines are dropped whole and counted, so traffic never waits
 //! for the log.
 
+use prometheus::IntCounter;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Bytes of lines that may wait for stdout (about 3,000 access lines): enough to ride out a
@@ -22,18 +22,26 @@ pub enum Kind {
     Event,
 }
 
-/// Access-log lines dropped because the queue was full.
-static ACCESS_DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Other log lines dropped because the queue was full.
-static EVENTS_DROPPED: AtomicU64 = AtomicU64::new(0);
-
-/// How many lines of `kind` were dropped since the process started.
-pub fn dropped(kind: Kind) -> u64 {
-    match kind {
-        Kind::Access => ACCESS_DROPPED.load(Ordering::Relaxed),
-        Kind::Event => EVENTS_DROPPED.load(Ordering::Relaxed),
-    }
+fn drop_counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("a valid metric name")
 }
+
+/// `jwtgate_access_log_dropped_total`: access-log lines dropped because the queue was full.
+/// Process-wide (stdout, and so the queue, belongs to the process, not to one
+/// [`crate::metrics::Metrics`]): every registry registers a clone, and clones share the count.
+pub static ACCESS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    drop_counter(
+        "jwtgate_access_log_dropped_total",
+        "Access-log lines dropped because stdout did not keep up (the log queue was full).",
+    )
+});
+/// `jwtgate_log_events_dropped_total`: other log lines dropped because the queue was full.
+pub static EVENTS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    drop_counter(
+        "jwtgate_log_events_dropped_total",
+        "Other log lines dropped because stdout did not keep up (the log queue was full).",
+    )
+});
 
 struct Queue {
     /// Whole lines waiting for the writer.
@@ -51,7 +59,6 @@ struct Sink {
     wake: Condvar,
     /// The writer finished a batch and found nothing more (for [`flush`]).
     drained: Condvar,
-    capacity: usize,
 }
 
 impl Sink {
@@ -80,7 +87,6 @@ pub fn start() -> std::io::Result<()> {
         }),
         wake: Condvar::new(),
         drained: Condvar::new(),
-        capacity: QUEUE_BYTES,
     }));
     std::thread::Builder::new()
         .name("jwtgate-log".into())
@@ -97,13 +103,12 @@ pub fn push(line: &[u8], kind: Kind) {
         return;
     };
     let mut q = sink.lock();
-    if q.pending.len() + line.len() > sink.capacity {
+    if q.pending.len() + line.len() > QUEUE_BYTES {
         drop(q);
-        let counter = match kind {
-            Kind::Access => &ACCESS_DROPPED,
-            Kind::Event => &EVENTS_DROPPED,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        match kind {
+            Kind::Access => ACCESS_DROPPED.inc(),
+            Kind::Event => EVENTS_DROPPED.inc(),
+        }
         return;
     }
     q.pending.extend_from_slice(line);
@@ -158,68 +163,5 @@ fn write_loop(sink: &Sink) {
         let _ = out.write_all(&batch).and_then(|()| out.flush());
         drop(out);
         batch.clear();
-    }
-}
-
-/// `jwtgate_access_log_dropped_total` and `jwtgate_log_events_dropped_total`, read from the
-/// process-wide counters when scraped (stdout, and so the queue, belongs to the process, not
-/// to one [`crate::metrics::Metrics`]).
-pub struct DropCounters {
-    descs: [prometheus::core::Desc; 2],
-}
-
-impl DropCounters {
-    const NAMES: [(&'static str, &'static str, Kind); 2] = [
-        (
-            "jwtgate_access_log_dropped_total",
-            "Access-log lines dropped because stdout did not keep up (the log queue was full).",
-            Kind::Access,
-        ),
-        (
-            "jwtgate_log_events_dropped_total",
-            "Other log lines dropped because stdout did not keep up (the log queue was full).",
-            Kind::Event,
-        ),
-    ];
-
-    /// The two counters' descriptions.
-    pub fn new() -> prometheus::Result<DropCounters> {
-        let desc = |(name, help, _): (&str, &str, Kind)| {
-            prometheus::core::Desc::new(
-                name.to_owned(),
-                help.to_owned(),
-                Vec::new(),
-                Default::default(),
-            )
-        };
-        Ok(DropCounters {
-            descs: [desc(Self::NAMES[0])?, desc(Self::NAMES[1])?],
-        })
-    }
-}
-
-impl prometheus::core::Collector for DropCounters {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        use prometheus::proto::{Counter, Metric, MetricFamily, MetricType};
-        Self::NAMES
-            .iter()
-            .zip(&self.descs)
-            .map(|((_, _, kind), desc)| {
-                let mut counter = Counter::default();
-                counter.set_value(dropped(*kind) as f64);
-                let mut metric = Metric::default();
-                metric.set_counter(counter);
-                let mut family = MetricFamily::default();
-                family.set_name(desc.fq_name.clone());
-                family.set_help(desc.help.clone());
-                family.set_field_type(MetricType::COUNTER);
-                family.set_metric(vec![metric]);
-                family
-            })
-            .collect()
     }
 }
