@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::{AuthMode, Config, HostMatch, KeySource};
+use crate::config::{Config, HostMatch, KeySource};
 use crate::metrics::Metrics;
 use crate::server::ConnLimits;
 use crate::state::Shared;
@@ -217,11 +217,7 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
                 "path_prefix": r.path_prefix,
                 "methods": r.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
                 "upstream": r.upstream.url,
-                "auth": match r.auth {
-                    AuthMode::Required => "required",
-                    AuthMode::Optional => "optional",
-                    AuthMode::None => "none",
-                },
+                "auth": r.auth.as_str(),
                 "issuers": r.issuers.iter().map(|&i| c.issuers[i].name.as_str()).collect::<Vec<_>>(),
                 "require": r.require.iter().map(|q| (q.claim.as_str().to_owned(), json!(q.values))).collect::<serde_json::Map<_, _>>(),
                 "forward_token": r.forward_token,

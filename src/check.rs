@@ -59,11 +59,7 @@ pub fn describe(snap: &Snapshot) -> String {
                 .collect::<Vec<_>>()
                 .join(",")),
             r.upstream.url,
-            match r.auth {
-                AuthMode::Required => "required",
-                AuthMode::Optional => "optional",
-                AuthMode::None => "none",
-            },
+            r.auth.as_str(),
             if r.auth == AuthMode::None {
                 String::new()
             } else {
@@ -76,6 +72,22 @@ pub fn describe(snap: &Snapshot) -> String {
                         .join(", ")
                 )
             }
+        );
+    }
+    if let Some(sc) = &c.session {
+        let _ = writeln!(
+            out,
+            "session: issuer={} client_id={} store={} redirect_uri={}{}",
+            c.issuers[sc.issuer].name,
+            sc.client_id,
+            match sc.store {
+                crate::config::SessionStore::Cookie => "cookie",
+                crate::config::SessionStore::Redis => "redis",
+            },
+            sc.external_url
+                .as_deref()
+                .unwrap_or("<each request's origin>"),
+            crate::session::CALLBACK_PATH
         );
     }
     for w in warnings(snap) {
@@ -130,6 +142,22 @@ pub fn warnings(snap: &Snapshot) -> Vec<String> {
     for (ic, used) in c.issuers.iter().zip(used) {
         if !used {
             out.push(format!("issuer {:?} is not used by any route", ic.name));
+        }
+    }
+    if let Some(sc) = &c.session {
+        // Browser sessions: a provider reached over plain http off this machine hands out
+        // tokens anyone on the path can read.
+        let iss = &c.issuers[sc.issuer].issuer;
+        let host = iss
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_owned));
+        if iss.starts_with("http://") && !host.is_some_and(|h| crate::session::is_loopback_host(&h))
+        {
+            out.push(format!("[session] issuer {iss:?} is plain http on a non-loopback host: codes and tokens cross the network unencrypted"));
+        }
+        if sc.external_url.is_none() {
+            out.push("[session] has no external_url: the redirect_uri is built from each request's Host, and every such origin must be registered at the provider".into());
         }
     }
     out.extend(

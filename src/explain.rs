@@ -245,7 +245,7 @@ pub async fn explain(
             result: "skipped",
             detail: "auth = \"optional\" and no token: forwarded without claim headers".into(),
         }),
-        (AuthMode::Required, None) => result = Err(AuthError::Missing),
+        (AuthMode::Required | AuthMode::Session, None) => result = Err(AuthError::Missing),
         (_, Some(t)) => {
             describe_token(&mut report.steps, snap, t, &route.issuers, now);
             result = verify(snap, t, &route.issuers, now).await;

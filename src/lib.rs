@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routes;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod tls;
 

@@ -61,6 +61,10 @@ enum Command {
         /// The token to check ("-" reads it from standard input); leave out for none.
         #[arg(long)]
         token: Option<String>,
+        /// A session cookie instead of a token: the `__Host-jwtgate` value, or a whole Cookie
+        /// header; opened with [session] cookie_keys_file.
+        #[arg(long, conflicts_with = "token")]
+        cookie: Option<String>,
         #[arg(long, default_value = "GET")]
         method: String,
         #[arg(long, default_value = "localhost")]
@@ -105,11 +109,12 @@ fn main() -> ExitCode {
         }
         Command::Explain {
             token,
+            cookie,
             method,
             host,
             json,
             path,
-        } => match commands::explain(&cli.config, token, &method, &host, &path, json) {
+        } => match commands::explain(&cli.config, token, cookie, &method, &host, &path, json) {
             Ok((report, forwarded)) => {
                 print!("{report}");
                 // Exit 0 when the request would be forwarded, 2 when the gateway would refuse it.

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// Failed accepts (EMFILE and the like), by listener.
     pub accept_errors: IntCounterVec,
+    /// `jwtgate_sessions_total{event}`: browser session events (login, refresh, logout, ...).
+    pub sessions: IntCounterVec,
 }
 
 /// The listeners that connection metrics are labelled with.
@@ -169,6 +171,14 @@ impl Metrics {
             open_connections.with_label_values(&[l]).set(0);
             accept_errors.with_label_values(&[l]).reset();
         }
+        let sessions = counter(
+            "jwtgate_sessions_total",
+            "Browser session events: login, refresh, refresh_failed, logout, backchannel_logout, too_large.",
+            &["event"],
+        );
+        for e in crate::session::EVENTS {
+            sessions.with_label_values(&[e]).reset();
+        }
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "jwtgate_build_info",
@@ -216,6 +226,7 @@ impl Metrics {
             token_cache,
             open_connections,
             accept_errors,
+            sessions,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub generation: u64,
     /// Entries of JWKS files that were left out, for `check` to print.
     pub skipped_keys: Vec<String>,
+    /// `[session]`'s keyring, client credentials and derived issuers.
+    pub session: Option<crate::session::Runtime>,
 }
 
 /// The `kind` label values of `jwtgate_upstream_errors_total`.
@@ -35,11 +37,14 @@ const UPSTREAM_KINDS: [&str; 4] = ["connect", "timeout", "reset", "tls"];
 
 /// The status codes the gateway itself may answer on a route with `auth`: a malformed request
 /// (400), an unreachable or slow upstream (502, 504), and where tokens are verified a refused
-/// token (401), an unmet requirement (403) and keys not loaded yet (503).
+/// token (401), an unmet requirement (403) and keys not loaded yet (503); session routes also
+/// send browsers to log in (302).
 pub fn gateway_codes(auth: AuthMode) -> &'static [&'static str] {
     match auth {
         AuthMode::None => &["400", "502", "504"],
         AuthMode::Required | AuthMode::Optional => &["400", "401", "403", "502", "503", "504"],
+        // A browser without a session is sent to log in (302).
+        AuthMode::Session => &["302", "400", "401", "403", "502", "503", "504"],
     }
 }
 
@@ -106,6 +111,17 @@ impl Snapshot {
                 Clients::default()
             }
         };
+        let session = match crate::session::Runtime::build(&config, &issuers) {
+            Ok(s) => s,
+            Err(e) => {
+                let loc = config
+                    .session
+                    .as_ref()
+                    .map_or(Default::default(), |s| s.loc);
+                errors.push(config.error(loc, e.to_string()));
+                None
+            }
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -119,6 +135,7 @@ impl Snapshot {
             clients,
             generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             skipped_keys,
+            session,
         })
     }
 

@@ -265,6 +265,12 @@ impl Parsed<'_> {
         )
     }
 
+    /// The claims, for tokens with their own rules (back-channel logout tokens); call only after
+    /// [`Parsed::check_signature`] or [`Issuer::check_signature`] passed.
+    pub fn into_claims(self) -> Map<String, Value> {
+        self.claims
+    }
+
     /// The claim checks that follow a good signature: times, audience, subject.
     pub fn finish(self, cfg: &IssuerConfig, now: i64) -> Result<Verified, AuthError> {
         check_claims(&self.claims, cfg, now)?;

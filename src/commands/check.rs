@@ -21,6 +21,14 @@ pub fn check(path: &Path) -> Result<String, CommandError> {
                 errors.push(snap.config.error(i.config.source_loc, msg));
             }
         }
+        // `[session]`: the provider's discovery must answer with login's endpoints.
+        if let (Some(sc), Some(rt)) = (&snap.config.session, &snap.session) {
+            let issuer = &snap.config.issuers[sc.issuer].issuer;
+            if let Err(e) = crate::session::oidc::discover(&rt.discovery_url, issuer).await {
+                let msg = format!("[session]: the provider's discovery document: {e}");
+                errors.push(snap.config.error(sc.loc, msg));
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors).into());
         }

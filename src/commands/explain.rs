@@ -10,6 +10,7 @@ use super::{with_loaded, CommandError};
 pub fn explain(
     config: &Path,
     token: Option<String>,
+    cookie: Option<String>,
     method: &str,
     host: &str,
     path: &str,
@@ -36,7 +37,31 @@ pub fn explain(
         for r in snap.remote_keys() {
             r.first_attempt(Duration::from_secs(5)).await;
         }
-        let report = crate::explain::explain(&snap, token.as_deref(), &method, host, path).await;
+        // A session cookie: opened with the keyring, its facts a first step, its token then
+        // explained as the request path would verify it.
+        let session = cookie
+            .as_deref()
+            .map(|c| crate::session::explain_cookie(&snap, c, crate::unix_now()));
+        let token = match &session {
+            Some(Ok((_, t))) => Some(t.clone()),
+            _ => token,
+        };
+        let mut report =
+            crate::explain::explain(&snap, token.as_deref(), &method, host, path).await;
+        if let Some(s) = session {
+            let (result, detail) = match s {
+                Ok((detail, _)) => ("pass", detail),
+                Err(why) => ("fail", why),
+            };
+            report.steps.insert(
+                0,
+                crate::explain::Step {
+                    step: "session",
+                    result,
+                    detail,
+                },
+            );
+        }
         let text = if json {
             let mut s = serde_json::to_string_pretty(&report)
                 .map_err(|e| CommandError::command("explain", e.to_string()))?;

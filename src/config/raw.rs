@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub issuer: Vec<Spanned<RawIssuer>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    /// Browser sessions (OpenID Connect login).
+    pub session: Option<Spanned<RawSession>>,
 }
 
 /// `[listen]`.
@@ -120,4 +122,22 @@ pub enum RawRequirement {
     All(Vec<String>),
     Bool(bool),
     Int(i64),
+}
+
+/// `[session]`.
+#[derive(Debug, Deserialize)]
+pub struct RawSession {
+    pub issuer: Spanned<String>,
+    pub client_id: Spanned<String>,
+    pub client_secret_env: Option<Spanned<String>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub cookie_keys_file: Spanned<String>,
+    pub external_url: Option<Spanned<String>>,
+    pub store: Option<Spanned<String>>,
+    pub lifetime: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub post_logout_redirect: Option<Spanned<String>>,
+    pub backchannel_logout: Option<Spanned<bool>>,
+    pub token_auth: Option<Spanned<String>>,
 }

@@ -20,6 +20,8 @@ pub struct Config {
     pub limits: Limits,
     pub issuers: Vec<IssuerConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[session]`: browser sessions through OpenID Connect login (`auth = "session"` routes).
+    pub session: Option<SessionConfig>,
 }
 
 /// `[listen]`.
@@ -128,12 +130,26 @@ pub struct IssuerConfig {
     pub typ: Vec<String>,
 }
 
-/// `auth = required | optional | none`.
+/// `auth = required | optional | none | session`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     Required,
     Optional,
     None,
+    /// A bearer token or a browser session cookie; without either, browsers are sent to log in.
+    Session,
+}
+
+impl AuthMode {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Required => "required",
+            AuthMode::Optional => "optional",
+            AuthMode::None => "none",
+            AuthMode::Session => "session",
+        }
+    }
 }
 
 /// A host pattern: exact, or `*.example.com` (one or more labels before the suffix).
@@ -244,4 +260,54 @@ pub(super) fn resolve(base: &Path, p: &Path) -> PathBuf {
     } else {
         base.join(p)
     }
+}
+
+// --- browser sessions (issue 15) ------------------------------------------------------------
+
+/// Where a secret of the config comes from: never the file itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// Where sessions live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStore {
+    /// The whole session, encrypted, in the browser's cookie.
+    Cookie,
+    /// The session encrypted in Redis; the cookie holds its id and key.
+    Redis,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAuth {
+    /// `client_secret_basic` (the default).
+    Basic,
+    /// `client_secret_post`.
+    Post,
+}
+
+/// `[session]`, validated.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Index into [`Config::issuers`]: the OpenID provider (it has a `discovery_url`).
+    pub issuer: usize,
+    pub client_id: String,
+    /// `None`: a public client (PKCE only).
+    pub client_secret: Option<SecretSource>,
+    pub scopes: Vec<String>,
+    pub cookie_keys_file: PathBuf,
+    /// The gateway's origin as browsers see it (`https://host[:port]`, no path); `None`: taken
+    /// from each request's Host.
+    pub external_url: Option<String>,
+    pub store: SessionStore,
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub post_logout_redirect: Option<String>,
+    pub backchannel_logout: bool,
+    pub token_auth: TokenAuth,
+    /// Where `[session]` is written, for errors found while loading its files.
+    pub loc: Loc,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -51,9 +51,12 @@ pub enum FetchError {
     Document { url: String, message: String },
 }
 
-type FetchClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// The client for every fetch towards an issuer (keys, and the session's token endpoint): it
+/// never follows a redirect.
+pub(crate) type FetchClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn client() -> &'static FetchClient {
+/// The one fetch client of the process.
+pub(crate) fn client() -> &'static FetchClient {
     static CLIENT: OnceLock<FetchClient> = OnceLock::new();
     CLIENT.get_or_init(|| {
         let mut roots = rustls::RootCertStore::empty();
@@ -80,7 +83,7 @@ fn client() -> &'static FetchClient {
 }
 
 /// GETs a document; returns its body and its `max-age`, if any.
-async fn get(url: &str) -> Result<(Bytes, Option<Duration>), FetchError> {
+pub(crate) async fn get(url: &str) -> Result<(Bytes, Option<Duration>), FetchError> {
     let http_err = |message: String| FetchError::Http {
         url: url.to_owned(),
         message,
@@ -92,7 +95,7 @@ async fn get(url: &str) -> Result<(Bytes, Option<Duration>), FetchError> {
             http::header::USER_AGENT,
             concat!("jwtgate/", env!("CARGO_PKG_VERSION")),
         )
-        .body(Empty::new())
+        .body(Full::new(Bytes::new()))
         .map_err(|e| http_err(e.to_string()))?;
     let work = async {
         let res = client()
@@ -120,7 +123,7 @@ async fn get(url: &str) -> Result<(Bytes, Option<Duration>), FetchError> {
         })?
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

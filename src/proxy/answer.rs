@@ -48,6 +48,9 @@ pub enum ProxyError {
     },
     #[error("the upstream could not be reached ({})", kind.as_str())]
     Upstream { kind: UpstreamKind },
+    /// A reserved path asked with another method than the one it answers (its `Allow`).
+    #[error("this path answers {0} only")]
+    MethodNotAllowed(&'static str),
 }
 
 /// The shape of every answer the gateway writes itself: status, `{"error", "error_description"}`
@@ -79,6 +82,7 @@ impl ProxyError {
                 kind: UpstreamKind::Timeout,
             } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -96,6 +100,7 @@ impl ProxyError {
                 kind: UpstreamKind::Timeout,
             } => "upstream_timeout",
             ProxyError::Upstream { .. } => "bad_gateway",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 
@@ -135,6 +140,9 @@ impl ProxyError {
                     header::RETRY_AFTER,
                     HeaderValue::from(*retry_after_secs.max(&1)),
                 );
+            }
+            ProxyError::MethodNotAllowed(allow) => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             _ => {}
         }

@@ -24,6 +24,7 @@ use crate::config::AuthMode;
 use crate::metrics::Metrics;
 use crate::routes::normalize_host;
 use crate::server::ConnInfo;
+use crate::session;
 use crate::state::{Shared, Snapshot};
 use crate::unix_now;
 pub use answer::{ProxyError, UpstreamKind};
@@ -55,6 +56,8 @@ pub struct Gateway {
     cache: Option<TokenCache>,
     cache_hits: prometheus::IntCounter,
     cache_misses: prometheus::IntCounter,
+    /// Browser session state that outlives reloads (refreshes in flight, discovery).
+    pub sessions: crate::session::Sessions,
 }
 
 /// Memory budget of the verified-token cache.
@@ -68,6 +71,7 @@ impl Gateway {
             cache: (entries > 0).then(|| TokenCache::new(entries, TOKEN_CACHE_BYTES)),
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
+            sessions: crate::session::Sessions::default(),
             state,
             metrics,
         }
@@ -101,7 +105,7 @@ impl Gateway {
             .handle_inner(&snapshot, req, conn, &rec.request_id, &mut rec.outcome)
             .await;
         let mut res = match result {
-            Ok(res) => res.map(Either::Right),
+            Ok(res) => res,
             Err(e) => {
                 if let ProxyError::Auth(a) = &e {
                     rec.outcome.auth = a.reason().as_str();
@@ -125,7 +129,7 @@ impl Gateway {
         conn: &ConnInfo,
         request_id: &HeaderValue,
         outcome: &mut Outcome,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         check_request(&req)?;
         // Taken before the request is forwarded: the client side of a WebSocket tunnel.
         let client_upgrade = is_websocket_upgrade(req.headers(), req.version())
@@ -149,6 +153,13 @@ impl Gateway {
             ))?,
             None => "".into(),
         };
+        // The session layer's reserved paths, on every host: never forwarded.
+        if snap.config.session.is_some() && path.starts_with(crate::session::RESERVED_PREFIX) {
+            let req = Request::from_parts(parts, body);
+            let host = host_value.as_ref();
+            let res = crate::session::routes::handle(self, snap, req, path, host, conn).await?;
+            return Ok(res.map(Either::Left));
+        }
         // Every common upstream reading of the path must name this route (routes::route).
         let idx = snap
             .table
@@ -165,10 +176,24 @@ impl Gateway {
 
         // Token: found, verified, checked against the route's requirements.
         let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
+        let mut session_cookies = Vec::new();
         let verified = match (route.auth, &found) {
             (AuthMode::None, _) => None,
             (AuthMode::Required, None) => return Err(auth::AuthError::Missing.into()),
             (AuthMode::Optional, None) => None,
+            (AuthMode::Session, None) => {
+                let host = host_value.as_ref();
+                match self
+                    .session_auth(snap, route, &parts, path, host, conn, request_id)
+                    .await?
+                {
+                    SessionAuth::Verified(v, cookies) => {
+                        session_cookies = cookies;
+                        Some(v)
+                    }
+                    SessionAuth::Answer(a) => return Ok(a.map(Either::Left)),
+                }
+            }
             (_, Some((token, _))) => {
                 let v = self.verify(snap, token, &route.issuers).await?;
                 claims::check_requirements(&v.claims, &route.require)?;
@@ -195,6 +220,9 @@ impl Gateway {
             _ => parts.uri.query().map(str::to_owned),
         };
         let websocket = client_upgrade.is_some() && route.websocket;
+        if snap.config.session.is_some() {
+            crate::session::cookie::strip_own(&mut parts.headers);
+        }
         snap.headers.prepare(
             &mut parts.headers,
             &headers::Forward {
@@ -263,11 +291,124 @@ impl Gateway {
                 tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
             }
             // The 101 keeps its Upgrade and Connection headers: they are the protocol switch.
-            return Ok(res);
+            return Ok(res.map(Either::Right));
         }
         headers::remove_connection_listed(res.headers_mut());
-        Ok(res)
+        for c in session_cookies {
+            res.headers_mut().append(header::SET_COOKIE, c);
+        }
+        Ok(res.map(Either::Right))
     }
+
+    /// `auth = "session"` without a bearer token: the request's session, refreshed when due,
+    /// its token verified like a bearer token (cache included); without one, a browser
+    /// navigation is sent to log in and anything else gets a 401.
+    #[allow(clippy::too_many_arguments)]
+    async fn session_auth(
+        &self,
+        snap: &Snapshot,
+        route: &crate::config::RouteConfig,
+        parts: &http::request::Parts,
+        path: &str,
+        host: Option<&HeaderValue>,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+    ) -> Result<SessionAuth, ProxyError> {
+        let (Some(cfg), Some(rt)) = (&snap.config.session, &snap.session) else {
+            return Err(auth::AuthError::Missing.into());
+        };
+        let now = unix_now();
+        let lookup = self
+            .sessions
+            .lookup(rt, cfg, &snap.config, &self.metrics, &parts.headers, now)
+            .await;
+        let mut clear = lookup.set_cookies;
+        if let Some(active) = lookup.active {
+            let verified = if active.id_token {
+                auth::verify_live(
+                    &active.token,
+                    &rt.id_issuer,
+                    &[0],
+                    snap.config.limits.max_token_bytes,
+                    now,
+                )
+                .await
+                .map(|(v, _)| v)
+                .map_err(|e| match e {
+                    auth::SignatureError::Auth(e) => ProxyError::Auth(e),
+                    auth::SignatureError::NotLoaded {
+                        issuer,
+                        retry_after_secs,
+                    } => ProxyError::KeysNotLoaded {
+                        issuer,
+                        retry_after_secs,
+                    },
+                })
+            } else {
+                self.verify(snap, &active.token, &route.issuers).await
+            };
+            match verified {
+                Ok(v) => {
+                    claims::check_requirements(&v.claims, &route.require)?;
+                    return Ok(SessionAuth::Verified(v, active.set_cookies));
+                }
+                // A session whose token no longer verifies (expired and not refreshable, keys
+                // rotated away) is over: log in again.
+                Err(ProxyError::Auth(e)) => {
+                    tracing::debug!(error = %e, "a session's token no longer verifies");
+                    clear = session::cookie::clear_session().to_vec();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut answer = if lookup.unavailable {
+            let mut a = session::page(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "Try again shortly",
+                "The identity provider cannot be reached to renew your session.",
+            );
+            a.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            a
+        } else if session::is_navigation(&parts.method, &parts.headers) {
+            let origin = session::origin(cfg, host, conn.tls).ok_or(ProxyError::BadRequest(
+                "the request has no Host to build the login callback from",
+            ))?;
+            let to = session::return_path(path, parts.uri.query());
+            let issuer = &snap.config.issuers[cfg.issuer].issuer;
+            let opts = session::oidc::LoginOptions::default();
+            match session::login_redirect(&self.sessions, rt, cfg, issuer, &origin, to, &opts, now)
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a login: the identity provider's discovery failed");
+                    let mut a = session::page(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "Try again shortly",
+                        "The identity provider cannot be reached to log you in.",
+                    );
+                    a.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    a
+                }
+            }
+        } else {
+            ProxyError::Auth(auth::AuthError::Missing).response(request_id)
+        };
+        for c in clear {
+            answer.headers_mut().append(header::SET_COOKIE, c);
+        }
+        Ok(SessionAuth::Answer(answer))
+    }
+}
+
+/// What the session layer made of a request without a bearer token.
+enum SessionAuth {
+    /// A live session: its verified token, and cookies for the answer.
+    Verified(auth::Verified, Vec<HeaderValue>),
+    /// The gateway answers: a login redirect, a 401, or a 503.
+    Answer(session::Answer),
 }
 
 /// Refuses, before routing, what no route may forward: CONNECT (a tunnel carries anything
@@ -416,7 +557,7 @@ impl Gateway {
     /// Verifies a token, through the verified-token cache when it has a usable entry; a kid the
     /// issuer's remote keys do not have triggers one (shared, rate-limited) refetch that this
     /// request waits for, so a key rotation never costs a 401.
-    async fn verify(
+    pub(crate) async fn verify(
         &self,
         snap: &Snapshot,
         token: &str,

@@ -4,6 +4,7 @@
 mod issuer;
 mod listen;
 mod route;
+mod session;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,6 +105,13 @@ impl Validator<'_> {
         // Routes name issuers as written, so they are checked even when an issuer is invalid.
         let issuer_names = IssuerNames::new(&raw.issuer);
         let routes = self.routes(&raw.route, &issuer_names);
+        let session = raw
+            .session
+            .as_ref()
+            .and_then(|s| self.session(s, &raw.issuer, &issuer_names, &routes));
+        if raw.session.is_none() {
+            self.session_routes_need_session(&raw.route);
+        }
         let issuers = issuers.into_iter().collect::<Option<Vec<_>>>()?;
         Some(Config {
             path: self.file.clone(),
@@ -112,6 +120,7 @@ impl Validator<'_> {
             limits,
             issuers,
             routes,
+            session,
         })
     }
 

@@ -167,11 +167,12 @@ impl Validator<'_> {
             "required" => AuthMode::Required,
             "optional" => AuthMode::Optional,
             "none" => AuthMode::None,
+            "session" => AuthMode::Session,
             other => {
                 self.error(
                     &r.auth,
                     format!(
-                        "route {name:?}: auth {other:?} must be one of required, optional, none"
+                        "route {name:?}: auth {other:?} must be one of required, optional, none, session"
                     ),
                 );
                 AuthMode::Required

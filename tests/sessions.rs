@@ -1,0 +1,1091 @@
+//! Browser sessions (SPEC "Browser sessions: OpenID Connect login").
+//!
+//! Two kinds of tests:
+//! - HTTP level, against a small real key/discovery server (tests/common/jwks.rs): the cookie
+//!   crypto (tampered, wrong name, expired, rotated keys), API requests 401 and navigations
+//!   302, open-redirect attempts, logout's origin check, back-channel logout tokens,
+//!   `/.jwtgate/session`, cookies never reaching the upstream.
+//! - End to end with the real `oidc-provider` (tests/oidc/session-provider.mjs) and a real
+//!   headless Chromium driven through chromedriver (tests/common/browser.rs): login through
+//!   the provider's own form, several tabs at once, refresh after expiry (10 concurrent
+//!   requests at the refresh moment), logout that ends the provider's session, back-channel
+//!   logout, and the "session too large" page. These fail, naming the package, when node,
+//!   the npm packages, chromium or chromedriver are missing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use common::browser::Browser;
+use common::client::get;
+use common::jwks::{jwks_of, Provider, Signer};
+use common::metrics::metric_or_zero;
+use common::{eventually, Answer, ChildGuard};
+use jwtgate::session::cookie::{Keyring, Session, Transaction, SESSION_COOKIE};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const CLIENT_ID: &str = "jwtgate-web";
+const AUDIENCE: &str = "jwtgate-api";
+
+fn now() -> i64 {
+    common::now()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP level
+
+/// A gateway with `[session]` in front of an echo upstream, its provider a small key and
+/// discovery server whose signer the test holds.
+struct Local {
+    provider: Provider,
+    signer: Signer,
+    issuer: String,
+    ring: Keyring,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+    _stop_up: oneshot::Sender<()>,
+}
+
+/// Writes a cookie keys file of these keys (the first encrypts).
+fn write_keys(path: &Path, keys: &[[u8; 32]]) {
+    let text: String = keys.iter().map(|k| STANDARD.encode(k) + "\n").collect();
+    std::fs::write(path, text).expect("write cookie keys");
+}
+
+async fn start_gateway(
+    config: &str,
+    dir: &Path,
+) -> (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+) {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).expect("write config");
+    let app = match jwtgate::App::load(&path) {
+        Ok(a) => Arc::new(a),
+        Err(e) => panic!("config refused:\n{e}"),
+    };
+    let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let (addr, admin_addr) = (
+        traffic.local_addr().expect("addr"),
+        admin.local_addr().expect("addr"),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(jwtgate::run(
+        jwtgate::Listeners {
+            traffic,
+            admin: Some(admin),
+        },
+        app,
+        async move {
+            let _ = stopped.await;
+            Duration::from_secs(1)
+        },
+    ));
+    eventually(Duration::from_secs(15), "/readyz 200", || async {
+        match get(admin_addr, "/readyz", None).await.status {
+            200 => Ok(()),
+            s => Err(format!("/readyz {s}")),
+        }
+    })
+    .await;
+    (addr, admin_addr, stop)
+}
+
+impl Local {
+    /// `keys`: the gateway's keyring (the first encrypts); the test seals with `keys[0]` too.
+    async fn start(keys: &[[u8; 32]]) -> Local {
+        let provider = Provider::start().await;
+        let signer = Signer::new("k1");
+        provider.set_jwks(jwks_of(&[&signer]));
+        let issuer = format!("http://{}", provider.addr);
+        provider.set_discovery(
+            json!({
+                "issuer": issuer,
+                "jwks_uri": format!("{issuer}/jwks.json"),
+                "authorization_endpoint": format!("{issuer}/auth"),
+                "token_endpoint": format!("{issuer}/token"),
+                "end_session_endpoint": format!("{issuer}/session/end"),
+            })
+            .to_string(),
+        );
+        let up = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let upstream = up.local_addr().expect("addr");
+        let (stop_up, stopped_up) = oneshot::channel::<()>();
+        tokio::spawn(jwtgate::echo::serve(up, async move {
+            let _ = stopped_up.await;
+        }));
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_keys(&dir.path().join("cookie-keys"), keys);
+        let config = format!(
+            r#"[listen]
+addr = "127.0.0.1:0"
+
+[[issuer]]
+name = "idp"
+issuer = "{issuer}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+discovery_url = "{issuer}/.well-known/openid-configuration"
+leeway = "1s"
+
+[session]
+issuer = "idp"
+client_id = "{CLIENT_ID}"
+scopes = ["openid", "email"]
+cookie_keys_file = "cookie-keys"
+external_url = "http://localhost:8080"
+idle_timeout = "10m"
+
+[[route]]
+name = "app"
+path_prefix = "/"
+upstream = "http://{upstream}"
+auth = "session"
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"#
+        );
+        let (addr, admin, stop) = start_gateway(&config, dir.path()).await;
+        Local {
+            provider,
+            signer,
+            issuer,
+            ring: Keyring::new(&keys[..1]),
+            addr,
+            admin,
+            _dir: dir,
+            _stop: stop,
+            _stop_up: stop_up,
+        }
+    }
+
+    fn access_token(&self, sub: &str, sid: &str) -> String {
+        let n = now();
+        let claims = json!({"iss": self.issuer, "aud": AUDIENCE, "sub": sub, "sid": sid,
+            "iat": n, "exp": n + 300, "scope": "api:read"});
+        self.signer.sign_raw(
+            &json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}).to_string(),
+            &claims.to_string(),
+        )
+    }
+
+    fn session(&self, sub: &str, sid: &str) -> Session {
+        let n = now();
+        Session {
+            id: "test-session".into(),
+            sub: sub.into(),
+            sid: Some(sid.into()),
+            iat: n - 10,
+            exp: n + 3600,
+            idle: n + 600,
+            at: self.access_token(sub, sid),
+            at_iat: n,
+            at_exp: n + 300,
+            rt: None,
+            idt: Some("header.payload.signature".into()),
+        }
+    }
+
+    fn cookie(&self, s: &Session) -> String {
+        format!(
+            "{SESSION_COOKIE}={}",
+            self.ring
+                .seal(SESSION_COOKIE, &serde_json::to_vec(s).expect("json"))
+        )
+    }
+
+    async fn req(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        common::client::request(
+            method,
+            &format!("http://{}{path}", self.addr),
+            headers,
+            bytes::Bytes::new(),
+        )
+        .await
+    }
+
+    async fn api(&self, cookie: &str) -> Answer {
+        self.req(
+            "GET",
+            "/orders/1",
+            &[("cookie", cookie), ("accept", "application/json")],
+        )
+        .await
+    }
+
+    async fn metrics(&self) -> String {
+        get(self.admin, "/metrics", None).await.body
+    }
+}
+
+#[tokio::test]
+async fn a_sealed_session_passes_with_its_claims_and_the_gateway_cookies_never_reach_the_upstream()
+{
+    let l = Local::start(&[[7; 32]]).await;
+    let cookie = format!(
+        "theme=dark; {}; lang=en",
+        l.cookie(&l.session("alice", "sid-1"))
+    );
+    let a = l.api(&cookie).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.upstream_header("x-auth-sub"), ["alice"]);
+    let sent = a.upstream_header("cookie").join("; ");
+    assert!(!sent.contains("__Host-jwtgate"), "{sent}");
+    assert!(
+        sent.contains("theme=dark") && sent.contains("lang=en"),
+        "{sent}"
+    );
+    // A bearer token is accepted on a session route too.
+    let bearer = format!("Bearer {}", l.access_token("bob", "sid-2"));
+    let a = l.req("GET", "/x", &[("authorization", &bearer)]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.upstream_header("x-auth-sub"), ["bob"]);
+}
+
+#[tokio::test]
+async fn tampered_misnamed_expired_and_unknown_key_cookies_are_refused() {
+    let l = Local::start(&[[7; 32]]).await;
+    let good = l.session("alice", "sid-1");
+    // Tampered: one character of the sealed value changed.
+    let c = l.cookie(&good);
+    let mut bytes = c.into_bytes();
+    let i = bytes.len() - 5;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).expect("ascii");
+    // Sealed for another cookie name (a transaction cookie's), then put in the session cookie.
+    let misnamed = format!(
+        "{SESSION_COOKIE}={}",
+        l.ring.seal(
+            "__Host-jwtgate-tx-abc",
+            &serde_json::to_vec(&good).expect("json")
+        )
+    );
+    let expired = l.cookie(&Session {
+        exp: now() - 1,
+        ..good.clone()
+    });
+    let idle = l.cookie(&Session {
+        idle: now() - 1,
+        ..good.clone()
+    });
+    let other_key = format!(
+        "{SESSION_COOKIE}={}",
+        Keyring::new(&[[9; 32]]).seal(SESSION_COOKIE, &serde_json::to_vec(&good).expect("json"))
+    );
+    for (case, cookie) in [
+        ("tampered", tampered),
+        ("wrong name", misnamed),
+        ("absolute expiry passed", expired),
+        ("idle expiry passed", idle),
+        ("a key not in the ring", other_key),
+    ] {
+        let a = l.api(&cookie).await;
+        assert_eq!(a.status, 401, "{case}: {}", a.body);
+        assert_eq!(a.json()["error"], "missing_token", "{case}");
+        let cleared = a
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap_or("").starts_with("__Host-jwtgate=;"));
+        assert!(cleared, "{case}: the dead session cookie is deleted");
+    }
+}
+
+#[tokio::test]
+async fn rotated_keys_open_old_sessions_until_the_old_key_is_removed() {
+    let old = [1u8; 32];
+    let new = [2u8; 32];
+    let sealed_by_old = {
+        let l = Local::start(&[old]).await;
+        l.cookie(&l.session("alice", "sid-1"))
+    };
+    // The gateway now encrypts with `new` and still decrypts `old`.
+    let l = Local::start(&[new, old]).await;
+    // The old cookie's access token was signed by the first provider's key: re-seal it with
+    // the old key over a token of this provider, as a rotation in place would have it.
+    let s = l.session("alice", "sid-1");
+    let old_ring = Keyring::new(&[old]);
+    let cookie = format!(
+        "{SESSION_COOKIE}={}",
+        old_ring.seal(SESSION_COOKIE, &serde_json::to_vec(&s).expect("json"))
+    );
+    let a = l.api(&cookie).await;
+    assert_eq!(
+        a.status, 200,
+        "a session sealed by the old key still opens: {}",
+        a.body
+    );
+    drop(sealed_by_old);
+    let l2 = Local::start(&[new]).await;
+    let s = l2.session("alice", "sid-1");
+    let cookie = format!(
+        "{SESSION_COOKIE}={}",
+        old_ring.seal(SESSION_COOKIE, &serde_json::to_vec(&s).expect("json"))
+    );
+    assert_eq!(l2.api(&cookie).await.status, 401, "the old key was removed");
+}
+
+#[tokio::test]
+async fn api_requests_get_401_and_navigations_a_pkce_login_redirect_to_the_first_url() {
+    let l = Local::start(&[[7; 32]]).await;
+    for headers in [
+        vec![("accept", "application/json")],
+        vec![("accept", "text/html"), ("sec-fetch-mode", "cors")],
+        vec![],
+    ] {
+        let a = l.req("GET", "/orders", &headers).await;
+        assert_eq!(a.status, 401, "{headers:?}: {}", a.body);
+        assert!(a.header("location").is_none());
+    }
+    let a = l.req("POST", "/orders", &[("accept", "text/html")]).await;
+    assert_eq!(a.status, 401, "a POST is never redirected");
+
+    let a = l
+        .req(
+            "GET",
+            "/orders/7?tab=2",
+            &[("accept", "text/html,application/xhtml+xml")],
+        )
+        .await;
+    assert_eq!(a.status, 302, "{}", a.body);
+    let location = a.header("location").expect("location").to_owned();
+    assert!(
+        location.starts_with(&format!("{}/auth?", l.issuer)),
+        "{location}"
+    );
+    for part in [
+        "response_type=code",
+        "client_id=jwtgate-web",
+        "code_challenge_method=S256",
+        "redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F.jwtgate%2Fcallback",
+        "scope=openid%20email",
+    ] {
+        assert!(location.contains(part), "{part} in {location}");
+    }
+    let state = query_value(&location, "state");
+    let tx_cookie = a
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .find(|c| c.starts_with("__Host-jwtgate-tx-"))
+        .expect("a transaction cookie");
+    let name = format!("__Host-jwtgate-tx-{state}");
+    assert!(tx_cookie.starts_with(&format!("{name}=")), "{tx_cookie}");
+    for attr in [
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=600",
+    ] {
+        assert!(tx_cookie.contains(attr), "{attr} in {tx_cookie}");
+    }
+    let value = tx_cookie[name.len() + 1..]
+        .split(';')
+        .next()
+        .expect("value");
+    let tx: Transaction =
+        serde_json::from_slice(&l.ring.open(&name, value).expect("opens")).expect("json");
+    assert_eq!(
+        tx.to, "/orders/7?tab=2",
+        "the path and query first requested"
+    );
+    assert_eq!(
+        query_value(&location, "code_challenge"),
+        URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            tx.v.as_bytes()
+        ))
+    );
+    assert!(
+        metric_or_zero(
+            &l.metrics().await,
+            "jwtgate_sessions_total",
+            &[("event", "login")]
+        ) == 0.0
+    );
+}
+
+fn query_value(url: &str, name: &str) -> String {
+    url.split(['?', '&'])
+        .find_map(|p| p.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn open_redirect_attempts_stay_on_this_origin() {
+    let l = Local::start(&[[7; 32]]).await;
+    let html = [("accept", "text/html")];
+    // No redirect parameter is ever read; a scheme-relative path returns to "/".
+    for (path, want) in [
+        (
+            "/?next=https://evil.example/",
+            Some("/?next=https://evil.example/"),
+        ),
+        ("//evil.example/x", None),
+        ("/%2F%2Fevil.example/x", None),
+        ("/\\evil.example/x", None),
+    ] {
+        let a = l.req("GET", path, &html).await;
+        if a.status != 302 {
+            assert_eq!(a.status, 400, "{path}: {}", a.body);
+            continue;
+        }
+        let location = a.header("location").expect("location");
+        let state = query_value(location, "state");
+        let name = format!("__Host-jwtgate-tx-{state}");
+        let c = a
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .find(|c| c.starts_with(&name))
+            .expect("tx cookie");
+        let tx: Transaction = serde_json::from_slice(
+            &l.ring
+                .open(&name, c[name.len() + 1..].split(';').next().expect("v"))
+                .expect("opens"),
+        )
+        .expect("json");
+        assert!(
+            tx.to.starts_with('/') && !tx.to.starts_with("//") && !tx.to.contains('\\'),
+            "{path}: {}",
+            tx.to
+        );
+        if let Some(want) = want {
+            assert_eq!(tx.to, want, "{path}");
+        }
+    }
+    // A callback whose state names no transaction cookie never redirects.
+    let a = l
+        .req("GET", "/.jwtgate/callback?code=x&state=forged", &html)
+        .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.header("location").is_none());
+    assert!(a.body.contains("Login expired"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn logout_checks_the_origin_clears_the_cookies_and_revokes_the_sid() {
+    let l = Local::start(&[[7; 32]]).await;
+    let cookie = l.cookie(&l.session("alice", "sid-logout"));
+    for (name, value) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        let a = l
+            .req(
+                "POST",
+                "/.jwtgate/logout",
+                &[("cookie", &cookie), (name, value)],
+            )
+            .await;
+        assert_eq!(a.status, 403, "{name}: {value}");
+    }
+    assert_eq!(
+        l.api(&cookie).await.status,
+        200,
+        "a refused logout changes nothing"
+    );
+    let a = l
+        .req(
+            "POST",
+            "/.jwtgate/logout",
+            &[("cookie", &cookie), ("origin", "http://localhost:8080")],
+        )
+        .await;
+    assert_eq!(a.status, 303, "{}", a.body);
+    let location = a.header("location").expect("location");
+    assert!(
+        location.starts_with(&format!("{}/session/end?", l.issuer)),
+        "{location}"
+    );
+    assert!(
+        location.contains("id_token_hint=header.payload.signature"),
+        "{location}"
+    );
+    assert!(
+        location.contains("post_logout_redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F"),
+        "{location}"
+    );
+    let cleared: Vec<_> = a.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cleared.len(), 2, "{cleared:?}");
+    // The same cookie, replayed after the logout: the sid is denylisted.
+    assert_eq!(l.api(&cookie).await.status, 401);
+    // A new login in the same provider session (created after the logout) is allowed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut later = l.session("alice", "sid-logout");
+    later.iat = now() + 1;
+    assert_eq!(l.api(&l.cookie(&later)).await.status, 200);
+    // Without a session, logout just redirects to the post-logout page.
+    let a = l.req("POST", "/.jwtgate/logout", &[]).await;
+    assert_eq!(a.status, 303);
+    assert_eq!(a.header("location"), Some("http://localhost:8080/"));
+    let m = l.metrics().await;
+    assert_eq!(
+        metric_or_zero(&m, "jwtgate_sessions_total", &[("event", "logout")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn backchannel_logout_tokens_are_verified_and_end_the_session() {
+    let l = Local::start(&[[7; 32]]).await;
+    let cookie = l.cookie(&l.session("alice", "sid-bc"));
+    assert_eq!(l.api(&cookie).await.status, 200);
+    let event = json!({"http://schemas.openid.net/event/backchannel-logout": {}});
+    let n = now();
+    let claims = |extra: Value| {
+        let mut c = json!({"iss": l.issuer, "aud": CLIENT_ID, "iat": n, "exp": n + 120,
+            "jti": "j1", "sid": "sid-bc", "events": event});
+        if let (Some(o), Value::Object(e)) = (c.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        c.to_string()
+    };
+    let header = json!({"alg": "ES256", "typ": "logout+jwt", "kid": "k1"}).to_string();
+    let post = |token: String| async move {
+        let body = format!("logout_token={token}");
+        common::client::request(
+            "POST",
+            &format!("http://{}/.jwtgate/backchannel-logout", l.addr),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            bytes::Bytes::from(body),
+        )
+        .await
+    };
+    let other = Signer::new("k1");
+    for (case, token) in [
+        (
+            "wrong audience",
+            l.signer
+                .sign_raw(&header, &claims(json!({"aud": "someone-else"}))),
+        ),
+        (
+            "a nonce",
+            l.signer.sign_raw(&header, &claims(json!({"nonce": "n"}))),
+        ),
+        (
+            "no event",
+            l.signer.sign_raw(&header, &claims(json!({"events": {}}))),
+        ),
+        ("a foreign key", other.sign_raw(&header, &claims(json!({})))),
+        (
+            "an id token typ",
+            l.signer.sign_raw(
+                &json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}).to_string(),
+                &claims(json!({})),
+            ),
+        ),
+    ] {
+        let a = post(token).await;
+        assert_eq!(a.status, 400, "{case}: {}", a.body);
+        assert_eq!(l.api(&cookie).await.status, 200, "{case} revokes nothing");
+    }
+    let a = post(l.signer.sign_raw(&header, &claims(json!({})))).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(l.api(&cookie).await.status, 401, "the sid is denylisted");
+    let m = l.metrics().await;
+    assert_eq!(
+        metric_or_zero(
+            &m,
+            "jwtgate_sessions_total",
+            &[("event", "backchannel_logout")]
+        ),
+        1.0
+    );
+    drop(l.provider);
+}
+
+#[tokio::test]
+async fn the_session_endpoint_answers_single_page_apps_and_reserved_paths_are_never_forwarded() {
+    let l = Local::start(&[[7; 32]]).await;
+    let s = l.session("alice", "sid-1");
+    let a = l
+        .req("GET", "/.jwtgate/session", &[("cookie", &l.cookie(&s))])
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json(), json!({"sub": "alice", "expires_at": s.exp}));
+    let a = l.req("GET", "/.jwtgate/session", &[]).await;
+    assert_eq!(a.status, 401);
+    for (method, path, status) in [
+        ("GET", "/.jwtgate/other", 404),
+        ("GET", "/.jwtgate/logout", 405),
+        ("POST", "/.jwtgate/session", 405),
+    ] {
+        let a = l.req(method, path, &[("accept", "text/html")]).await;
+        assert_eq!(a.status, status, "{method} {path}: {}", a.body);
+        assert!(!a.body.contains("\"headers\""), "never the upstream's echo");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end: oidc-provider and Chromium
+
+fn oidc_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
+}
+
+/// Fails (never skips) without node and the npm packages, naming what to install.
+fn require_node() {
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    assert!(
+        node.is_some(),
+        "`node` is not on PATH: install the Debian package `nodejs` (>= 20.19)"
+    );
+    assert!(
+        oidc_dir().join("node_modules/oidc-provider").is_dir(),
+        "tests/oidc/node_modules is missing: run `npm ci --prefix tests/oidc` (scripts/test.sh does)"
+    );
+}
+
+/// oidc-provider running tests/oidc/session-provider.mjs; killed by its PID on drop.
+struct Idp {
+    port: u16,
+    _child: ChildGuard,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Idp {
+    fn start(origin: &str, access_token_ttl: u64) -> Idp {
+        require_node();
+        let mut child = Command::new("node")
+            .arg(oidc_dir().join("session-provider.mjs"))
+            .arg(origin)
+            .arg(access_token_ttl.to_string())
+            .current_dir(oidc_dir())
+            .env("NODE_EXTRA_CA_CERTS", common::tls::cert_file("dev-ca.crt"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node tests/oidc/session-provider.mjs");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            // Drained to the end: a closed pipe would kill the provider at its next log line.
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let child = ChildGuard(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.starts_with("ready ") => {
+                    break l[6..].trim().parse().expect("port");
+                }
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "the provider did not start within 30 s; stderr:\n{}",
+                    stderr.lock().expect("lock")
+                ),
+            }
+        };
+        Idp {
+            port,
+            _child: child,
+            stderr,
+        }
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A TLS gateway at https://localhost:PORT with `[session]` against a real provider.
+struct E2e {
+    idp: Idp,
+    origin: String,
+    admin: std::net::SocketAddr,
+    ring: Keyring,
+    _dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+    _stop_up: oneshot::Sender<()>,
+}
+
+impl E2e {
+    async fn start(access_token_ttl: u64) -> E2e {
+        common::browser::require_tools();
+        let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = traffic.local_addr().expect("addr").port();
+        let origin = format!("https://localhost:{port}");
+        let idp = Idp::start(&origin, access_token_ttl);
+        let issuer = idp.issuer();
+        let up = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let upstream = up.local_addr().expect("addr");
+        let (stop_up, stopped_up) = oneshot::channel::<()>();
+        tokio::spawn(jwtgate::echo::serve(up, async move {
+            let _ = stopped_up.await;
+        }));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = [42u8; 32];
+        write_keys(&dir.path().join("cookie-keys"), &[key]);
+        std::fs::write(
+            dir.path().join("client-secret"),
+            "jwtgate-web-secret-that-is-long-enough\n",
+        )
+        .expect("secret");
+        let config = format!(
+            r#"[listen]
+addr = "127.0.0.1:0"
+tls = {{ cert = "{cert}", key = "{tkey}" }}
+
+[[issuer]]
+name = "idp"
+issuer = "{issuer}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+discovery_url = "{issuer}/.well-known/openid-configuration"
+leeway = "1s"
+
+[session]
+issuer = "idp"
+client_id = "{CLIENT_ID}"
+client_secret_file = "client-secret"
+scopes = ["openid", "email", "offline_access", "api:read"]
+cookie_keys_file = "cookie-keys"
+external_url = "{origin}"
+
+[[route]]
+name = "app"
+path_prefix = "/"
+upstream = "http://{upstream}"
+auth = "session"
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Scope" = "scope"
+"#,
+            cert = common::tls::cert_file("server.crt").display(),
+            tkey = common::tls::cert_file("server.key").display(),
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config).expect("write config");
+        let app = match jwtgate::App::load(&path) {
+            Ok(a) => Arc::new(a),
+            Err(e) => panic!("config refused:\n{e}"),
+        };
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let admin_addr = admin.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(jwtgate::run(
+            jwtgate::Listeners {
+                traffic,
+                admin: Some(admin),
+            },
+            app,
+            async move {
+                let _ = stopped.await;
+                Duration::from_secs(1)
+            },
+        ));
+        eventually(Duration::from_secs(20), "/readyz 200", || async {
+            match get(admin_addr, "/readyz", None).await.status {
+                200 => Ok(()),
+                s => Err(format!("/readyz {s}")),
+            }
+        })
+        .await;
+        E2e {
+            idp,
+            origin,
+            admin: admin_addr,
+            ring: Keyring::new(&[key]),
+            _dir: dir,
+            _stop: stop,
+            _stop_up: stop_up,
+        }
+    }
+
+    async fn metric(&self, event: &str) -> f64 {
+        let m = get(self.admin, "/metrics", None).await.body;
+        metric_or_zero(&m, "jwtgate_sessions_total", &[("event", event)])
+    }
+
+    /// The session in the browser's cookie, opened with the gateway's key.
+    fn session_of(&self, b: &Browser) -> Session {
+        let cookies = b.cookies();
+        let joined: String = [SESSION_COOKIE, "__Host-jwtgate-1"]
+            .iter()
+            .filter_map(|n| cookies.iter().find(|(c, _)| c == n).map(|(_, v)| v.clone()))
+            .collect();
+        let plain = self
+            .ring
+            .open(SESSION_COOKIE, &joined)
+            .unwrap_or_else(|| panic!("no session cookie in {cookies:?}"));
+        serde_json::from_slice(&plain).expect("session json")
+    }
+
+    fn stderr(&self) -> String {
+        self.idp
+            .stderr
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for E2e {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- the provider's stderr:\n{}", self.stderr());
+        }
+    }
+}
+
+/// The echo upstream's report of the page the browser shows.
+fn echoed(b: &Browser) -> Value {
+    let text = b.text();
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "the page at {} is not the upstream's echo ({e}): {text}",
+            b.url()
+        )
+    })
+}
+
+/// fetch()es `path` `n` times at once from the page; returns the statuses.
+fn fetch_all(b: &Browser, path: &str, n: usize) -> Vec<u64> {
+    let v = b.script_async(
+        "const [path, n, done] = arguments;
+         Promise.all(Array.from({length: n}, () =>
+             fetch(path, {headers: {accept: 'application/json'}}).then(r => r.status)))
+           .then(done, e => done(String(e)));",
+        json!([path, n]),
+    );
+    v.as_array()
+        .unwrap_or_else(|| panic!("fetch failed: {v}"))
+        .iter()
+        .map(|s| s.as_u64().unwrap_or(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn browser_logs_in_with_several_tabs_outlives_token_expiry_and_logs_out_of_the_provider() {
+    const TTL: u64 = 12;
+    let e = E2e::start(TTL).await;
+    let b = Browser::start(&common::tls::cert_file("server.crt"));
+
+    // Two tabs ask for two pages before either has logged in: two login attempts at once.
+    let first = b.tab();
+    b.goto(&format!("{}/orders/7?view=full", e.origin));
+    assert!(
+        b.url().starts_with(&e.idp.issuer()),
+        "sent to the provider: {}",
+        b.url()
+    );
+    let second = b.new_tab();
+    b.switch_to(&second);
+    b.goto(&format!("{}/invoices/3", e.origin));
+    b.wait_for("input[name=login]", Duration::from_secs(20));
+
+    b.switch_to(&first);
+    b.log_in_as("alice");
+    eventually(
+        Duration::from_secs(20),
+        "tab 1 lands on its page",
+        || async {
+            let u = b.url();
+            if u == format!("{}/orders/7?view=full", e.origin) {
+                Ok(())
+            } else {
+                Err(u)
+            }
+        },
+    )
+    .await;
+    let page = echoed(&b);
+    assert_eq!(page["path"], "/orders/7", "{page}");
+    assert_eq!(page["query"], "view=full", "{page}");
+    assert_eq!(page["headers"]["x-auth-sub"], json!(["alice"]), "{page}");
+    assert_eq!(
+        page["headers"]["x-auth-scope"],
+        json!(["api:read"]),
+        "{page}"
+    );
+    let cookie_header = page["headers"]["cookie"].to_string();
+    assert!(!cookie_header.contains("__Host-jwtgate"), "{cookie_header}");
+
+    b.switch_to(&second);
+    b.log_in_as("alice");
+    eventually(
+        Duration::from_secs(20),
+        "tab 2 lands on its page",
+        || async {
+            let u = b.url();
+            if u == format!("{}/invoices/3", e.origin) {
+                Ok(())
+            } else {
+                Err(u)
+            }
+        },
+    )
+    .await;
+    assert_eq!(echoed(&b)["headers"]["x-auth-sub"], json!(["alice"]));
+    assert_eq!(e.metric("login").await, 2.0, "{}", e.stderr());
+
+    // The cookie: one, under 4000 bytes, with the __Host- attributes enforced by the browser.
+    let s = e.session_of(&b);
+    let size: usize = b
+        .cookies()
+        .iter()
+        .filter(|(n, _)| n.starts_with(SESSION_COOKIE) && !n.contains("-tx-"))
+        .map(|(n, v)| n.len() + v.len())
+        .sum();
+    assert!(size <= 4000, "session cookie of {size} bytes");
+    eprintln!("session cookie: {size} bytes");
+
+    // At the refresh moment, ten requests at once with the same cookie: all pass, one refresh.
+    let refresh_at = jwtgate::session::refresh::refresh_at(s.at_iat, s.at_exp);
+    tokio::time::sleep(Duration::from_secs((refresh_at - now()).max(0) as u64 + 1)).await;
+    let before = e.metric("refresh").await;
+    let statuses = fetch_all(&b, "/api/data", 10);
+    assert_eq!(statuses, vec![200; 10], "{}", e.stderr());
+    assert_eq!(
+        e.metric("refresh").await - before,
+        1.0,
+        "one refresh for ten requests"
+    );
+    let refreshed = e.session_of(&b);
+    assert_ne!(
+        refreshed.at, s.at,
+        "the browser holds the refreshed session"
+    );
+    assert_ne!(refreshed.rt, s.rt, "the provider rotated the refresh token");
+
+    // Past the old access token's expiry, a navigation passes without a redirect.
+    tokio::time::sleep(Duration::from_secs((s.at_exp - now()).max(0) as u64 + 2)).await;
+    b.goto(&format!("{}/after-expiry", e.origin));
+    assert_eq!(b.url(), format!("{}/after-expiry", e.origin));
+    assert_eq!(echoed(&b)["headers"]["x-auth-sub"], json!(["alice"]));
+
+    // Logout: a same-origin form POST, then the provider's confirmation.
+    b.script(
+        "const f = document.createElement('form'); f.method = 'POST';
+         f.action = '/.jwtgate/logout'; document.body.appendChild(f); f.submit();",
+        json!([]),
+    );
+    let yes = b.wait_for(
+        "button[name=logout][value=yes], button[value=yes]",
+        Duration::from_secs(20),
+    );
+    b.click(&yes);
+    // The post-logout page is a session route: the provider's session ended, so it asks for
+    // a login instead of signing the browser straight back in.
+    b.wait_for("input[name=login]", Duration::from_secs(20));
+    assert!(b.url().starts_with(&e.idp.issuer()), "{}", b.url());
+    assert_eq!(e.metric("logout").await, 1.0);
+    b.goto(&format!("{}/.jwtgate/session", e.origin));
+    assert!(b.text().contains("login_required"), "{}", b.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn backchannel_logout_from_the_provider_ends_a_live_session_within_seconds() {
+    let e = E2e::start(300).await;
+    let b = Browser::start(&common::tls::cert_file("server.crt"));
+    b.goto(&format!("{}/home", e.origin));
+    b.log_in_as("carol");
+    eventually(Duration::from_secs(20), "lands on /home", || async {
+        let u = b.url();
+        if u == format!("{}/home", e.origin) {
+            Ok(())
+        } else {
+            Err(u)
+        }
+    })
+    .await;
+    assert_eq!(fetch_all(&b, "/api", 1), [200]);
+    // The provider ends its session on its own page (not through the gateway).
+    b.goto(&format!(
+        "{}/session/end?client_id={CLIENT_ID}",
+        e.idp.issuer()
+    ));
+    let yes = b.wait_for(
+        "button[name=logout][value=yes], button[value=yes]",
+        Duration::from_secs(20),
+    );
+    b.click(&yes);
+    eventually(
+        Duration::from_secs(10),
+        "back-channel logout received",
+        || async {
+            if e.metric("backchannel_logout").await >= 1.0 {
+                Ok(())
+            } else {
+                Err(e.stderr())
+            }
+        },
+    )
+    .await;
+    b.goto(&format!("{}/home", e.origin));
+    b.wait_for("input[name=login]", Duration::from_secs(20));
+    let a = b.url();
+    assert!(a.starts_with(&e.idp.issuer()), "sent to log in again: {a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_session_too_large_for_two_cookies_gets_a_page_that_says_so() {
+    let e = E2e::start(300).await;
+    let b = Browser::start(&common::tls::cert_file("server.crt"));
+    b.goto(&format!("{}/home", e.origin));
+    b.log_in_as("big");
+    eventually(Duration::from_secs(20), "the too-large page", || async {
+        let t = b.text();
+        if t.contains("Session too large") {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    })
+    .await;
+    assert!(b.text().contains("store = \"redis\""), "{}", b.text());
+    assert_eq!(e.metric("too_large").await, 1.0);
+    assert!(
+        !b.cookies().iter().any(|(n, _)| n == SESSION_COOKIE),
+        "no cookie the browser would drop"
+    );
+}
