@@ -23,8 +23,7 @@ pub fn check(path: &Path) -> Result<String, CommandError> {
         }
         // `[session]`: the provider's discovery must answer with login's endpoints.
         if let (Some(sc), Some(rt)) = (&snap.config.session, &snap.session) {
-            let issuer = &snap.config.issuers[sc.issuer].issuer;
-            if let Err(e) = crate::session::oidc::discover(&rt.discovery_url, issuer).await {
+            if let Err(e) = crate::session::oidc::discover(&rt.discovery_url, &rt.issuer).await {
                 let msg = format!("[session]: the provider's discovery document: {e}");
                 errors.push(snap.config.error(sc.loc, msg));
             }

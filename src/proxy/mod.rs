@@ -375,11 +375,8 @@ impl Gateway {
                 "the request has no Host to build the login callback from",
             ))?;
             let to = session::return_path(path, parts.uri.query());
-            let issuer = &snap.config.issuers[cfg.issuer].issuer;
             let opts = session::oidc::LoginOptions::default();
-            match session::login_redirect(&self.sessions, rt, cfg, issuer, &origin, to, &opts, now)
-                .await
-            {
+            match session::login_redirect(&self.sessions, rt, cfg, &origin, to, &opts, now).await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start a login: the identity provider's discovery failed");

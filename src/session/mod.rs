@@ -65,6 +65,8 @@ pub struct Runtime {
     pub logout_issuer: Vec<Issuer>,
     /// The `[[issuer]]` name (denylist entries are scoped by it).
     pub issuer_name: String,
+    /// Its `iss`: the discovery document must name exactly this issuer.
+    pub issuer: String,
     pub discovery_url: String,
 }
 
@@ -130,6 +132,7 @@ impl Runtime {
             id_issuer: derived(&["JWT"]),
             logout_issuer: derived(&["logout+jwt", "JWT"]),
             issuer_name: base.config.name.clone(),
+            issuer: base.config.issuer.clone(),
             discovery_url,
         }))
     }
@@ -175,14 +178,14 @@ pub struct Lookup {
 impl Sessions {
     /// The provider's discovery document, fetched at most once an hour (and again after a
     /// failure); only login, refresh and logout need it.
-    pub async fn discovery(&self, rt: &Runtime, issuer: &str) -> Result<Arc<Discovery>, OidcError> {
+    pub async fn discovery(&self, rt: &Runtime) -> Result<Arc<Discovery>, OidcError> {
         let mut slot = self.discovery.lock().await;
         if let Some((d, at, url)) = slot.as_ref() {
             if *url == rt.discovery_url && at.elapsed() < oidc::DISCOVERY_TTL {
                 return Ok(d.clone());
             }
         }
-        let d = Arc::new(oidc::discover(&rt.discovery_url, issuer).await?);
+        let d = Arc::new(oidc::discover(&rt.discovery_url, &rt.issuer).await?);
         *slot = Some((d.clone(), Instant::now(), rt.discovery_url.clone()));
         Ok(d)
     }
@@ -224,13 +227,10 @@ impl Sessions {
         let mut changed = false;
         if let Some(old_rt) = s.rt.clone() {
             if now >= refresh::refresh_at(s.at_iat, s.at_exp) {
-                let issuer = &config.issuers[cfg.issuer].issuer;
                 let current = Arc::new(s.clone());
                 let outcome = self
                     .refresher
-                    .refresh(&old_rt, || {
-                        self.refresh(rt, config, metrics, issuer, current)
-                    })
+                    .refresh(&old_rt, || self.refresh(rt, config, metrics, current))
                     .await;
                 match outcome {
                     Ok(new) => {
@@ -291,11 +291,10 @@ impl Sessions {
         rt: &Runtime,
         config: &Config,
         metrics: &Metrics,
-        issuer: &str,
         s: Arc<Session>,
     ) -> Result<Arc<Session>, Failure> {
         let result = async {
-            let d = self.discovery(rt, issuer).await?;
+            let d = self.discovery(rt).await?;
             let old_rt = s.rt.as_deref().unwrap_or_default();
             let t = rt.client.refresh(&d, old_rt).await?;
             let now = crate::unix_now();
@@ -484,13 +483,12 @@ pub async fn login_redirect(
     sessions: &Sessions,
     rt: &Runtime,
     cfg: &SessionConfig,
-    issuer: &str,
     origin: &str,
     return_to: String,
     opts: &LoginOptions,
     now: i64,
 ) -> Result<Answer, OidcError> {
-    let d = sessions.discovery(rt, issuer).await?;
+    let d = sessions.discovery(rt).await?;
     let state = oidc::random(16);
     let tx = Transaction {
         v: oidc::random(32),

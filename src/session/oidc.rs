@@ -343,7 +343,7 @@ pub async fn verify_id_token(
     if let Some(max_age) = max_age {
         let leeway = issuers[0].config.leeway.as_secs() as i64;
         let auth_time = v.claims.get("auth_time").and_then(Value::as_i64);
-        if !auth_time.is_some_and(|t| t + max_age as i64 + leeway >= now) {
+        if auth_time.is_none_or(|t| t + max_age as i64 + leeway < now) {
             return Err(OidcError::IdToken(
                 "its auth_time is older than the max_age asked for".into(),
             ));
@@ -380,7 +380,7 @@ pub async fn verify_logout_token(
     let cfg = &issuer.config;
     let leeway = cfg.leeway.as_secs() as i64;
     if let Some(exp) = claims.get("exp") {
-        if !exp.as_i64().is_some_and(|e| e + leeway > now) {
+        if exp.as_i64().is_none_or(|e| e + leeway <= now) {
             return Err(AuthError::Malformed("the logout token has expired"));
         }
     }

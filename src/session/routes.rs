@@ -42,7 +42,7 @@ pub async fn handle(
     let method = req.method().clone();
     match (path, method) {
         (CALLBACK_PATH, Method::GET) => callback(gw, snap, cfg, rt, &req, &origin).await,
-        ("/.jwtgate/logout", Method::POST) => logout(gw, snap, cfg, rt, &req, &origin).await,
+        ("/.jwtgate/logout", Method::POST) => logout(gw, cfg, rt, &req, &origin).await,
         ("/.jwtgate/backchannel-logout", Method::POST) => backchannel(gw, snap, cfg, rt, req).await,
         ("/.jwtgate/session", Method::GET) => Ok(session_info(gw, snap, cfg, rt, &req).await),
         ("/.jwtgate/callback" | "/.jwtgate/session", _) => Err(ProxyError::MethodNotAllowed("GET")),
@@ -126,10 +126,9 @@ async fn callback(
             "The login answer carries no code.",
         )));
     };
-    let issuer = &snap.config.issuers[cfg.issuer].issuer;
     let redirect_uri = format!("{origin}{CALLBACK_PATH}");
     let result = async {
-        let d = gw.sessions.discovery(rt, issuer).await?;
+        let d = gw.sessions.discovery(rt).await?;
         let t = rt
             .client
             .exchange_code(&d, &code, &redirect_uri, &tx.v)
@@ -237,7 +236,6 @@ fn cross_origin(headers: &http::HeaderMap, origin: &str) -> bool {
 /// refresh token, and ends the provider's session (RP-initiated logout).
 async fn logout(
     gw: &Gateway,
-    snap: &Snapshot,
     cfg: &SessionConfig,
     rt: &Runtime,
     req: &Request<Incoming>,
@@ -274,8 +272,7 @@ async fn logout(
                 tracing::warn!(error = %e, "logout: the session's sid could not be denylisted");
             }
         }
-        let issuer = &snap.config.issuers[cfg.issuer].issuer;
-        match gw.sessions.discovery(rt, issuer).await {
+        match gw.sessions.discovery(rt).await {
             Ok(d) => {
                 if let Some(refresh_token) = &s.rt {
                     rt.client.revoke(&d, refresh_token).await;
