@@ -860,6 +860,34 @@ auth = "session"
         serde_json::from_slice(&plain).expect("session json")
     }
 
+    /// GET `path` over TLS with a `Cookie` header, as a browser tab holding `cookie` would.
+    async fn get_with_cookie(&self, path: &str, cookie: &str) -> Answer {
+        let port: u16 = self
+            .origin
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        let tls = common::tls::connect(
+            ([127, 0, 0, 1], port).into(),
+            common::tls::dev_client(&[b"http/1.1"], false),
+        )
+        .await;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .expect("http/1.1 handshake");
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header("host", format!("localhost:{port}"))
+            .header("cookie", cookie)
+            .header("accept", "application/json")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let res = send.send_request(req).await.expect("answer");
+        common::client::read_answer(res, path).await.expect("body")
+    }
+
     fn stderr(&self) -> String {
         self.idp
             .stderr
@@ -983,6 +1011,7 @@ async fn browser_logs_in_with_several_tabs_outlives_token_expiry_and_logs_out_of
     let refresh_at = jwtgate::session::refresh::refresh_at(s.at_iat, s.at_exp);
     tokio::time::sleep(Duration::from_secs((refresh_at - now()).max(0) as u64 + 1)).await;
     let before = e.metric("refresh").await;
+    let old_cookie = b.session_cookie_header();
     let statuses = fetch_all(&b, "/api/data", 10);
     assert_eq!(statuses, vec![200; 10], "{}", e.stderr());
     assert_eq!(
@@ -996,6 +1025,19 @@ async fn browser_logs_in_with_several_tabs_outlives_token_expiry_and_logs_out_of
         "the browser holds the refreshed session"
     );
     assert_ne!(refreshed.rt, s.rt, "the provider rotated the refresh token");
+    // The rotation race: a request still carrying the old cookie (another tab, or sent before
+    // the browser stored the new one) passes, with the new session, without a second refresh.
+    let late = e.get_with_cookie("/api/late", &old_cookie).await;
+    assert_eq!(late.status, 200, "{}", late.body);
+    assert_eq!(late.upstream_header("x-auth-sub"), ["alice"]);
+    assert!(
+        late.headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap_or("").starts_with("__Host-jwtgate=")),
+        "the late request gets the new session's cookie"
+    );
+    assert_eq!(e.metric("refresh").await - before, 1.0, "no second refresh");
 
     // Past the old access token's expiry, a navigation passes without a redirect.
     tokio::time::sleep(Duration::from_secs((s.at_exp - now()).max(0) as u64 + 2)).await;
