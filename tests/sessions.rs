@@ -1131,3 +1131,260 @@ async fn a_session_too_large_for_two_cookies_gets_a_page_that_says_so() {
         "no cookie the browser would drop"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Config, check and explain
+
+fn session_config(session: &str, route_auth: &str, discovery: bool) -> String {
+    let source = if discovery {
+        "discovery_url = \"https://idp.example.com/.well-known/openid-configuration\""
+    } else {
+        "jwks_url = \"https://idp.example.com/jwks\""
+    };
+    format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+
+[[issuer]]
+name = "corp"
+issuer = "https://idp.example.com/"
+audiences = ["orders-api"]
+algorithms = ["ES256"]
+{source}
+
+{session}
+
+[[route]]
+name = "app"
+path_prefix = "/"
+upstream = "http://127.0.0.1:8080"
+auth = "{route_auth}"
+"#
+    )
+}
+
+fn config_errors(text: &str) -> String {
+    match jwtgate::Config::parse(Path::new("/etc/jwtgate/gateway.toml"), text) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+const GOOD_SESSION: &str = r#"[session]
+issuer = "corp"
+client_id = "orders-web"
+cookie_keys_file = "cookie-keys"
+external_url = "https://orders.example.com"
+"#;
+
+#[test]
+fn session_config_is_validated_with_positions() {
+    assert_eq!(
+        config_errors(&session_config(GOOD_SESSION, "session", true)),
+        ""
+    );
+    for (session, route_auth, discovery, want) in [
+        (
+            "",
+            "session",
+            true,
+            "auth = \"session\" needs a [session] section",
+        ),
+        (GOOD_SESSION, "session", false, "needs a discovery_url"),
+        (
+            &GOOD_SESSION.replace("corp\"\nclient", "nobody\"\nclient"),
+            "session",
+            true,
+            "no [[issuer]] is named \"nobody\"",
+        ),
+        (
+            &GOOD_SESSION.replace(
+                "https://orders.example.com",
+                "https://orders.example.com/app",
+            ),
+            "session",
+            true,
+            "must be an origin",
+        ),
+        (
+            &GOOD_SESSION.replace("https://orders.example.com", "http://orders.example.com"),
+            "session",
+            true,
+            "must be https",
+        ),
+        (
+            &format!("{GOOD_SESSION}store = \"memcached\"\n"),
+            "session",
+            true,
+            "store \"memcached\" must be \"cookie\" or \"redis\"",
+        ),
+        (
+            &format!("{GOOD_SESSION}scopes = [\"email\"]\n"),
+            "session",
+            true,
+            "scopes must include \"openid\"",
+        ),
+        (
+            &format!("{GOOD_SESSION}client_secret_env = \"A\"\nclient_secret_file = \"b\"\n"),
+            "session",
+            true,
+            "not both",
+        ),
+        (
+            &format!("{GOOD_SESSION}lifetime = \"soon\"\n"),
+            "session",
+            true,
+            "lifetime",
+        ),
+        (
+            &format!("{GOOD_SESSION}cookie_domain = \"x\"\n"),
+            "session",
+            true,
+            "unknown key",
+        ),
+    ] {
+        let errors = config_errors(&session_config(session, route_auth, discovery));
+        assert!(errors.contains(want), "want {want:?} in:\n{errors}");
+        assert!(
+            errors.starts_with("/etc/jwtgate/gateway.toml:"),
+            "located: {errors}"
+        );
+    }
+    // http is fine for a loopback development origin.
+    let local = GOOD_SESSION.replace("https://orders.example.com", "http://localhost:8080");
+    assert_eq!(config_errors(&session_config(&local, "session", true)), "");
+}
+
+#[tokio::test]
+async fn a_missing_or_bad_cookie_keys_file_refuses_the_config_with_its_line() {
+    let l = Local::start(&[[7; 32]]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+[[issuer]]
+name = "idp"
+issuer = "{iss}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+discovery_url = "{iss}/.well-known/openid-configuration"
+[session]
+issuer = "idp"
+client_id = "{CLIENT_ID}"
+cookie_keys_file = "cookie-keys"
+[[route]]
+name = "app"
+path_prefix = "/"
+upstream = "http://127.0.0.1:9"
+auth = "session"
+"#,
+        iss = l.issuer
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &text).expect("write");
+    let load = || match jwtgate::App::load(&path) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    };
+    assert!(load().contains("cookie_keys_file"), "{}", load());
+    std::fs::write(dir.path().join("cookie-keys"), "# keys\nnot-base64!\n").expect("write");
+    assert!(load().contains("line 2"), "{}", load());
+    write_keys(&dir.path().join("cookie-keys"), &[[1; 32]]);
+    assert_eq!(load(), "");
+}
+
+#[tokio::test]
+async fn check_fetches_the_discovery_document_and_explain_opens_a_cookie() {
+    let l = Local::start(&[[7; 32]]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_keys(&dir.path().join("cookie-keys"), &[[7; 32]]);
+    let text = format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+[[issuer]]
+name = "idp"
+issuer = "{iss}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+discovery_url = "{iss}/.well-known/openid-configuration"
+[session]
+issuer = "idp"
+client_id = "{CLIENT_ID}"
+cookie_keys_file = "cookie-keys"
+[[route]]
+name = "app"
+path_prefix = "/"
+upstream = "http://127.0.0.1:9"
+auth = "session"
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"#,
+        iss = l.issuer
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &text).expect("write");
+    let bin = common::binary();
+    let (p, b) = (path.clone(), bin.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&b)
+            .arg("check")
+            .arg("--config")
+            .arg(&p)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("redirect_uri=<each request's origin>/.jwtgate/callback"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("has no external_url"), "{stdout}");
+    // 127.0.0.1 is loopback: no plain-http warning.
+    assert!(
+        !stdout.contains("plain http on a non-loopback host"),
+        "{stdout}"
+    );
+
+    let cookie = l.cookie(&l.session("alice", "sid-x"));
+    let (p, b) = (path.clone(), bin.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&b)
+            .args(["explain", "--config"])
+            .arg(&p)
+            .args(["--cookie", &format!("a=1; {cookie}"), "/orders"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run explain");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("sub=alice sid=sid-x"), "{stdout}");
+    assert!(stdout.contains("x-auth-sub: alice"), "{stdout}");
+
+    let (p, b) = (path.clone(), bin.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&b)
+            .args(["explain", "--config"])
+            .arg(&p)
+            .args(["--cookie", "__Host-jwtgate=AAAA", "/orders"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run explain");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("does not open"), "{stdout}");
+}
