@@ -748,6 +748,14 @@ struct E2e {
 
 impl E2e {
     async fn start(access_token_ttl: u64) -> E2e {
+        E2e::start_with(access_token_ttl, None).await
+    }
+
+    /// With `redis`: `store = "redis"` on that server.
+    async fn start_with(
+        access_token_ttl: u64,
+        redis: Option<&common::redis_server::RedisServer>,
+    ) -> E2e {
         common::browser::require_tools();
         let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = traffic.local_addr().expect("addr").port();
@@ -790,6 +798,7 @@ client_secret_file = "client-secret"
 scopes = ["openid", "email", "offline_access", "api:read"]
 cookie_keys_file = "cookie-keys"
 external_url = "{origin}"
+{store}
 
 [[route]]
 name = "app"
@@ -802,6 +811,10 @@ auth = "session"
 "#,
             cert = common::tls::cert_file("server.crt").display(),
             tkey = common::tls::cert_file("server.key").display(),
+            store = redis.map_or(String::new(), |r| format!(
+                "store = \"redis\"\n\n[redis]\nurl = \"{}\"\n",
+                r.url()
+            )),
         );
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).expect("write config");
@@ -1387,4 +1400,62 @@ auth = "session"
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("does not open"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn redis_store_keeps_sessions_server_side_and_refreshes_them_once() {
+    const TTL: u64 = 12;
+    let redis = common::redis_server::RedisServer::start();
+    let e = E2e::start_with(TTL, Some(&redis)).await;
+    let b = Browser::start(&common::tls::cert_file("server.crt"));
+    b.goto(&format!("{}/home", e.origin));
+    b.log_in_as("dave");
+    eventually(Duration::from_secs(20), "lands on /home", || async {
+        let u = b.url();
+        if u == format!("{}/home", e.origin) {
+            Ok(())
+        } else {
+            Err(u)
+        }
+    })
+    .await;
+    assert_eq!(echoed(&b)["headers"]["x-auth-sub"], json!(["dave"]));
+    let cookie = b.session_cookie_header();
+    assert!(
+        cookie.len() < 400,
+        "the cookie holds only an id and a key: {cookie}"
+    );
+    let mut conn = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("jwtgate:session:*")
+        .query(&mut conn)
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // At the refresh moment, ten requests at once: all pass, one refresh, the cookie unchanged.
+    tokio::time::sleep(Duration::from_secs(TTL / 2 + 1)).await;
+    let before = e.metric("refresh").await;
+    assert_eq!(fetch_all(&b, "/api", 10), vec![200; 10], "{}", e.stderr());
+    assert_eq!(e.metric("refresh").await - before, 1.0);
+    assert_eq!(
+        b.session_cookie_header(),
+        cookie,
+        "the cookie never changes"
+    );
+    // The old cookie is the current session: after the access token expired it still passes.
+    tokio::time::sleep(Duration::from_secs(TTL / 2 + 2)).await;
+    let a = e.get_with_cookie("/api/late", &cookie).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    // Logout deletes the session from Redis.
+    b.script(
+        "const f = document.createElement('form'); f.method = 'POST';
+         f.action = '/.jwtgate/logout'; document.body.appendChild(f); f.submit();",
+        json!([]),
+    );
+    b.wait_for("button[value=yes]", Duration::from_secs(20));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("jwtgate:session:*")
+        .query(&mut conn)
+        .expect("KEYS");
+    assert!(keys.is_empty(), "{keys:?}");
+    assert_eq!(e.get_with_cookie("/api", &cookie).await.status, 401);
 }

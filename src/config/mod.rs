@@ -11,8 +11,8 @@ use std::path::Path;
 pub use locate::{ConfigError, ConfigErrors, Loc};
 pub use types::{
     Admin, AuthMode, CertFiles, ClaimPath, Config, HostMatch, IssuerConfig, KeySource, Limits,
-    Listen, Requirement, RouteConfig, SecretSource, SessionConfig, SessionStore, TlsFiles,
-    TokenAuth, Upstream, MIN_HMAC_SECRET_BYTES,
+    Listen, RedisConfig, Requirement, RouteConfig, SecretSource, SessionConfig, SessionStore,
+    TlsFiles, TokenAuth, Upstream, MIN_HMAC_SECRET_BYTES,
 };
 
 use locate::{describe_path, locate, segments, Seg};

@@ -11,6 +11,7 @@ pub mod oidc;
 pub mod refresh;
 pub mod revocation;
 pub mod routes;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -146,6 +147,8 @@ impl Runtime {
 /// Session state that outlives a config reload; one per gateway.
 #[derive(Debug, Default)]
 pub struct Sessions {
+    /// The shared Redis, for `store = "redis"`.
+    pub store: Option<Arc<crate::store::Store>>,
     discovery: tokio::sync::Mutex<Option<(Arc<Discovery>, Instant, String)>>,
     pub refresher: Refresher,
     pub revocations: Revocations,
@@ -159,6 +162,9 @@ pub type Answer = Response<Full<Bytes>>;
 #[derive(Debug)]
 pub struct Active {
     pub token: String,
+    pub sub: String,
+    /// The session's absolute expiry.
+    pub exp: i64,
     /// True when `token` is the ID token (the access token is not a JWT): its audience is the
     /// client, so it is verified as an ID token.
     pub id_token: bool,
@@ -176,6 +182,46 @@ pub struct Lookup {
 }
 
 impl Sessions {
+    /// Sessions on `store` (for `store = "redis"`).
+    pub fn new(store: Option<Arc<crate::store::Store>>) -> Sessions {
+        Sessions {
+            store,
+            ..Sessions::default()
+        }
+    }
+
+    /// The session a cookie value names: sealed in it (`store = "cookie"`), or in Redis under
+    /// the handle sealed in it. `Err(())` when Redis cannot be read.
+    pub async fn read(
+        &self,
+        rt: &Runtime,
+        cfg: &SessionConfig,
+        value: &str,
+    ) -> Result<Option<(Session, Option<store::Handle>)>, ()> {
+        let Some(plain) = rt.keyring.open(cookie::SESSION_COOKIE, value) else {
+            return Ok(None);
+        };
+        match cfg.store {
+            crate::config::SessionStore::Cookie => {
+                Ok(serde_json::from_slice(&plain).ok().map(|s| (s, None)))
+            }
+            crate::config::SessionStore::Redis => {
+                let (Some(db), Ok(h)) =
+                    (&self.store, serde_json::from_slice::<store::Handle>(&plain))
+                else {
+                    return Ok(None);
+                };
+                match store::load(db, &h).await {
+                    Ok(s) => Ok(s.map(|s| (s, Some(h)))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading a session from Redis failed");
+                        Err(())
+                    }
+                }
+            }
+        }
+    }
+
     /// The provider's discovery document, fetched at most once an hour (and again after a
     /// failure); only login, refresh and logout need it.
     pub async fn discovery(&self, rt: &Runtime) -> Result<Arc<Discovery>, OidcError> {
@@ -209,8 +255,15 @@ impl Sessions {
             set_cookies: cookie::clear_session().to_vec(),
             ..Lookup::default()
         };
-        let Some(mut s) = open_session(rt, &value) else {
-            return dead();
+        let (mut s, handle) = match self.read(rt, cfg, &value).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return dead(),
+            Err(()) => {
+                return Lookup {
+                    unavailable: true,
+                    ..Lookup::default()
+                }
+            }
         };
         if now >= s.exp
             || now >= s.idle
@@ -230,7 +283,12 @@ impl Sessions {
                 let current = Arc::new(s.clone());
                 let outcome = self
                     .refresher
-                    .refresh(&old_rt, || self.refresh(rt, config, metrics, current))
+                    .refresh(&old_rt, || async {
+                        match &handle {
+                            Some(h) => self.refresh_shared(rt, config, metrics, current, h).await,
+                            None => self.refresh(rt, config, metrics, current).await,
+                        }
+                    })
                     .await;
                 match outcome {
                     Ok(new) => {
@@ -257,7 +315,12 @@ impl Sessions {
             changed = true;
         }
         let mut set_cookies = Vec::new();
-        if changed {
+        if let (true, Some(h), Some(db)) = (changed, &handle, &self.store) {
+            // The cookie (id and key) never changes: the session is rewritten in Redis.
+            if let Err(e) = store::save(db, h, &s, now).await {
+                tracing::warn!(error = %e, "writing a session to Redis failed");
+            }
+        } else if changed {
             match seal_session(rt, &s, now, had_second) {
                 Ok(c) => set_cookies = c,
                 // Refreshed tokens grew past two cookies: the session goes on from this
@@ -271,6 +334,7 @@ impl Sessions {
                 }
             }
         }
+        let (sub, exp) = (s.sub.clone(), s.exp);
         let (token, id_token) = match s.idt {
             Some(idt) if !oidc::is_jwt(&s.at) => (idt, true),
             _ => (s.at, false),
@@ -278,10 +342,63 @@ impl Sessions {
         Lookup {
             active: Some(Active {
                 token,
+                sub,
+                exp,
                 id_token,
                 set_cookies,
             }),
             ..Lookup::default()
+        }
+    }
+
+    /// A refresh single-flight across replicas: the replica that takes the session's Redis
+    /// lock refreshes and writes the result; the others wait for it to appear in Redis.
+    async fn refresh_shared(
+        &self,
+        rt: &Runtime,
+        config: &Config,
+        metrics: &Metrics,
+        s: Arc<Session>,
+        h: &store::Handle,
+    ) -> Result<Arc<Session>, Failure> {
+        let db = self.store.as_ref().ok_or(Failure::Unavailable)?;
+        let newer = |cur: &Session| cur.rt != s.rt;
+        match store::lock(db, h).await {
+            Ok(true) => {
+                // Another replica may have finished just before this one took the lock.
+                if let Ok(Some(cur)) = store::load(db, h).await {
+                    if newer(&cur) {
+                        store::unlock(db, h).await;
+                        return Ok(Arc::new(cur));
+                    }
+                }
+                let result = self.refresh(rt, config, metrics, s).await;
+                if let Ok(next) = &result {
+                    if let Err(e) = store::save(db, h, next, crate::unix_now()).await {
+                        tracing::warn!(error = %e, "writing a refreshed session to Redis failed");
+                        store::unlock(db, h).await;
+                        return Err(Failure::Unavailable);
+                    }
+                }
+                store::unlock(db, h).await;
+                result
+            }
+            Ok(false) => {
+                let deadline = tokio::time::Instant::now() + store::WAIT_FOR_REFRESH;
+                while tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    match store::load(db, h).await {
+                        Ok(Some(cur)) if newer(&cur) => return Ok(Arc::new(cur)),
+                        Ok(None) => return Err(Failure::Refused),
+                        _ => {}
+                    }
+                }
+                Err(Failure::Unavailable)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "taking a session's refresh lock in Redis failed");
+                Err(Failure::Unavailable)
+            }
         }
     }
 
@@ -373,9 +490,23 @@ pub fn seal_session(
     now: i64,
     had_second: bool,
 ) -> Result<Vec<HeaderValue>, usize> {
-    let plain = serde_json::to_vec(s).unwrap_or_default();
-    let sealed = rt.keyring.seal(cookie::SESSION_COOKIE, &plain);
-    cookie::session_cookies(&sealed, s.exp - now, had_second)
+    seal_cookie(
+        rt,
+        &serde_json::to_vec(s).unwrap_or_default(),
+        s.exp - now,
+        had_second,
+    )
+}
+
+/// The `Set-Cookie` values of a session cookie holding `plain` (a session, or a Redis handle).
+pub fn seal_cookie(
+    rt: &Runtime,
+    plain: &[u8],
+    max_age_secs: i64,
+    had_second: bool,
+) -> Result<Vec<HeaderValue>, usize> {
+    let sealed = rt.keyring.seal(cookie::SESSION_COOKIE, plain);
+    cookie::session_cookies(&sealed, max_age_secs, had_second)
 }
 
 /// `explain --cookie`: opens a session cookie (its value, or a whole Cookie header) with the

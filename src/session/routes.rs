@@ -192,7 +192,27 @@ async fn callback(
         rt: t.refresh_token,
         idt: t.id_token,
     };
-    match seal_session(rt, &session, now, jar.session_2.is_some()) {
+    let had_second = jar.session_2.is_some();
+    let sealed = match (cfg.store, &gw.sessions.store) {
+        (crate::config::SessionStore::Cookie, _) => seal_session(rt, &session, now, had_second),
+        (crate::config::SessionStore::Redis, Some(db)) => {
+            let handle = super::store::Handle::new(&session.id);
+            if let Err(e) = super::store::save(db, &handle, &session, now).await {
+                tracing::warn!(error = %e, "login failed: the session could not be written to Redis");
+                return Ok(with_clear(page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again shortly",
+                    "Your session could not be stored. Try again in a moment.",
+                )));
+            }
+            let plain = serde_json::to_vec(&handle).unwrap_or_default();
+            super::seal_cookie(rt, &plain, session.exp - now, had_second)
+        }
+        (crate::config::SessionStore::Redis, None) => {
+            return Err(ProxyError::BadRequest("store = \"redis\" needs [redis]"))
+        }
+    };
+    match sealed {
         Ok(cookies) => {
             gw.metrics.sessions.with_label_values(&["login"]).inc();
             let mut res = redirect(StatusCode::FOUND, &tx.to);
@@ -254,9 +274,17 @@ async fn logout(
         .clone()
         .unwrap_or_else(|| format!("{origin}/"));
     let jar = cookie::jar(req.headers());
-    let session = cookie::session_value(&jar).and_then(|v| super::open_session(rt, &v));
+    let session = match cookie::session_value(&jar) {
+        Some(v) => gw.sessions.read(rt, cfg, &v).await.ok().flatten(),
+        None => None,
+    };
     let mut location = after.clone();
-    if let Some(s) = &session {
+    if let Some((s, handle)) = &session {
+        if let (Some(h), Some(db)) = (handle, &gw.sessions.store) {
+            if let Err(e) = super::store::delete(db, h).await {
+                tracing::warn!(error = %e, "logout: the session could not be deleted from Redis");
+            }
+        }
         gw.metrics.sessions.with_label_values(&["logout"]).inc();
         let entry = Entry {
             issuer: rt.issuer_name.clone(),
@@ -389,13 +417,7 @@ async fn session_info(
         .sessions
         .lookup(rt, cfg, &snap.config, &gw.metrics, req.headers(), now)
         .await;
-    let jar = cookie::jar(req.headers());
-    let session = lookup
-        .active
-        .as_ref()
-        .and(cookie::session_value(&jar))
-        .and_then(|v| super::open_session(rt, &v));
-    let mut res = match session {
+    let mut res = match &lookup.active {
         Some(s) => {
             let body = serde_json::json!({ "sub": s.sub, "expires_at": s.exp });
             let mut res = http::Response::new(Full::new(Bytes::from(body.to_string())));

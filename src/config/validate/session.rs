@@ -17,6 +17,7 @@ impl Validator<'_> {
         raw_issuers: &[Spanned<RawIssuer>],
         names: &IssuerNames<'_>,
         routes: &[RouteConfig],
+        has_redis: bool,
     ) -> Option<SessionConfig> {
         let r = s.get_ref();
         let before = self.errors.len();
@@ -84,7 +85,15 @@ impl Validator<'_> {
             });
         let store = match r.store.as_ref().map(|s| (s, s.get_ref().as_str())) {
             None | Some((_, "cookie")) => SessionStore::Cookie,
-            Some((_, "redis")) => SessionStore::Redis,
+            Some((at, "redis")) => {
+                if !has_redis {
+                    self.error(
+                        at,
+                        "[session] store = \"redis\" needs a [redis] section (the shared Redis)",
+                    );
+                }
+                SessionStore::Redis
+            }
             Some((at, other)) => {
                 self.error(
                     at,
