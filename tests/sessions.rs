@@ -61,9 +61,11 @@ fn write_keys(path: &Path, keys: &[[u8; 32]]) {
     std::fs::write(path, text).expect("write cookie keys");
 }
 
+/// Runs the gateway on `config` (written into `dir`) on `traffic`, once `/readyz` says so.
 async fn start_gateway(
     config: &str,
     dir: &Path,
+    traffic: TcpListener,
 ) -> (
     std::net::SocketAddr,
     std::net::SocketAddr,
@@ -71,36 +73,15 @@ async fn start_gateway(
 ) {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config).expect("write config");
-    let app = match jwtgate::App::load(&path) {
-        Ok(a) => Arc::new(a),
-        Err(e) => panic!("config refused:\n{e}"),
-    };
-    let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-    let (addr, admin_addr) = (
-        traffic.local_addr().expect("addr"),
-        admin.local_addr().expect("addr"),
-    );
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(jwtgate::run(
-        jwtgate::Listeners {
-            traffic,
-            admin: Some(admin),
-        },
-        app,
-        async move {
-            let _ = stopped.await;
-            Duration::from_secs(1)
-        },
-    ));
-    eventually(Duration::from_secs(15), "/readyz 200", || async {
-        match get(admin_addr, "/readyz", None).await.status {
+    let (addr, admin, stop) = common::run_on(&path, traffic).await;
+    eventually(Duration::from_secs(20), "/readyz 200", || async {
+        match get(admin, "/readyz", None).await.status {
             200 => Ok(()),
             s => Err(format!("/readyz {s}")),
         }
     })
     .await;
-    (addr, admin_addr, stop)
+    (addr, admin, stop)
 }
 
 impl Local {
@@ -159,7 +140,8 @@ auth = "session"
 "X-Auth-Sub" = "sub"
 "#
         );
-        let (addr, admin, stop) = start_gateway(&config, dir.path()).await;
+        let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (addr, admin, stop) = start_gateway(&config, dir.path(), traffic).await;
         Local {
             provider,
             signer,
@@ -816,33 +798,7 @@ auth = "session"
                 r.url()
             )),
         );
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, config).expect("write config");
-        let app = match jwtgate::App::load(&path) {
-            Ok(a) => Arc::new(a),
-            Err(e) => panic!("config refused:\n{e}"),
-        };
-        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let admin_addr = admin.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(jwtgate::run(
-            jwtgate::Listeners {
-                traffic,
-                admin: Some(admin),
-            },
-            app,
-            async move {
-                let _ = stopped.await;
-                Duration::from_secs(1)
-            },
-        ));
-        eventually(Duration::from_secs(20), "/readyz 200", || async {
-            match get(admin_addr, "/readyz", None).await.status {
-                200 => Ok(()),
-                s => Err(format!("/readyz {s}")),
-            }
-        })
-        .await;
+        let (_, admin_addr, stop) = start_gateway(&config, dir.path(), traffic).await;
         E2e {
             idp,
             origin,

@@ -53,6 +53,22 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
 }
 
+impl From<crate::auth::SignatureError> for ProxyError {
+    /// A refused token is a 401; keys not fetched yet are a 503.
+    fn from(e: crate::auth::SignatureError) -> Self {
+        match e {
+            crate::auth::SignatureError::Auth(e) => ProxyError::Auth(e),
+            crate::auth::SignatureError::NotLoaded {
+                issuer,
+                retry_after_secs,
+            } => ProxyError::KeysNotLoaded {
+                issuer,
+                retry_after_secs,
+            },
+        }
+    }
+}
+
 /// The shape of every answer the gateway writes itself: status, `{"error", "error_description"}`
 /// as JSON, never cached. [`ProxyError::response`] and the connection layer's 431 share it.
 pub fn json_answer(status: StatusCode, code: &str, description: &str) -> Response<Full<Bytes>> {

@@ -342,16 +342,7 @@ impl Gateway {
                 )
                 .await
                 .map(|(v, _)| v)
-                .map_err(|e| match e {
-                    auth::SignatureError::Auth(e) => ProxyError::Auth(e),
-                    auth::SignatureError::NotLoaded {
-                        issuer,
-                        retry_after_secs,
-                    } => ProxyError::KeysNotLoaded {
-                        issuer,
-                        retry_after_secs,
-                    },
-                })
+                .map_err(ProxyError::from)
             } else {
                 self.verify(snap, &active.token, &route.issuers).await
             };
@@ -581,16 +572,7 @@ impl Gateway {
         let limit = snap.config.limits.max_token_bytes;
         let (verified, keys) = auth::verify_live(token, &snap.issuers, accepted, limit, now)
             .await
-            .map_err(|e| match e {
-                auth::SignatureError::Auth(e) => ProxyError::Auth(e),
-                auth::SignatureError::NotLoaded {
-                    issuer,
-                    retry_after_secs,
-                } => ProxyError::KeysNotLoaded {
-                    issuer,
-                    retry_after_secs,
-                },
-            })?;
+            .map_err(ProxyError::from)?;
         let issuer = &snap.issuers[verified.issuer];
         if let Some(cache) = &self.cache {
             cache.insert(

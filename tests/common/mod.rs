@@ -719,8 +719,17 @@ pub async fn expect_401_saying(
 /// A running gateway on the config file `path`, with a traffic and an admin listener on
 /// 127.0.0.1:0: their addresses, and the sender that stops it (dropping it stops it too).
 pub async fn run_with_admin(path: &Path) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
-    let app = jwtgate::App::load(path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
     let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    run_on(path, traffic).await
+}
+
+/// Like [`run_with_admin`], on a traffic listener the test bound first (to know its port
+/// before writing the config).
+pub async fn run_on(
+    path: &Path,
+    traffic: TcpListener,
+) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
+    let app = jwtgate::App::load(path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let (addr, admin_addr) = (
         traffic.local_addr().expect("addr"),
