@@ -16,6 +16,9 @@
 //!   verified-token cache; `auth_required_uncached/*` is a second gateway with
 //!   `token_cache_entries = 0`), with the echo upstream called directly as the floor.
 //!
+//! - `handle/session_*`: a `auth = "session"` route answering a request with a sealed session
+//!   cookie next to the same request with the same (repeated) token as a bearer token.
+//!
 //! The same binary has a second use: `benches/load.sh` mints its token lists with it, since
 //! signing 20,000 RS256 tokens one `jwtgate dev-token` process at a time is slow. That mode
 //! runs only when `JWTGATE_BENCH_MINT` is set (see [`mint`]).
@@ -691,5 +694,192 @@ fn main() {
     bench_routes(&mut c, &keys);
     bench_headers(&mut c, &keys);
     bench_handle(&mut c, &keys);
+    bench_session(&mut c, &keys);
     c.final_summary();
+}
+
+// ---------------------------------------------------------------------------------------------
+// handle/session_*: a request with a browser session cookie next to the same request with a
+// repeated bearer token, on one gateway (issue 15's target: at most 1.3x)
+// ---------------------------------------------------------------------------------------------
+
+/// Serves a discovery document naming `ISS` and a JWKS with the ES256 key on 127.0.0.1: the
+/// session issuer must have a `discovery_url`.
+async fn serve_discovery(keys: &Keys) -> (String, oneshot::Sender<()>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind discovery");
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let p = keys.ec256.public_key().as_ref().to_vec();
+    let jwks = json!({ "keys": [{ "kty": "EC", "kid": "ec256", "crv": "P-256",
+        "x": b64(&p[1..33]), "y": b64(&p[33..]) }] })
+    .to_string();
+    let doc = json!({ "issuer": ISS, "jwks_uri": format!("{base}/jwks"),
+        "authorization_endpoint": format!("{base}/auth"), "token_endpoint": format!("{base}/token") })
+    .to_string();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                _ = &mut stopped => return,
+            };
+            let (jwks, doc) = (jwks.clone(), doc.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let body = if req.uri().path() == "/jwks" {
+                            jwks.clone()
+                        } else {
+                            doc.clone()
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (base, stop)
+}
+
+/// One GET with one extra header, read whole; panics unless it is a 200.
+async fn round_trip_with(client: &HttpClient, url: &str, name: &str, value: &HeaderValue) {
+    let req = http::Request::get(url)
+        .header(name, value.clone())
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let res = client.request(req).await.expect("gateway answers");
+    let status = res.status();
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+fn bench_session(c: &mut Criterion, keys: &Keys) {
+    use jwtgate::session::cookie::{Keyring, Session, SESSION_COOKIE};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = [9u8; 32];
+    std::fs::write(
+        dir.path().join("cookie-keys"),
+        format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        ),
+    )
+    .expect("keys");
+    let (gateway, _stops) = rt.block_on(async {
+        let (discovery, stop_discovery) = serve_discovery(keys).await;
+        let up = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let echo = format!("http://{}", up.local_addr().expect("addr"));
+        let (stop_echo, echo_stopped) = oneshot::channel::<()>();
+        tokio::spawn(jwtgate::echo::serve(up, async move {
+            let _ = echo_stopped.await;
+        }));
+        let text = format!(
+            r#"[listen]
+addr = "127.0.0.1:0"
+[[issuer]]
+name = "oidc"
+issuer = "{ISS}"
+audiences = ["{AUD}"]
+algorithms = ["ES256"]
+discovery_url = "{discovery}/.well-known/openid-configuration"
+[session]
+issuer = "oidc"
+client_id = "bench-web"
+cookie_keys_file = "cookie-keys"
+external_url = "http://localhost"
+[[route]]
+name = "app"
+path_prefix = "/"
+upstream = "{echo}"
+auth = "session"
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+"X-Auth-Roles" = "/realm_access/roles"
+"#
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, &text).expect("write config");
+        let app = Arc::new(jwtgate::App::load(&path).expect("bench config"));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
+        let gateway = format!("http://{}/x", listener.local_addr().expect("addr"));
+        let (stop_gw, gw_stopped) = oneshot::channel::<()>();
+        tokio::spawn(jwtgate::run(listener, app, async move {
+            let _ = gw_stopped.await;
+        }));
+        (gateway, vec![stop_discovery, stop_echo, stop_gw])
+    });
+    let token = keys.sign("ES256", &claims());
+    let n = now();
+    let session = Session {
+        id: "bench".into(),
+        sub: "alice".into(),
+        sid: Some("sid-1".into()),
+        iat: n,
+        exp: n + 7200,
+        idle: n + 3600,
+        at: token.clone(),
+        at_iat: n,
+        at_exp: n + 3600,
+        rt: Some("r".repeat(43)),
+        idt: Some(token.clone()),
+    };
+    let sealed =
+        Keyring::new(&[key]).seal(SESSION_COOKIE, &serde_json::to_vec(&session).expect("json"));
+    let cookie =
+        HeaderValue::from_str(&format!("theme=dark; {SESSION_COOKIE}={sealed}")).expect("cookie");
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).expect("bearer");
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    // The remote keys arrive a moment after start.
+    rt.block_on(async {
+        for _ in 0..200 {
+            let req = http::Request::get(&gateway)
+                .header("authorization", bearer.clone())
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            if client.request(req).await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the bench gateway never verified a token");
+    });
+    let mut g = c.benchmark_group("handle");
+    for (name, header, value) in [
+        ("session_bearer/ES256", "authorization", &bearer),
+        ("session_cookie/ES256", "cookie", &cookie),
+    ] {
+        // Warms the connections; a pooled upstream connection the previous case left idle
+        // may be closed under it once (a 502 "reset"), so the warm-up retries.
+        rt.block_on(async {
+            for _ in 0..3 {
+                let req = http::Request::get(&gateway)
+                    .header(header, value.clone())
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                if client.request(req).await.is_ok_and(|r| r.status() == 200) {
+                    break;
+                }
+            }
+        });
+        g.bench_function(name, |b| {
+            b.iter(|| rt.block_on(round_trip_with(&client, &gateway, header, value)))
+        });
+    }
+    g.finish();
 }
