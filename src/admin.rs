@@ -161,6 +161,19 @@ impl Admin {
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.metrics.render(),
             ),
+            // The identity-assertion keys, for backends to verify what the gateway signs.
+            "/.well-known/jwks.json" => match &self.state.load().assertion {
+                Some(signer) => {
+                    let mut res = text(StatusCode::OK, "application/jwk-set+json", String::new());
+                    *res.body_mut() = Full::new(signer.jwks());
+                    res
+                }
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "no [assertion] is configured\n".into(),
+                ),
+            },
             "/config" => text(
                 StatusCode::OK,
                 "application/json",
@@ -231,6 +244,15 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
                 "token_query": r.token_query,
                 "token_cookie": r.token_cookie,
                 "claim_headers": r.claim_headers.iter().map(|(h, p)| (h.as_str().to_owned(), json!(p.as_str()))).collect::<serde_json::Map<_, _>>(),
+                "assertion": r.assertion.as_ref().map(|a| json!({"audience": a.audience, "claims": a.claims})),
+                "cors": r.cors.as_ref().map(|c| json!({
+                    "allow_origins": if c.any_origin { vec!["*".to_owned()] } else { c.allow_origins.clone() },
+                    "allow_methods": c.allow_methods_value.as_ref().and_then(|v| v.to_str().ok()),
+                    "allow_headers": c.allow_headers,
+                    "allow_credentials": c.allow_credentials,
+                    "max_age": c.max_age.as_ref().and_then(|v| v.to_str().ok()),
+                })),
+                "rate_limit": r.rate_limit.as_ref().map(|l| json!({"key": l.key.as_str(), "rate": l.rate, "burst": l.burst})),
             })
         })
         .collect();
@@ -268,5 +290,11 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
             .collect::<serde_json::Map<_, _>>(),
         "issuers": issuers,
         "routes": routes,
+        "assertion": c.assertion.as_ref().map(|a| json!({
+            "keys": a.keys,
+            "issuer": a.issuer,
+            "ttl": humantime::format_duration(a.ttl).to_string(),
+            "header": a.header.as_str(),
+        })),
     })
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod alg;
+pub mod assertion;
 pub mod auth;
 pub mod check;
 pub mod commands;
@@ -17,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod routes;
 pub mod server;

@@ -71,6 +71,8 @@ enum Command {
         /// Request path, with an optional query.
         path: String,
     },
+    /// Print the JWKS of the [assertion] keys (the public keys backends verify assertions with).
+    AssertionJwks,
     /// Run the shipped config with a built-in echo upstream and print a curl command to try.
     Demo,
     /// Exit 0 when the running gateway's admin listener reports ready (for exec probes).
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
                 .map(|token| token + "\n"),
         ),
         Command::Check => print_or_fail(commands::check(&cli.config)),
+        Command::AssertionJwks => print_or_fail(commands::assertion_jwks(&cli.config)),
         Command::Run => serve(&cli, false),
         Command::Demo => serve(&cli, true),
         Command::Healthcheck { addr, live } => {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// Failed accepts (EMFILE and the like), by listener.
     pub accept_errors: IntCounterVec,
+    /// Requests refused by a route's rate limit.
+    pub rate_limited: IntCounterVec,
 }
 
 /// The listeners that connection metrics are labelled with.
@@ -164,6 +166,11 @@ impl Metrics {
             "Failed accepts (such as too many open files), by listener (traffic, admin).",
             &["listener"],
         );
+        let rate_limited = counter(
+            "jwtgate_rate_limited_total",
+            "Requests answered 429 by a route's rate limit, by route.",
+            &["route"],
+        );
         // Both listeners' series exist from the first scrape.
         for l in LISTENERS {
             open_connections.with_label_values(&[l]).set(0);
@@ -216,6 +223,7 @@ impl Metrics {
             token_cache,
             open_connections,
             accept_errors,
+            rate_limited,
         }
     }
 

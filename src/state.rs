@@ -28,6 +28,12 @@ pub struct Snapshot {
     pub generation: u64,
     /// Entries of JWKS files that were left out, for `check` to print.
     pub skipped_keys: Vec<String>,
+    /// `[assertion]`: the signer of identity assertions, with its JWKS.
+    pub assertion: Option<Arc<crate::assertion::Signer>>,
+    /// Per route index: its `[route.rate_limit]`, kept across reloads while unchanged.
+    pub limiters: Vec<Option<Arc<crate::ratelimit::RouteLimiter>>>,
+    /// The GCRA states of every route's limiter, one bounded store for the process.
+    pub rate_store: crate::ratelimit::BoundedStore,
 }
 
 /// The `kind` label values of `jwtgate_upstream_errors_total`.
@@ -106,6 +112,39 @@ impl Snapshot {
                 Clients::default()
             }
         };
+        // Identity assertions and rate limits: keys loaded now (a bad key refuses the config),
+        // limiters of unchanged routes kept with their states.
+        let assertion = config.assertion.as_ref().and_then(|a| {
+            crate::assertion::Signer::load(a)
+                .map(Arc::new)
+                .map_err(|e| errors.push(config.error(a.keys_loc, e.to_string())))
+                .ok()
+        });
+        let rate_store = previous.map_or_else(
+            || crate::ratelimit::BoundedStore::new(crate::ratelimit::MAX_KEYS),
+            |p| p.rate_store.clone(),
+        );
+        let old_limiters: std::collections::HashMap<&str, &Arc<crate::ratelimit::RouteLimiter>> =
+            previous.map_or_else(Default::default, |p| {
+                p.config
+                    .routes
+                    .iter()
+                    .zip(&p.limiters)
+                    .filter_map(|(r, l)| Some((r.name.as_str(), l.as_ref()?)))
+                    .collect()
+            });
+        let limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                let l = r.rate_limit.as_ref()?;
+                Some(match old_limiters.get(r.name.as_str()) {
+                    Some(old) if old.same(l) => Arc::clone(old),
+                    _ => Arc::new(crate::ratelimit::RouteLimiter::new(&r.name, l, &rate_store)),
+                })
+            })
+            .collect();
+        drop(old_limiters);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -119,6 +158,9 @@ impl Snapshot {
             clients,
             generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             skipped_keys,
+            assertion,
+            limiters,
+            rate_store,
         })
     }
 
@@ -163,6 +205,9 @@ impl Snapshot {
             for kind in UPSTREAM_KINDS {
                 metrics.upstream_errors.with_label_values(&[route, kind]);
             }
+            if r.rate_limit.is_some() {
+                metrics.rate_limited.with_label_values(&[route]);
+            }
             if r.auth != AuthMode::None {
                 for reason in crate::auth::Reason::ALL {
                     metrics
@@ -180,6 +225,7 @@ impl Snapshot {
                 continue;
             }
             let _ = metrics.request_duration.remove_label_values(&[route]);
+            let _ = metrics.rate_limited.remove_label_values(&[route]);
             for code in gateway_codes(old.auth) {
                 let _ = metrics.requests.remove_label_values(&[route, code]);
             }

@@ -63,6 +63,21 @@ pub fn dev_token(
         .map_err(|e| CommandError::command("dev-token", e.to_string()))
 }
 
+/// `jwtgate assertion-jwks`: the JWKS of the config's `[assertion]` keys, for backends that
+/// read their keys from a file rather than from the admin listener.
+pub fn assertion_jwks(config: &Path) -> Result<String, CommandError> {
+    let c = crate::Config::load(config)?;
+    let a = c.assertion.as_ref().ok_or_else(|| {
+        CommandError::command(
+            "assertion-jwks",
+            format!("{} has no [assertion] section", config.display()),
+        )
+    })?;
+    crate::assertion::jwks_of_config(a)
+        .map(|jwks| jwks + "\n")
+        .map_err(|e| CommandError::Config(ConfigErrors(vec![c.error(a.keys_loc, e.to_string())])))
+}
+
 /// The async runtime: one worker per CPU this process may use, or `TOKIO_WORKER_THREADS`.
 /// With a single worker (a one-CPU container or a pinned process) it is a current-thread
 /// runtime: the same work without the work-stealing scheduler's cross-thread hand-offs,

@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub issuer: Vec<Spanned<RawIssuer>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    /// `[assertion]`: identity assertions signed for upstreams.
+    pub assertion: Option<Spanned<RawAssertion>>,
 }
 
 /// `[listen]`.
@@ -110,6 +112,12 @@ pub struct RawRoute {
     pub token_cookie: Option<Spanned<String>>,
     #[serde(default)]
     pub claim_headers: BTreeMap<String, Spanned<String>>,
+    /// Identity assertions, CORS and rate limits (SPEC "Identity assertion for backends",
+    /// "CORS and rate limits").
+    pub assertion: Option<Spanned<bool>>,
+    pub assertion_audience: Option<Spanned<String>>,
+    pub cors: Option<Spanned<RawCors>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 /// A claim requirement: one value or a list, every one required.
@@ -120,4 +128,32 @@ pub enum RawRequirement {
     All(Vec<String>),
     Bool(bool),
     Int(i64),
+}
+
+/// `[assertion]`.
+#[derive(Debug, Deserialize)]
+pub struct RawAssertion {
+    pub keys: Spanned<Vec<Spanned<String>>>,
+    pub issuer: Spanned<String>,
+    pub ttl: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+}
+
+/// `[route.cors]`.
+#[derive(Debug, Deserialize)]
+pub struct RawCors {
+    pub allow_origins: Spanned<Vec<Spanned<String>>>,
+    pub allow_methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub expose_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_credentials: Option<Spanned<bool>>,
+    pub max_age: Option<Spanned<String>>,
+}
+
+/// `[route.rate_limit]`.
+#[derive(Debug, Deserialize)]
+pub struct RawRateLimit {
+    pub key: Option<Spanned<String>>,
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<i64>>,
 }

@@ -20,6 +20,8 @@ pub struct Config {
     pub limits: Limits,
     pub issuers: Vec<IssuerConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[assertion]`: the keys and issuer of identity assertions for upstreams.
+    pub assertion: Option<AssertionConfig>,
 }
 
 /// `[listen]`.
@@ -216,6 +218,78 @@ pub struct RouteConfig {
     pub claim_headers: Vec<(HeaderName, ClaimPath)>,
     /// Where the route is written, for warnings.
     pub loc: Loc,
+    /// `assertion = true`: what the route's assertions carry.
+    pub assertion: Option<RouteAssertion>,
+    /// `[route.cors]`.
+    pub cors: Option<Cors>,
+    /// `[route.rate_limit]`.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `[assertion]`, validated.
+#[derive(Debug, Clone)]
+pub struct AssertionConfig {
+    /// PEM private keys (EC P-256 or Ed25519): the first signs, all are published.
+    pub keys: Vec<PathBuf>,
+    /// The `iss` of every assertion.
+    pub issuer: String,
+    pub ttl: Duration,
+    /// The header the upstream receives it in.
+    pub header: HeaderName,
+    /// Where `keys` is written, for errors found while loading them.
+    pub keys_loc: Loc,
+}
+
+/// The default assertion header; always stripped from clients, whatever `header` says.
+pub const DEFAULT_ASSERTION_HEADER: &str = "x-jwtgate-assertion";
+
+/// A route's identity assertion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAssertion {
+    /// `aud` (`assertion_audience`, default: the route name).
+    pub audience: String,
+    /// The top-level claims copied from the token: those the route's `claim_headers` read
+    /// (for a JSON Pointer, the member it starts in), without the assertion's own claims.
+    pub claims: Vec<String>,
+}
+
+/// `[route.cors]`, validated; header values precomputed.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Exact origins (`scheme://host[:port]`, lower case); empty with `any_origin`.
+    pub allow_origins: Vec<String>,
+    /// `"*"` was listed (only without credentials).
+    pub any_origin: bool,
+    pub allow_methods: Vec<Method>,
+    /// `"*"` was listed in `allow_methods` (only without credentials).
+    pub any_method: bool,
+    /// Lower case.
+    pub allow_headers: Vec<String>,
+    /// `"*"` was listed in `allow_headers` (only without credentials; never covers
+    /// `Authorization`, as the Fetch standard says).
+    pub any_header: bool,
+    /// `Access-Control-Expose-Headers` on actual answers, when set.
+    pub expose_headers: Option<http::HeaderValue>,
+    pub allow_credentials: bool,
+    /// `Access-Control-Max-Age` in seconds, when set.
+    pub max_age: Option<http::HeaderValue>,
+    /// `Access-Control-Allow-Methods` on preflight answers.
+    pub allow_methods_value: Option<http::HeaderValue>,
+}
+
+/// `[route.rate_limit]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The claim requests are keyed by; requests without a valid token (or without this
+    /// claim) are keyed by the client address.
+    pub key: ClaimPath,
+    /// Time to earn one request back (the GCRA emission interval): the rate's period divided
+    /// by its count.
+    pub interval: Duration,
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// The rate as written, for `/config`.
+    pub rate: String,
 }
 
 /// HMAC secrets shorter than this are guessable offline from any token (RFC 7518 §3.2 asks for

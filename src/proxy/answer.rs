@@ -48,7 +48,19 @@ pub enum ProxyError {
     },
     #[error("the upstream could not be reached ({})", kind.as_str())]
     Upstream { kind: UpstreamKind },
+    /// Over the route's `[route.rate_limit]`; the values of `RateLimit-Policy` and `RateLimit`.
+    #[error("too many requests: retry in {retry_after_secs} s")]
+    RateLimited {
+        retry_after_secs: u64,
+        policy: HeaderValue,
+        state: HeaderValue,
+    },
 }
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT_POLICY: header::HeaderName = header::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT: header::HeaderName = header::HeaderName::from_static("ratelimit");
 
 /// The shape of every answer the gateway writes itself: status, `{"error", "error_description"}`
 /// as JSON, never cached. [`ProxyError::response`] and the connection layer's 431 share it.
@@ -79,6 +91,7 @@ impl ProxyError {
                 kind: UpstreamKind::Timeout,
             } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -96,6 +109,7 @@ impl ProxyError {
                 kind: UpstreamKind::Timeout,
             } => "upstream_timeout",
             ProxyError::Upstream { .. } => "bad_gateway",
+            ProxyError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -135,6 +149,18 @@ impl ProxyError {
                     header::RETRY_AFTER,
                     HeaderValue::from(*retry_after_secs.max(&1)),
                 );
+            }
+            ProxyError::RateLimited {
+                retry_after_secs,
+                policy,
+                state,
+            } => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(*retry_after_secs.max(&1)),
+                );
+                h.insert(RATELIMIT_POLICY.clone(), policy.clone());
+                h.insert(RATELIMIT.clone(), state.clone());
             }
             _ => {}
         }

@@ -4,6 +4,7 @@
 pub mod answer;
 pub mod bearer;
 pub mod body;
+pub mod cors;
 pub mod headers;
 pub mod upstream;
 
@@ -46,6 +47,8 @@ pub struct Outcome {
     pub upstream_ms: Option<f64>,
     pub upstream_status: Option<u16>,
     pub upstream_error: Option<&'static str>,
+    /// True when the gateway answered a CORS preflight itself.
+    pub preflight: bool,
 }
 
 /// The shared state of the traffic listener.
@@ -55,10 +58,15 @@ pub struct Gateway {
     cache: Option<TokenCache>,
     cache_hits: prometheus::IntCounter,
     cache_misses: prometheus::IntCounter,
+    /// Identity assertions already signed, reused per token and route.
+    assertions: crate::assertion::AssertionCache,
 }
 
 /// Memory budget of the verified-token cache.
 const TOKEN_CACHE_BYTES: u64 = 32 << 20;
+/// Bounds of the identity-assertion cache: entries, and memory (tokens plus assertions).
+const ASSERTION_CACHE_ENTRIES: usize = 10_000;
+const ASSERTION_CACHE_BYTES: u64 = 16 << 20;
 
 impl Gateway {
     /// A gateway reading `state` and recording into `metrics`.
@@ -68,6 +76,10 @@ impl Gateway {
             cache: (entries > 0).then(|| TokenCache::new(entries, TOKEN_CACHE_BYTES)),
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
+            assertions: crate::assertion::AssertionCache::new(
+                ASSERTION_CACHE_ENTRIES,
+                ASSERTION_CACHE_BYTES,
+            ),
             state,
             metrics,
         }
@@ -97,11 +109,13 @@ impl Gateway {
             status: None,
         };
         let snapshot = rec.snapshot.clone();
+        // Kept for CORS, which answers by the request's origin.
+        let origin = req.headers().get(header::ORIGIN).cloned();
         let result = self
             .handle_inner(&snapshot, req, conn, &rec.request_id, &mut rec.outcome)
             .await;
         let mut res = match result {
-            Ok(res) => res.map(Either::Right),
+            Ok(res) => res,
             Err(e) => {
                 if let ProxyError::Auth(a) = &e {
                     rec.outcome.auth = a.reason().as_str();
@@ -112,6 +126,16 @@ impl Gateway {
                 e.response(&rec.request_id).map(Either::Left)
             }
         };
+        // CORS on actual answers, the gateway's own (401, 403, 429, ...) included, so a
+        // browser can read them; preflight answers carry their own.
+        if let Some(cors) = rec
+            .outcome
+            .route
+            .and_then(|i| snapshot.config.routes[i].cors.as_ref())
+            .filter(|_| !rec.outcome.preflight)
+        {
+            cors::decorate(cors, res.headers_mut(), origin.as_ref());
+        }
         res.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), rec.request_id.clone());
         rec.status = Some(res.status());
@@ -125,7 +149,7 @@ impl Gateway {
         conn: &ConnInfo,
         request_id: &HeaderValue,
         outcome: &mut Outcome,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         check_request(&req)?;
         // Taken before the request is forwarded: the client side of a WebSocket tunnel.
         let client_upgrade = is_websocket_upgrade(req.headers(), req.version())
@@ -149,6 +173,22 @@ impl Gateway {
             ))?,
             None => "".into(),
         };
+        // A CORS preflight is routed by the method it asks about, and answered here when that
+        // route has [route.cors]: never forwarded, no token needed.
+        if let Some(asked) = cors::preflight_method(&parts.method, &parts.headers) {
+            let found = snap
+                .table
+                .route(&snap.config.routes, &host, path, &asked)
+                .ok()
+                .flatten();
+            if let Some((i, c)) =
+                found.and_then(|i| Some((i, snap.config.routes[i].cors.as_ref()?)))
+            {
+                outcome.route = Some(i);
+                outcome.preflight = true;
+                return Ok(cors::preflight(c, &parts.headers, &asked).map(Either::Left));
+            }
+        }
         // Every common upstream reading of the path must name this route (routes::route).
         let idx = snap
             .table
@@ -166,15 +206,45 @@ impl Gateway {
         // Token: found, verified, checked against the route's requirements.
         let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
         let verified = match (route.auth, &found) {
-            (AuthMode::None, _) => None,
-            (AuthMode::Required, None) => return Err(auth::AuthError::Missing.into()),
-            (AuthMode::Optional, None) => None,
-            (_, Some((token, _))) => {
-                let v = self.verify(snap, token, &route.issuers).await?;
-                claims::check_requirements(&v.claims, &route.require)?;
-                Some(v)
-            }
+            (AuthMode::None, _) => Ok(None),
+            (AuthMode::Required, None) => Err(auth::AuthError::Missing.into()),
+            (AuthMode::Optional, None) => Ok(None),
+            (_, Some((token, _))) => match self.verify(snap, token, &route.issuers).await {
+                Ok(v) => claims::check_requirements(&v.claims, &route.require)
+                    .map(|()| Some(v))
+                    .map_err(ProxyError::from),
+                Err(e) => Err(e),
+            },
         };
+        // Rate limit, before an auth failure is answered: requests without a valid token are
+        // limited too, by client address.
+        if let Some(limiter) = snap.limiters.get(idx).and_then(Option::as_ref) {
+            let key = verified
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .and_then(|v| claims::claim(&v.claims, &limiter.config.key))
+                .map(crate::ratelimit::LimitKey::Claim)
+                .unwrap_or_else(|| {
+                    crate::ratelimit::LimitKey::Addr(
+                        snap.headers.client_addr(conn.peer.ip(), &parts.headers),
+                    )
+                });
+            if let d @ crate::ratelimit::Decision::Limited { retry_after } =
+                limiter.check_local(key)
+            {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[route.name.as_str()])
+                    .inc();
+                return Err(ProxyError::RateLimited {
+                    retry_after_secs: crate::ratelimit::whole_secs(retry_after),
+                    policy: limiter.policy.clone(),
+                    state: limiter.state_header(d),
+                });
+            }
+        }
+        let verified = verified?;
         let mut claim_values = Vec::with_capacity(route.claim_headers.len());
         if let Some(v) = &verified {
             outcome.auth = "ok";
@@ -184,6 +254,16 @@ impl Gateway {
                 }
             }
         }
+
+        // Identity assertion: signed for a verified token (reused while fresh); inserted after
+        // strip_request has removed any client copy of its header.
+        let assertion = match (&route.assertion, &snap.assertion, &verified, &found) {
+            (Some(a), Some(signer), Some(v), Some((token, _))) => self
+                .assertions
+                .get_or_sign(signer, snap.generation, idx, a, token, &v.claims, unix_now())
+                .map(|value| (signer.header.clone(), value)),
+            _ => None,
+        };
 
         // Headers: remove what a client may not send, then add ours.
         let token_source = found.as_ref().map(|(_, s)| *s);
@@ -210,6 +290,9 @@ impl Gateway {
             },
             claim_values,
         );
+        if let Some((name, value)) = assertion {
+            parts.headers.insert(name, value);
+        }
 
         // Upstream.
         if let Some(q) = &query {
@@ -263,10 +346,10 @@ impl Gateway {
                 tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
             }
             // The 101 keeps its Upgrade and Connection headers: they are the protocol switch.
-            return Ok(res);
+            return Ok(res.map(Either::Right));
         }
         headers::remove_connection_listed(res.headers_mut());
-        Ok(res)
+        Ok(res.map(Either::Right))
     }
 }
 
