@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod der;
+pub mod edge;
 pub mod jwks;
 pub mod metrics;
 pub mod tls;
