@@ -55,10 +55,7 @@ pub fn preflight(cors: &Cors, h: &HeaderMap, requested: &Method) -> Response<Ful
         None
     };
     if let Some(why) = refusal {
-        let mut res = super::answer::json_answer(StatusCode::FORBIDDEN, "cors_refused", why);
-        res.headers_mut()
-            .insert(header::VARY, HeaderValue::from_static(PREFLIGHT_VARY));
-        return res;
+        return refused(why);
     }
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = StatusCode::NO_CONTENT;
@@ -82,6 +79,14 @@ pub fn preflight(cors: &Cors, h: &HeaderMap, requested: &Method) -> Response<Ful
         out.insert(header::ACCESS_CONTROL_MAX_AGE, age.clone());
     }
     out.insert(header::VARY, HeaderValue::from_static(PREFLIGHT_VARY));
+    res
+}
+
+/// A refused preflight: 403 without any CORS header.
+pub fn refused(why: &'static str) -> Response<Full<Bytes>> {
+    let mut res = super::answer::json_answer(StatusCode::FORBIDDEN, "cors_refused", why);
+    res.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static(PREFLIGHT_VARY));
     res
 }
 

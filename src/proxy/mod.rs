@@ -176,17 +176,25 @@ impl Gateway {
         // A CORS preflight is routed by the method it asks about, and answered here when that
         // route has [route.cors]: never forwarded, no token needed.
         if let Some(asked) = cors::preflight_method(&parts.method, &parts.headers) {
-            let found = snap
-                .table
-                .route(&snap.config.routes, &host, path, &asked)
-                .ok()
-                .flatten();
-            if let Some((i, c)) =
-                found.and_then(|i| Some((i, snap.config.routes[i].cors.as_ref()?)))
-            {
+            let with_cors = |m: &http::Method| {
+                let i = snap
+                    .table
+                    .route(&snap.config.routes, &host, path, m)
+                    .ok()
+                    .flatten()?;
+                Some((i, snap.config.routes[i].cors.as_ref()?))
+            };
+            // No route serves the asked method here: a CORS route of this path refuses it.
+            let answer = match with_cors(&asked) {
+                Some((i, c)) => Some((i, cors::preflight(c, &parts.headers, &asked))),
+                None => with_cors(&parts.method)
+                    .or_else(|| with_cors(&http::Method::GET))
+                    .map(|(i, _)| (i, cors::refused("no route serves this method here"))),
+            };
+            if let Some((i, res)) = answer {
                 outcome.route = Some(i);
                 outcome.preflight = true;
-                return Ok(cors::preflight(c, &parts.headers, &asked).map(Either::Left));
+                return Ok(res.map(Either::Left));
             }
         }
         // Every common upstream reading of the path must name this route (routes::route).

@@ -8,6 +8,7 @@ pub mod edge;
 pub mod jwks;
 pub mod metrics;
 pub mod tls;
+pub mod webdriver;
 
 use std::future::Future;
 use std::net::SocketAddr;
