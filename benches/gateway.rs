@@ -691,5 +691,142 @@ fn main() {
     bench_routes(&mut c, &keys);
     bench_headers(&mut c, &keys);
     bench_handle(&mut c, &keys);
+    bench_edge(&mut c, &keys);
     c.final_summary();
+}
+
+// ---------------------------------------------------------------------------------------------
+// edge/*: identity assertions and rate limits (issue 17)
+// ---------------------------------------------------------------------------------------------
+
+/// `edge/*`: one gateway with three `required` routes that differ only in what issue 17 adds,
+/// the same repeated ES256 token on each (so verification is a token-cache hit everywhere):
+/// `baseline` (claim headers only), `assertion` (`assertion = true`: a cached assertion per
+/// request after the first) and `rate_limit` (`[route.rate_limit]` keyed by `sub`, a rate the
+/// bench never reaches). Then the pieces alone: `assertion_sign` (a new ES256 assertion) and
+/// `rate_limit_check` (one GCRA decision). `edge/rate_limit_keys_1m` reports the resident
+/// memory that 1,000,000 distinct keys add (printed, not timed).
+fn bench_edge(c: &mut Criterion, keys: &Keys) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signing = EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("ec");
+    std::fs::write(
+        dir.path().join("assertion.pem"),
+        pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            signing.to_pkcs8v1().expect("pkcs8").as_ref().to_vec(),
+        )),
+    )
+    .expect("write assertion key");
+    let (gateway, _stop) = rt.block_on(async {
+        let up = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let echo = format!("http://{}", up.local_addr().expect("addr"));
+        let (stop_echo, echo_stopped) = oneshot::channel::<()>();
+        tokio::spawn(jwtgate::echo::serve(up, async move {
+            let _ = echo_stopped.await;
+        }));
+        let route = |name: &str, extra: &str| {
+            format!(
+                "\n[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"{echo}\"\nauth = \"required\"\n{extra}[route.claim_headers]\n\"X-Auth-Sub\" = \"sub\"\n\"X-Auth-Email\" = \"email\"\n\"X-Auth-Roles\" = \"/realm_access/roles\"\n"
+            )
+        };
+        let body = format!(
+            "[assertion]\nkeys = [\"assertion.pem\"]\nissuer = \"https://jwtgate.bench\"\n{}{}{}[route.rate_limit]\nkey = \"sub\"\nrate = \"1000000000/s\"\nburst = 1000000\n",
+            route("baseline", ""),
+            route("assertion", "assertion = true\n"),
+            route("rate_limit", ""),
+        );
+        let metrics = jwtgate::metrics::Metrics::new();
+        let snapshot = Snapshot::build_from(config(dir.path(), keys, &body), None, &metrics)
+            .expect("snapshot");
+        let app = Arc::new(jwtgate::App::new(snapshot, metrics, None).expect("gateway starts"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let gateway = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop_gw, gw_stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            jwtgate::run(listener, app, async move {
+                let _ = gw_stopped.await;
+            })
+            .await;
+        });
+        (gateway, vec![stop_echo, stop_gw])
+    });
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &claims())))
+        .expect("bearer");
+    let mut g = c.benchmark_group("edge");
+    for name in ["baseline", "assertion", "rate_limit"] {
+        let url = format!("{gateway}/{name}/x");
+        rt.block_on(round_trip(&client, &url, Some(&bearer)));
+        g.bench_function(format!("{name}/ES256"), |b| {
+            b.iter(|| rt.block_on(round_trip(&client, &url, Some(&bearer))))
+        });
+    }
+
+    let cfg = config(dir.path(), keys, &format!(
+        "[assertion]\nkeys = [\"assertion.pem\"]\nissuer = \"https://jwtgate.bench\"\n[[route]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"required\"\nassertion = true\n[route.claim_headers]\n\"X-Auth-Email\" = \"email\"\n"
+    ));
+    let signer = jwtgate::assertion::Signer::load(cfg.assertion.as_ref().expect("[assertion]"))
+        .expect("assertion key");
+    let route = cfg.routes[0].assertion.clone().expect("assertion route");
+    let verified: Map<String, Value> = match claims() {
+        Value::Object(m) => m,
+        _ => unreachable!("claims() is an object"),
+    };
+    g.bench_function("assertion_sign/ES256", |b| {
+        b.iter(|| black_box(signer.sign(&route, &verified, now())))
+    });
+
+    let limit = jwtgate::config::RateLimit {
+        key: jwtgate::config::ClaimPath::Name("sub".into()),
+        interval: Duration::from_nanos(1),
+        burst: 1_000_000,
+        rate: "1000000000/s".into(),
+    };
+    let store = jwtgate::ratelimit::BoundedStore::new(jwtgate::ratelimit::MAX_KEYS);
+    let limiter = jwtgate::ratelimit::RouteLimiter::new("bench", &limit, &store);
+    let alice = Value::from("alice");
+    g.bench_function("rate_limit_check", |b| {
+        b.iter(|| black_box(limiter.check_local(jwtgate::ratelimit::LimitKey::Claim(&alice))))
+    });
+    g.finish();
+
+    // Memory: 1,000,000 distinct client addresses, then as many more (the store stays at its
+    // bound; the least recently used keys are dropped).
+    let before = resident_bytes();
+    for n in 0..2_000_000u32 {
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(n));
+        black_box(limiter.check_local(jwtgate::ratelimit::LimitKey::Addr(ip)));
+        if n == 999_999 {
+            println!(
+                "edge/rate_limit_keys_1m: {} keys, resident memory +{:.1} MiB",
+                store.len(),
+                (resident_bytes().saturating_sub(before)) as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    println!(
+        "edge/rate_limit_keys_2m_offered: {} keys kept (bound {}), resident memory +{:.1} MiB",
+        store.len(),
+        jwtgate::ratelimit::MAX_KEYS,
+        (resident_bytes().saturating_sub(before)) as f64 / (1 << 20) as f64
+    );
+    drop(client);
+}
+
+/// VmRSS of this process, in bytes (0 where /proc is not there).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }

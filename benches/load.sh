@@ -438,3 +438,56 @@ tokens=$TOKENS
 access_log=$ACCESS_LOG_NOTE
 EOF
 python3 "$HERE/report.py" "$WORK" | tee "$WORK/report.txt"
+
+# --- issue 17: identity assertions and rate limits, on vs off ----------------------------------
+# One more jwtgate, three `required` routes that differ only in what issue 17 adds, driven with
+# the same repeated ES256 token (a verified-token cache hit on each): /base (claim headers
+# only), /assert (`assertion = true`, an ES256 key from openssl; the assertion is reused per
+# token) and /limited (`[route.rate_limit]` by sub, a rate wrk never reaches). Targets: CPU
+# per request within 10% (assertion) and 5% (rate limit) of /base. Rows go to results.tsv
+# (server edge-off, edge-assertion, edge-ratelimit) and edge.txt.
+P_EDGE=$((BASE + 50)) P_EDGE_ADMIN=$((BASE + 51))
+for p in "$P_EDGE" "$P_EDGE_ADMIN"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use; set BENCH_PORT_BASE"; fi
+done
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/assertion.key" 2>/dev/null
+edge_route() { # edge_route NAME EXTRA
+    printf '\n[[route]]\nname = "%s"\npath_prefix = "/%s"\nupstream = "http://127.0.0.1:%s"\nauth = "required"\n%s[route.claim_headers]\n"X-Auth-Sub" = "sub"\n' \
+        "$1" "$1" "$P_BACKEND" "$2"
+}
+{
+    printf '[listen]\naddr = "127.0.0.1:%s"\n[admin]\naddr = "127.0.0.1:%s"\n' "$P_EDGE" "$P_EDGE_ADMIN"
+    printf '[assertion]\nkeys = ["assertion.key"]\nissuer = "https://jwtgate.load.bench"\n'
+    printf '[[issuer]]\nname = "es256"\nissuer = "%ses256"\naudiences = ["%s"]\nalgorithms = ["ES256"]\nkeys = ["es256.pem"]\n' "$ISS" "$AUD"
+    edge_route base ""
+    edge_route assert $'assertion = true\n'
+    edge_route limited ""
+    printf '[route.rate_limit]\nkey = "sub"\nrate = "1000000/s"\nburst = 1000000\n'
+} >"$WORK/jwtgate-edge.toml"
+"$JWTGATE" check --config "$WORK/jwtgate-edge.toml" >"$WORK/jwtgate-edge-check.log" 2>&1 \
+    || { cat "$WORK/jwtgate-edge-check.log"; die "jwtgate check failed on $WORK/jwtgate-edge.toml"; }
+start_jwtgate jwtgate-edge "$WORK/jwtgate-edge.toml" "$P_EDGE_ADMIN"
+PID_EDGE=$LAST_PID
+for path in base assert limited; do
+    check_status 200 "http://127.0.0.1:$P_EDGE/$path/bench" "$WORK/token-ES256.txt"
+done
+log "issue 17 rows ($DUR s each, $CONNS connections, repeated ES256 token), twice in alternation"
+for round in 1 2; do
+    run tp plain edge-off ES256 repeated "$P_EDGE" /base/bench "$PID_EDGE" "$P_EDGE_ADMIN"
+    run tp plain edge-assertion ES256 repeated "$P_EDGE" /assert/bench "$PID_EDGE" "$P_EDGE_ADMIN"
+    run tp plain edge-ratelimit ES256 repeated "$P_EDGE" /limited/bench "$PID_EDGE" "$P_EDGE_ADMIN"
+done
+awk -F'\t' '
+    $3 ~ /^edge-/ { cpu[$3] += $9; rps[$3] += $6; n[$3]++ }
+    END {
+        base = cpu["edge-off"] / n["edge-off"]
+        printf "issue 17 rows (mean of %d runs each; CPU per request of the pinned jwtgate)\n", n["edge-off"]
+        printf "%-16s %10s %12s %8s %8s\n", "case", "rps", "cpu us/req", "ratio", "target"
+        split("edge-off edge-assertion edge-ratelimit", order, " ")
+        split("- 1.10 1.05", target, " ")
+        for (i = 1; i <= 3; i++) {
+            s = order[i]; c = cpu[s] / n[s]; r = c / base
+            verdict = (target[i] == "-") ? "" : (r <= target[i] ? "  met" : "  NOT met")
+            printf "%-16s %10.0f %12.2f %7.3fx %8s%s\n", s, rps[s] / n[s], c, r, target[i], verdict
+        }
+    }' "$RESULTS" | tee "$WORK/edge.txt"
