@@ -148,9 +148,8 @@ impl Signer {
             }
         }
         let payload = serde_json::to_vec(&payload).ok()?;
-        let mut jwt = String::with_capacity(
-            self.header_b64.len() + 2 + payload.len() * 4 / 3 + 4 + 88,
-        );
+        let mut jwt =
+            String::with_capacity(self.header_b64.len() + 2 + payload.len() * 4 / 3 + 4 + 88);
         jwt.push_str(&self.header_b64);
         jwt.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut jwt);
@@ -167,12 +166,13 @@ impl Signer {
 
 /// Reads one PEM private key: PKCS#8 (EC P-256 or Ed25519, v1 or v2) or SEC1 EC.
 fn load_key(path: &Path) -> Result<LoadedKey, AssertionKeyError> {
-    let bytes = crate::files::read_capped(path, crate::files::MAX_KEY_FILE_BYTES).map_err(
-        |source| AssertionKeyError::Read {
-            path: path.to_owned(),
-            source,
-        },
-    )?;
+    let bytes =
+        crate::files::read_capped(path, crate::files::MAX_KEY_FILE_BYTES).map_err(|source| {
+            AssertionKeyError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
     let block = pem::parse(&bytes).map_err(|e| AssertionKeyError::NotPem {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -199,7 +199,8 @@ fn load_key(path: &Path) -> Result<LoadedKey, AssertionKeyError> {
                 (SigningKey::Es256(k), jwk)
             } else if block.tag() == "PRIVATE KEY" {
                 // OpenSSL writes PKCS#8 v1 (no public key inside): "maybe unchecked" accepts it.
-                let k = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| unsupported())?;
+                let k =
+                    Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| unsupported())?;
                 let jwk = json!({
                     "crv": "Ed25519",
                     "kty": "OKP",
@@ -366,7 +367,8 @@ mod tests {
     #[test]
     fn thumbprint_matches_rfc7638_example() {
         // RFC 7638 §3.1 gives an RSA example; RFC 8037 §A.3 an Ed25519 one.
-        let jwk = json!({"crv":"Ed25519","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        let jwk =
+            json!({"crv":"Ed25519","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
         assert_eq!(
             thumbprint(&jwk),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"

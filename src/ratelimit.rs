@@ -121,8 +121,7 @@ impl governor::clock::Clock for TokioClock {
     }
 }
 
-type Limiter =
-    governor::RateLimiter<u64, BoundedStore, TokioClock, StateInformationMiddleware>;
+type Limiter = governor::RateLimiter<u64, BoundedStore, TokioClock, StateInformationMiddleware>;
 
 /// One route's limit: the in-memory limiter and the precomputed `RateLimit-Policy`.
 pub struct RouteLimiter {
@@ -212,9 +211,8 @@ impl RouteLimiter {
                 remaining: state.remaining_burst_capacity(),
             },
             Err(not_until) => Decision::Limited {
-                retry_after: not_until.wait_time_from(governor::clock::Clock::now(
-                    self.limiter.clock(),
-                )),
+                retry_after: not_until
+                    .wait_time_from(governor::clock::Clock::now(self.limiter.clock())),
             },
         }
     }

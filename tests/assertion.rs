@@ -92,7 +92,11 @@ fn user_token(sub: &str) -> String {
 
 async fn assertion_of(gw: &EdgeGateway, path: &str, token: &str) -> String {
     let a = gw
-        .request("GET", path, &[("authorization", &format!("Bearer {token}"))])
+        .request(
+            "GET",
+            path,
+            &[("authorization", &format!("Bearer {token}"))],
+        )
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     let got = a.upstream_header("x-jwtgate-assertion");
@@ -161,7 +165,15 @@ console.log(JSON.stringify(payload));
 "#;
     let out = Command::new("node")
         .current_dir(&dir)
-        .args(["--input-type=module", "-e", script, jwks_url, token, ASSERTION_ISS, audience])
+        .args([
+            "--input-type=module",
+            "-e",
+            script,
+            jwks_url,
+            token,
+            ASSERTION_ISS,
+            audience,
+        ])
         .output()
         .unwrap_or_else(|e| panic!("node is missing ({e}): install the nodejs package"));
     if out.status.success() {
@@ -205,8 +217,14 @@ async fn pyjwt_and_jose_verify_es256_and_eddsa_assertions_from_the_admin_jwks() 
             assert_eq!(claims["sub"], "alice");
             assert_eq!(claims["email"], "alice@example.com");
             assert_eq!(claims["realm_access"]["roles"], json!(["admin", "ops"]));
-            assert!(claims.get("secret_claim").is_none(), "only claims the route reads: {claims}");
-            let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+            assert!(
+                claims.get("secret_claim").is_none(),
+                "only claims the route reads: {claims}"
+            );
+            let (iat, exp) = (
+                claims["iat"].as_i64().unwrap(),
+                claims["exp"].as_i64().unwrap(),
+            );
             assert_eq!(exp - iat, 60);
             assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
         }
@@ -225,16 +243,15 @@ async fn pyjwt_and_jose_verify_es256_and_eddsa_assertions_from_the_admin_jwks() 
             .arg(&gw.config)
             .output()
             .expect("run assertion-jwks");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let printed: Value = serde_json::from_slice(&out.stdout).expect("JWKS JSON");
-        let served: Value = common::client::request(
-            "GET",
-            &jwks_url,
-            &[],
-            bytes::Bytes::new(),
-        )
-        .await
-        .json();
+        let served: Value = common::client::request("GET", &jwks_url, &[], bytes::Bytes::new())
+            .await
+            .json();
         assert_eq!(printed, served);
         assert_eq!(served["keys"][0]["kid"], header["kid"]);
     }
@@ -248,16 +265,28 @@ async fn assertions_are_reused_per_token_and_route_until_ten_percent_of_ttl_is_l
     let gw = EdgeGateway::start(dir.path(), &config(&["a.pem"], "2s", None)).await;
     let alice = user_token("alice");
     let first = assertion_of(&gw, "/orders/1", &alice).await;
-    assert_eq!(assertion_of(&gw, "/orders/2", &alice).await, first, "reused for the same token");
+    assert_eq!(
+        assertion_of(&gw, "/orders/2", &alice).await,
+        first,
+        "reused for the same token"
+    );
     assert_ne!(
         assertion_of(&gw, "/orders/1", &user_token("bob")).await,
         first,
         "another token gets its own"
     );
-    assert_ne!(assertion_of(&gw, "/billing", &alice).await, first, "another route its own");
+    assert_ne!(
+        assertion_of(&gw, "/billing", &alice).await,
+        first,
+        "another route its own"
+    );
     // With 2 s of ttl, a new one is made once less than 10% (rounded up to 1 s) is left.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_ne!(assertion_of(&gw, "/orders/1", &alice).await, first, "renewed");
+    assert_ne!(
+        assertion_of(&gw, "/orders/1", &alice).await,
+        first,
+        "renewed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,8 +297,9 @@ async fn rotation_publishes_every_key_and_signs_with_the_first() {
     write_private_key(dir.path(), "new.pem", "ed");
     let gw = EdgeGateway::start(dir.path(), &config(&["old.pem", "new.pem"], "60s", None)).await;
     let jwks_url = gw.admin_url("/.well-known/jwks.json");
-    let jwks: Value =
-        common::client::request("GET", &jwks_url, &[], bytes::Bytes::new()).await.json();
+    let jwks: Value = common::client::request("GET", &jwks_url, &[], bytes::Bytes::new())
+        .await
+        .json();
     let kids: Vec<&str> = jwks["keys"]
         .as_array()
         .expect("keys")
@@ -284,7 +314,10 @@ async fn rotation_publishes_every_key_and_signs_with_the_first() {
     // Step two of a rotation: the new key (published since step one) moves to the front.
     gw.reload(&config(&["new.pem", "old.pem"], "60s", None));
     let after = assertion_of(&gw, "/orders/1", &alice).await;
-    assert_ne!(after, before, "a reload never reuses an assertion of the old key order");
+    assert_ne!(
+        after, before,
+        "a reload never reuses an assertion of the old key order"
+    );
     assert_eq!(header_of(&after)["kid"], kids[1]);
     assert_eq!(header_of(&after)["alg"], "EdDSA");
     // Backends holding either assertion still verify it against the published set.
@@ -320,9 +353,7 @@ async fn inbound_assertion_headers_are_stripped_on_every_route() {
         assert_eq!(a.status, 200, "{}", a.body);
         let names = a.upstream_header_names();
         assert!(
-            !names
-                .iter()
-                .any(|n| n.contains("assertion")),
+            !names.iter().any(|n| n.contains("assertion")),
             "{path}: {names:?}"
         );
     }
@@ -356,13 +387,18 @@ async fn bad_assertion_config_is_refused_with_positions() {
         Ok(_) => panic!("a config with a bad assertion key loaded"),
         Err(e) => e.to_string(),
     };
-    assert!(errors.contains("no effect with auth = \"none\""), "{errors}");
+    assert!(
+        errors.contains("no effect with auth = \"none\""),
+        "{errors}"
+    );
     let no_section = format!(
         "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[[route]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"required\"\nassertion = true\n",
         common::default_issuer()
     );
     std::fs::write(&path, no_section).expect("write");
-    let errors = jwtgate::Config::load(&path).expect_err("refused").to_string();
+    let errors = jwtgate::Config::load(&path)
+        .expect_err("refused")
+        .to_string();
     assert!(errors.contains("needs an [assertion] section"), "{errors}");
     let bad_key = format!(
         "[listen]\naddr = \"127.0.0.1:0\"\n{}\n[assertion]\nkeys = [\"rsa-private.pem\"]\nissuer = \"{ASSERTION_ISS}\"\n[[route]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"required\"\nassertion = true\n",
@@ -373,6 +409,12 @@ async fn bad_assertion_config_is_refused_with_positions() {
         Ok(_) => panic!("a config with a bad assertion key loaded"),
         Err(e) => e.to_string(),
     };
-    assert!(errors.contains("rsa-private.pem") && errors.contains("not a PEM"), "{errors}");
-    assert!(common::is_located(errors.lines().next().unwrap(), &path), "{errors}");
+    assert!(
+        errors.contains("rsa-private.pem") && errors.contains("not a PEM"),
+        "{errors}"
+    );
+    assert!(
+        common::is_located(errors.lines().next().unwrap(), &path),
+        "{errors}"
+    );
 }

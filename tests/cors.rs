@@ -80,12 +80,19 @@ async fn preflights_are_answered_here_never_forwarded_and_need_no_token() {
             &[
                 ("origin", app),
                 ("access-control-request-method", "PUT"),
-                ("access-control-request-headers", "authorization, content-type"),
+                (
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                ),
             ],
         )
         .await;
     assert_eq!(ok.status, 204, "{}", ok.body);
-    assert!(ok.body.is_empty(), "not the echo upstream's answer: {}", ok.body);
+    assert!(
+        ok.body.is_empty(),
+        "not the echo upstream's answer: {}",
+        ok.body
+    );
     assert_eq!(ok.header("access-control-allow-origin"), Some(app));
     assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(ok.header("access-control-allow-methods"), Some("GET, PUT"));
@@ -104,7 +111,10 @@ async fn preflights_are_answered_here_never_forwarded_and_need_no_token() {
         (app, "DELETE", ""),
         (app, "PUT", "x-admin"),
     ] {
-        let mut h = vec![("origin", origin), ("access-control-request-method", method)];
+        let mut h = vec![
+            ("origin", origin),
+            ("access-control-request-method", method),
+        ];
         if !headers.is_empty() {
             h.push(("access-control-request-headers", headers));
         }
@@ -151,9 +161,20 @@ async fn preflights_are_answered_here_never_forwarded_and_need_no_token() {
         )
         .await;
     assert_eq!(plain.status, 200);
-    assert_eq!(plain.json()["method"], "OPTIONS", "forwarded: {}", plain.body);
-    let not_preflight = gw.request("OPTIONS", "/api/orders", &[("origin", app)]).await;
-    assert_eq!(not_preflight.status, 404, "methods are GET and PUT: {}", not_preflight.body);
+    assert_eq!(
+        plain.json()["method"],
+        "OPTIONS",
+        "forwarded: {}",
+        plain.body
+    );
+    let not_preflight = gw
+        .request("OPTIONS", "/api/orders", &[("origin", app)])
+        .await;
+    assert_eq!(
+        not_preflight.status, 404,
+        "methods are GET and PUT: {}",
+        not_preflight.body
+    );
 }
 
 #[tokio::test]
@@ -180,7 +201,11 @@ async fn actual_answers_get_allow_origin_and_lose_the_upstreams_cors_headers() {
     assert_eq!(no_token.status, 401);
     assert_eq!(no_token.header("access-control-allow-origin"), Some(app));
     let limited = gw
-        .request("GET", "/api/orders", &[("origin", app), ("authorization", &bearer)])
+        .request(
+            "GET",
+            "/api/orders",
+            &[("origin", app), ("authorization", &bearer)],
+        )
         .await;
     assert_eq!(limited.status, 429, "{}", limited.body);
     assert_eq!(limited.header("access-control-allow-origin"), Some(app));
@@ -194,7 +219,10 @@ async fn actual_answers_get_allow_origin_and_lose_the_upstreams_cors_headers() {
         .request(
             "GET",
             "/api/orders?set-header=access-control-allow-origin:*",
-            &[("origin", "https://evil.example.com"), ("authorization", &bearer)],
+            &[
+                ("origin", "https://evil.example.com"),
+                ("authorization", &bearer),
+            ],
         )
         .await;
     assert!(cors_headers(&other).is_empty(), "{:?}", other.headers);
@@ -240,7 +268,9 @@ async fn chromium_makes_credentialed_cross_origin_fetches_through_the_gateway() 
     assert_eq!(limited["status"], 429, "{limited}");
     assert!(limited["retryAfter"].as_str().is_some(), "{limited}");
     assert!(
-        limited["ratelimit"].as_str().is_some_and(|r| r.contains("r=0")),
+        limited["ratelimit"]
+            .as_str()
+            .is_some_and(|r| r.contains("r=0")),
         "{limited}"
     );
     assert_eq!(
@@ -255,7 +285,9 @@ async fn chromium_makes_credentialed_cross_origin_fetches_through_the_gateway() 
         .run_async(FETCH, json!([other.url("/api/orders/7"), "PUT", token]))
         .await;
     assert!(
-        refused["error"].as_str().is_some_and(|e| e.contains("TypeError")),
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TypeError")),
         "the browser blocks the fetch: {refused}"
     );
     let metrics = other.metrics().await;

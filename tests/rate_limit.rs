@@ -77,13 +77,19 @@ async fn a_subject_gets_burst_requests_then_429_with_the_ietf_headers() {
         .and_then(|r| r.parse().ok())
         .expect("Retry-After in whole seconds");
     assert!((1..=3600).contains(&retry), "{retry}");
-    assert_eq!(limited.header("ratelimit-policy"), Some("\"api\";q=3;w=10800"));
+    assert_eq!(
+        limited.header("ratelimit-policy"),
+        Some("\"api\";q=3;w=10800")
+    );
     assert_eq!(
         limited.header("ratelimit"),
         Some(format!("\"api\";r=0;t={retry}").as_str())
     );
     // Another subject has its own bucket; a route without a limit is not limited.
-    assert_eq!(get(&gw, Some(&token_for("bob", "t1")), &[]).await.status, 200);
+    assert_eq!(
+        get(&gw, Some(&token_for("bob", "t1")), &[]).await.status,
+        200
+    );
     for _ in 0..5 {
         assert_eq!(gw.request("GET", "/free", &[]).await.status, 200);
     }
@@ -98,10 +104,28 @@ async fn a_subject_gets_burst_requests_then_429_with_the_ietf_headers() {
 #[tokio::test]
 async fn a_json_pointer_key_shares_a_bucket_across_subjects() {
     let (_dir, gw) = gateway("/tenant/id", 2, false).await;
-    assert_eq!(get(&gw, Some(&token_for("alice", "acme")), &[]).await.status, 200);
-    assert_eq!(get(&gw, Some(&token_for("bob", "acme")), &[]).await.status, 200);
-    assert_eq!(get(&gw, Some(&token_for("carol", "acme")), &[]).await.status, 429);
-    assert_eq!(get(&gw, Some(&token_for("dave", "globex")), &[]).await.status, 200);
+    assert_eq!(
+        get(&gw, Some(&token_for("alice", "acme")), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&gw, Some(&token_for("bob", "acme")), &[]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&gw, Some(&token_for("carol", "acme")), &[])
+            .await
+            .status,
+        429
+    );
+    assert_eq!(
+        get(&gw, Some(&token_for("dave", "globex")), &[])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -114,11 +138,16 @@ async fn without_a_valid_token_requests_are_limited_by_client_address() {
     assert_eq!(limited.status, 429, "{}", limited.body);
     // The client's X-Forwarded-For is not believed from an untrusted peer.
     assert_eq!(
-        get(&gw, None, &[("x-forwarded-for", "203.0.113.9")]).await.status,
+        get(&gw, None, &[("x-forwarded-for", "203.0.113.9")])
+            .await
+            .status,
         429
     );
     // A valid token is keyed by its subject, not by the address.
-    assert_eq!(get(&gw, Some(&token_for("alice", "t")), &[]).await.status, 200);
+    assert_eq!(
+        get(&gw, Some(&token_for("alice", "t")), &[]).await.status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -140,7 +169,11 @@ async fn a_reload_keeps_the_buckets_of_an_unchanged_limit() {
     gw.reload(&config("sub", 1, false));
     assert_eq!(get(&gw, Some(&alice), &[]).await.status, 429, "state kept");
     gw.reload(&config("sub", 2, false));
-    assert_eq!(get(&gw, Some(&alice), &[]).await.status, 200, "a new limit starts afresh");
+    assert_eq!(
+        get(&gw, Some(&alice), &[]).await.status,
+        200,
+        "a new limit starts afresh"
+    );
 }
 
 #[tokio::test]
@@ -166,7 +199,9 @@ allow_credentials = true
         common::default_issuer()
     );
     std::fs::write(&path, text).expect("write");
-    let errors = jwtgate::Config::load(&path).expect_err("refused").to_string();
+    let errors = jwtgate::Config::load(&path)
+        .expect_err("refused")
+        .to_string();
     for needle in [
         "rate_limit.rate \"100/d\"",
         "cannot be used with allow_credentials",
@@ -174,5 +209,8 @@ allow_credentials = true
     ] {
         assert!(errors.contains(needle), "{needle}: {errors}");
     }
-    assert!(errors.lines().all(|l| common::is_located(l, &path)), "{errors}");
+    assert!(
+        errors.lines().all(|l| common::is_located(l, &path)),
+        "{errors}"
+    );
 }

@@ -10,12 +10,10 @@ use std::path::Path;
 
 pub use locate::{ConfigError, ConfigErrors, Loc};
 pub use types::{
-    AssertionConfig, Cors, RateLimit, RouteAssertion, DEFAULT_ASSERTION_HEADER,
-};
-pub use types::{
     Admin, AuthMode, CertFiles, ClaimPath, Config, HostMatch, IssuerConfig, KeySource, Limits,
     Listen, Requirement, RouteConfig, TlsFiles, Upstream, MIN_HMAC_SECRET_BYTES,
 };
+pub use types::{AssertionConfig, Cors, RateLimit, RouteAssertion, DEFAULT_ASSERTION_HEADER};
 
 use locate::{describe_path, locate, segments, Seg};
 use raw::RawConfig;

@@ -58,7 +58,8 @@ pub enum ProxyError {
 }
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
-pub static RATELIMIT_POLICY: header::HeaderName = header::HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT_POLICY: header::HeaderName =
+    header::HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
 pub static RATELIMIT: header::HeaderName = header::HeaderName::from_static("ratelimit");
 

@@ -10,7 +10,8 @@ use http_body_util::Full;
 use crate::config::Cors;
 
 /// `Vary` on a preflight answer: each of these changes it.
-const PREFLIGHT_VARY: &str = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
+const PREFLIGHT_VARY: &str =
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
 
 /// For a CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`, as the
 /// Fetch standard defines one), the method the browser asks about; `None` for anything else,
@@ -94,10 +95,13 @@ pub fn refused(why: &'static str) -> Response<Full<Bytes>> {
 /// `*`, which never covers `Authorization`).
 fn headers_allowed(cors: &Cors, v: &HeaderValue) -> bool {
     let Ok(v) = v.to_str() else { return false };
-    v.split(',').map(str::trim).filter(|n| !n.is_empty()).all(|n| {
-        cors.allow_headers.iter().any(|a| a.eq_ignore_ascii_case(n))
-            || (cors.any_header && !n.eq_ignore_ascii_case("authorization"))
-    })
+    v.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .all(|n| {
+            cors.allow_headers.iter().any(|a| a.eq_ignore_ascii_case(n))
+                || (cors.any_header && !n.eq_ignore_ascii_case("authorization"))
+        })
 }
 
 fn set_allow_origin(cors: &Cors, out: &mut HeaderMap, origin: &HeaderValue) {
@@ -176,7 +180,11 @@ mod tests {
     #[test]
     fn preflights_follow_the_fetch_standard() {
         let c = cors();
-        let h = request("https://app.example.com", "PUT", Some("authorization,content-type"));
+        let h = request(
+            "https://app.example.com",
+            "PUT",
+            Some("authorization,content-type"),
+        );
         assert_eq!(preflight_method(&Method::OPTIONS, &h), Some(Method::PUT));
         assert_eq!(preflight_method(&Method::GET, &h), None);
         let ok = preflight(&c, &h, &Method::PUT);
@@ -185,7 +193,10 @@ mod tests {
             ok.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
             "https://app.example.com"
         );
-        assert_eq!(ok.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        assert_eq!(
+            ok.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS],
+            "true"
+        );
         for (origin, method, headers) in [
             ("https://evil.example.com", "PUT", None),
             ("https://app.example.com", "DELETE", None),
@@ -202,7 +213,10 @@ mod tests {
         }
         // Safelisted methods pass whatever is listed, as browsers let them through anyway.
         let h = request("https://app.example.com", "GET", None);
-        assert_eq!(preflight(&c, &h, &Method::GET).status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            preflight(&c, &h, &Method::GET).status(),
+            StatusCode::NO_CONTENT
+        );
     }
 
     #[test]
@@ -217,11 +231,19 @@ mod tests {
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("*"),
         );
-        decorate(&c, &mut out, Some(&HeaderValue::from_static("https://evil.example.com")));
+        decorate(
+            &c,
+            &mut out,
+            Some(&HeaderValue::from_static("https://evil.example.com")),
+        );
         assert!(out.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         assert!(out.get(header::ACCESS_CONTROL_ALLOW_METHODS).is_none());
         assert_eq!(out[header::VARY], "Origin");
-        decorate(&c, &mut out, Some(&HeaderValue::from_static("https://app.example.com")));
+        decorate(
+            &c,
+            &mut out,
+            Some(&HeaderValue::from_static("https://app.example.com")),
+        );
         assert_eq!(
             out[header::ACCESS_CONTROL_ALLOW_ORIGIN],
             "https://app.example.com"

@@ -42,9 +42,8 @@ impl EdgeGateway {
         );
         let path = dir.join("gateway.toml");
         std::fs::write(&path, text).expect("write config");
-        let app = Arc::new(
-            jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config refused:\n{e}")),
-        );
+        let app =
+            Arc::new(jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config refused:\n{e}")));
         let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let (addr, admin_addr) = (

@@ -42,18 +42,18 @@ impl Browser {
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(a) = super::client::try_get_url(
-                &super::client::new(),
-                &format!("{base}/status"),
-                None,
-            )
-            .await
+            if let Ok(a) =
+                super::client::try_get_url(&super::client::new(), &format!("{base}/status"), None)
+                    .await
             {
                 if a.json()["value"]["ready"] == json!(true) {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "chromedriver not ready within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver not ready within 20 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let caps = json!({ "capabilities": { "alwaysMatch": {

@@ -58,7 +58,10 @@ impl Validator<'_> {
                 Err(_) => {
                     self.error(
                         h,
-                        format!("[assertion] header {:?} is not a valid header name", h.get_ref()),
+                        format!(
+                            "[assertion] header {:?} is not a valid header name",
+                            h.get_ref()
+                        ),
                     );
                     return None;
                 }
@@ -95,7 +98,10 @@ impl Validator<'_> {
                 }
                 let audience = match &r.assertion_audience {
                     Some(a) if a.get_ref().trim().is_empty() => {
-                        self.error(a, format!("route {name:?}: assertion_audience must not be empty"));
+                        self.error(
+                            a,
+                            format!("route {name:?}: assertion_audience must not be empty"),
+                        );
                         String::new()
                     }
                     Some(a) => a.get_ref().clone(),
@@ -219,7 +225,10 @@ impl Validator<'_> {
             let d = self.duration(&c.max_age, "cors.max_age", Duration::from_secs(600));
             if d > MAX_CORS_MAX_AGE {
                 if let Some(m) = &c.max_age {
-                    self.error(m, format!("route {route:?}: cors.max_age must be at most 24h"));
+                    self.error(
+                        m,
+                        format!("route {route:?}: cors.max_age must be at most 24h"),
+                    );
                 }
             }
             HeaderValue::from(d.as_secs())
@@ -231,7 +240,10 @@ impl Validator<'_> {
         let methods_text: Vec<String> = if any_method {
             vec!["*".into()]
         } else {
-            allow_methods.iter().map(|m| m.as_str().to_owned()).collect()
+            allow_methods
+                .iter()
+                .map(|m| m.as_str().to_owned())
+                .collect()
         };
         Some(Cors {
             allow_origins,
@@ -271,7 +283,13 @@ impl Validator<'_> {
         };
         let interval = period / count;
         if interval.is_zero() {
-            self.error(&l.rate, format!("route {route:?}: rate_limit.rate {:?} is more than one request a nanosecond", l.rate.get_ref()));
+            self.error(
+                &l.rate,
+                format!(
+                    "route {route:?}: rate_limit.rate {:?} is more than one request a nanosecond",
+                    l.rate.get_ref()
+                ),
+            );
             return None;
         }
         let burst = match &l.burst {
@@ -370,7 +388,9 @@ fn origin(s: &str) -> Result<String, &'static str> {
     }
     let rest = &s[scheme.len() + 3 + authority.as_str().len()..];
     if !rest.is_empty() {
-        return Err("must not have a path, not even a trailing \"/\": browsers send the origin without one");
+        return Err(
+            "must not have a path, not even a trailing \"/\": browsers send the origin without one",
+        );
     }
     Ok(s.to_ascii_lowercase())
 }
