@@ -363,6 +363,19 @@ pub async fn explain(
         },
         claim_values,
     );
+    // The identity assertion is signed per request; explain names what it would carry.
+    if let (Some(a), Some(signer), Some(_)) = (&route.assertion, &snap.assertion, token) {
+        let shown = format!(
+            "<signed {} assertion, kid {}: aud={}, {} s>",
+            crate::assertion::ASSERTION_TYP,
+            signer.kid(),
+            a.audience,
+            signer.ttl_secs()
+        );
+        if let Ok(v) = HeaderValue::from_str(&shown) {
+            h.insert(signer.header.clone(), v);
+        }
+    }
     report.upstream_headers = h
         .iter()
         .map(|(n, v)| {
