@@ -279,6 +279,98 @@ if remaining < 0 then remaining = 0 end
 return {1, remaining, 0}
 "#;
 
+/// Rate limits shared through Redis ([`REDIS_GCRA`]); while Redis does not answer, each
+/// replica falls back to its own in-memory limit (logged once per outage; every failed call
+/// is counted in `jwtgate_redis_errors_total{op="ratelimit"}` by the store).
+pub struct SharedLimits {
+    script: redis::Script,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for SharedLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedLimits")
+    }
+}
+
+impl Default for SharedLimits {
+    fn default() -> Self {
+        SharedLimits {
+            script: redis::Script::new(REDIS_GCRA),
+            down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// Longest claim value kept as is in a Redis key; longer ones are hashed (SHA-256).
+const MAX_KEY_VALUE_BYTES: usize = 128;
+
+impl SharedLimits {
+    /// One request of `key` on `route`, against the bucket every replica shares.
+    pub async fn check(
+        &self,
+        store: &crate::store::Store,
+        limiter: &RouteLimiter,
+        route: &str,
+        key: LimitKey<'_>,
+    ) -> Decision {
+        let id = store.key("ratelimit", &redis_id(route, key));
+        // Microseconds: Redis TIME's unit, and exact in Lua's doubles for centuries.
+        let interval_us = (limiter.config.interval.as_micros() as u64).max(1);
+        let tau_us = interval_us.saturating_mul(u64::from(limiter.config.burst) - 1);
+        let result = store
+            .run("ratelimit", |mut conn| async move {
+                self.script
+                    .key(&id)
+                    .arg(interval_us)
+                    .arg(tau_us)
+                    .invoke_async::<(i64, i64, i64)>(&mut conn)
+                    .await
+            })
+            .await;
+        use std::sync::atomic::Ordering;
+        match result {
+            Ok((allowed, remaining, wait_us)) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("Redis answers again: rate limits are shared between replicas again");
+                }
+                if allowed == 1 {
+                    Decision::Allowed {
+                        remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+                    }
+                } else {
+                    Decision::Limited {
+                        retry_after: Duration::from_micros(wait_us.max(1) as u64),
+                    }
+                }
+            }
+            Err(e) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "Redis does not answer: each replica enforces rate limits in its own memory until it does");
+                }
+                limiter.check_local(key)
+            }
+        }
+    }
+}
+
+/// The part of the Redis key after `jwtgate:ratelimit:`: route, kind, value. Values are
+/// never secrets (a subject, a tenant, an address), but long ones are hashed to bound keys.
+fn redis_id(route: &str, key: LimitKey<'_>) -> String {
+    let (kind, value) = match key {
+        LimitKey::Claim(Value::String(s)) => ("c", s.clone()),
+        LimitKey::Claim(other) => ("c", other.to_string()),
+        LimitKey::Addr(ip) => ("a", ip.to_string()),
+    };
+    let value = if value.len() > MAX_KEY_VALUE_BYTES {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+        d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    } else {
+        value
+    };
+    format!("{route}:{kind}:{value}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

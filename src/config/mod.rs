@@ -11,7 +11,7 @@ use std::path::Path;
 pub use locate::{ConfigError, ConfigErrors, Loc};
 pub use types::{
     Admin, AuthMode, CertFiles, ClaimPath, Config, HostMatch, IssuerConfig, KeySource, Limits,
-    Listen, Requirement, RouteConfig, TlsFiles, Upstream, MIN_HMAC_SECRET_BYTES,
+    Listen, RedisConfig, Requirement, RouteConfig, TlsFiles, Upstream, MIN_HMAC_SECRET_BYTES,
 };
 pub use types::{AssertionConfig, Cors, RateLimit, RouteAssertion, DEFAULT_ASSERTION_HEADER};
 

@@ -23,9 +23,11 @@ use crate::auth::cache::TokenCache;
 use crate::auth::{self, claims};
 use crate::config::AuthMode;
 use crate::metrics::Metrics;
+use crate::replay::ReplayCache;
 use crate::routes::normalize_host;
 use crate::server::ConnInfo;
 use crate::state::{Shared, Snapshot};
+use crate::store::Store;
 use crate::unix_now;
 pub use answer::{ProxyError, UpstreamKind};
 use bearer::Source;
@@ -55,11 +57,17 @@ pub struct Outcome {
 pub struct Gateway {
     pub state: Shared,
     pub metrics: Metrics,
+    /// The shared Redis (`[redis]`), if any.
+    pub store: Option<Arc<Store>>,
+    /// Used-once ids: DPoP proof `jti`s and one-time tokens.
+    pub replay: ReplayCache,
     cache: Option<TokenCache>,
     cache_hits: prometheus::IntCounter,
     cache_misses: prometheus::IntCounter,
     /// Identity assertions already signed, reused per token and route.
     assertions: crate::assertion::AssertionCache,
+    /// Rate limits shared through `store`, with the local fallback's outage state.
+    shared_limits: crate::ratelimit::SharedLimits,
 }
 
 /// Memory budget of the verified-token cache.
@@ -70,9 +78,11 @@ const ASSERTION_CACHE_BYTES: u64 = 16 << 20;
 
 impl Gateway {
     /// A gateway reading `state` and recording into `metrics`.
-    pub fn new(state: Shared, metrics: Metrics) -> Gateway {
+    pub fn new(state: Shared, metrics: Metrics, store: Option<Arc<Store>>) -> Gateway {
         let entries = state.load().config.limits.token_cache_entries;
         Gateway {
+            replay: ReplayCache::new(store.clone()),
+            store,
             cache: (entries > 0).then(|| TokenCache::new(entries, TOKEN_CACHE_BYTES)),
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
@@ -80,6 +90,7 @@ impl Gateway {
                 ASSERTION_CACHE_ENTRIES,
                 ASSERTION_CACHE_BYTES,
             ),
+            shared_limits: crate::ratelimit::SharedLimits::default(),
             state,
             metrics,
         }
@@ -238,9 +249,15 @@ impl Gateway {
                         snap.headers.client_addr(conn.peer.ip(), &parts.headers),
                     )
                 });
-            if let d @ crate::ratelimit::Decision::Limited { retry_after } =
-                limiter.check_local(key)
-            {
+            let decision = match &self.store {
+                Some(store) => {
+                    self.shared_limits
+                        .check(store, limiter, &route.name, key)
+                        .await
+                }
+                None => limiter.check_local(key),
+            };
+            if let d @ crate::ratelimit::Decision::Limited { retry_after } = decision {
                 self.metrics
                     .rate_limited
                     .with_label_values(&[route.name.as_str()])

@@ -7,6 +7,7 @@ pub mod der;
 pub mod edge;
 pub mod jwks;
 pub mod metrics;
+pub mod redis_server;
 pub mod tls;
 pub mod webdriver;
 
