@@ -332,7 +332,9 @@ impl SharedLimits {
         match result {
             Ok((allowed, remaining, wait_us)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
-                    tracing::info!("Redis answers again: rate limits are shared between replicas again");
+                    tracing::info!(
+                        "Redis answers again: rate limits are shared between replicas again"
+                    );
                 }
                 if allowed == 1 {
                     Decision::Allowed {

@@ -214,3 +214,86 @@ allow_credentials = true
         "{errors}"
     );
 }
+
+/// Two replicas' config: `api` limited by `sub` to `burst`, state in the Redis at `url`.
+fn shared_config(url: &str, burst: u32) -> String {
+    format!("[redis]\nurl = \"{url}\"\n{}", config("sub", burst, false))
+}
+
+async fn replica(dir: &std::path::Path, url: &str, burst: u32) -> EdgeGateway {
+    common::write_keys(dir);
+    EdgeGateway::start(dir, &shared_config(url, burst)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_a_limit_through_redis() {
+    let redis = common::redis_server::RedisServer::start();
+    let (d1, d2) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let one = replica(d1.path(), &redis.url(), 3).await;
+    let two = replica(d2.path(), &redis.url(), 3).await;
+    let alice = token_for("alice", "t");
+    assert_eq!(get(&one, Some(&alice), &[]).await.status, 200);
+    assert_eq!(get(&two, Some(&alice), &[]).await.status, 200);
+    assert_eq!(get(&one, Some(&alice), &[]).await.status, 200);
+    // The burst of 3 is spent across both replicas.
+    for gw in [&two, &one] {
+        let limited = get(gw, Some(&alice), &[]).await;
+        assert_eq!(limited.status, 429, "{}", limited.body);
+        assert_eq!(
+            limited.header("ratelimit-policy"),
+            Some("\"api\";q=3;w=10800")
+        );
+        assert!(limited.header("retry-after").is_some());
+    }
+    assert_eq!(
+        get(&two, Some(&token_for("bob", "t")), &[]).await.status,
+        200
+    );
+    let mut c = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("jwtgate:ratelimit:*")
+        .query(&mut c)
+        .expect("KEYS");
+    assert!(
+        keys.contains(&"jwtgate:ratelimit:api:c:alice".to_owned()),
+        "{keys:?}"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("jwtgate:ratelimit:api:c:alice")
+        .query(&mut c)
+        .expect("PTTL");
+    assert!(ttl > 0, "a bucket expires once full again: {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_each_replica_falls_back_to_its_own_limit() {
+    let mut redis = common::redis_server::RedisServer::start();
+    let (d1, d2) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let one = replica(d1.path(), &redis.url(), 2).await;
+    let two = replica(d2.path(), &redis.url(), 2).await;
+    let alice = token_for("alice", "t");
+    assert_eq!(get(&one, Some(&alice), &[]).await.status, 200);
+    redis.kill();
+    // Each replica now counts alone: alice gets a burst of 2 on each (one already spent on
+    // `one` went to Redis, not to its memory).
+    for gw in [&one, &two] {
+        assert_eq!(get(gw, Some(&alice), &[]).await.status, 200);
+        assert_eq!(get(gw, Some(&alice), &[]).await.status, 200);
+        assert_eq!(get(gw, Some(&alice), &[]).await.status, 429);
+    }
+    let metrics = one.metrics().await;
+    assert!(
+        common::metrics::metric_or_zero(
+            &metrics,
+            "jwtgate_redis_errors_total",
+            &[("op", "ratelimit")]
+        ) >= 3.0,
+        "{metrics}"
+    );
+}
