@@ -768,9 +768,7 @@ fn bench_edge(c: &mut Criterion, keys: &Keys) {
         });
     }
 
-    let cfg = config(dir.path(), keys, &format!(
-        "[assertion]\nkeys = [\"assertion.pem\"]\nissuer = \"https://jwtgate.bench\"\n[[route]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"required\"\nassertion = true\n[route.claim_headers]\n\"X-Auth-Email\" = \"email\"\n"
-    ));
+    let cfg = config(dir.path(), keys, "[assertion]\nkeys = [\"assertion.pem\"]\nissuer = \"https://jwtgate.bench\"\n[[route]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"required\"\nassertion = true\n[route.claim_headers]\n\"X-Auth-Email\" = \"email\"\n");
     let signer = jwtgate::assertion::Signer::load(cfg.assertion.as_ref().expect("[assertion]"))
         .expect("assertion key");
     let route = cfg.routes[0].assertion.clone().expect("assertion route");

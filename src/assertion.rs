@@ -319,8 +319,8 @@ impl AssertionCache {
         assertion: &RouteAssertion,
         token: &str,
         claims: &Map<String, Value>,
-        now: i64,
     ) -> Option<HeaderValue> {
+        let now = crate::unix_now();
         if let Some(e) = self.cache.get(&KeyRef { route, token }) {
             if e.generation == generation && now < e.renew_at {
                 return Some(e.value.clone());

@@ -285,15 +285,7 @@ impl Gateway {
         let assertion = match (&route.assertion, &snap.assertion, &verified, &found) {
             (Some(a), Some(signer), Some(v), Some((token, _))) => self
                 .assertions
-                .get_or_sign(
-                    signer,
-                    snap.generation,
-                    idx,
-                    a,
-                    token,
-                    &v.claims,
-                    unix_now(),
-                )
+                .get_or_sign(signer, snap.generation, idx, a, token, &v.claims)
                 .map(|value| (signer.header.clone(), value)),
             _ => None,
         };

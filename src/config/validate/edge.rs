@@ -293,7 +293,7 @@ impl Validator<'_> {
             return None;
         }
         let burst = match &l.burst {
-            None => count.min(u32::MAX.into()) as u32,
+            None => count,
             Some(b) => match u32::try_from(*b.get_ref()) {
                 Ok(n) if n >= 1 => n,
                 _ => {
