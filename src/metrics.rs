@@ -35,6 +35,8 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// Failed accepts (EMFILE and the like), by listener.
     pub accept_errors: IntCounterVec,
+    /// Token-theft signals (`[anomaly]`), by issuer name.
+    pub token_anomalies: IntCounterVec,
 }
 
 /// The listeners that connection metrics are labelled with.
@@ -164,6 +166,11 @@ impl Metrics {
             "Failed accepts (such as too many open files), by listener (traffic, admin).",
             &["listener"],
         );
+        let token_anomalies = counter(
+            "jwtgate_token_anomalies_total",
+            "Tokens seen from more client addresses than [anomaly] max_addresses within its window, by issuer.",
+            &["issuer"],
+        );
         // Both listeners' series exist from the first scrape.
         for l in LISTENERS {
             open_connections.with_label_values(&[l]).set(0);
@@ -216,6 +223,7 @@ impl Metrics {
             token_cache,
             open_connections,
             accept_errors,
+            token_anomalies,
         }
     }
 
