@@ -191,7 +191,10 @@ mod tests {
         // The same addresses again are not new ones.
         assert_eq!(a.observe(&c, &at("t1", "10.0.0.1"), 102), Verdict::Pass);
         // IPv4 and its mapped IPv6 form are one address.
-        assert_eq!(a.observe(&c, &at("t1", "::ffff:10.0.0.2"), 103), Verdict::Pass);
+        assert_eq!(
+            a.observe(&c, &at("t1", "::ffff:10.0.0.2"), 103),
+            Verdict::Pass
+        );
         assert_eq!(a.observe(&c, &at("t1", "10.0.0.3"), 104), Verdict::Refuse);
         assert_eq!(a.observe(&c, &at("t1", "10.0.0.1"), 105), Verdict::Refuse);
         assert_eq!(a.counter.with_label_values(&["corp"]).get(), 1);

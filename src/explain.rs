@@ -629,7 +629,11 @@ fn route_defense_steps(
             let t = v.claims.get("auth_time").and_then(Value::as_f64);
             wanted.push(format!(
                 "auth_time {} at most {} old (plus leeway {}s)",
-                t.map_or("absent".to_owned(), |t| format!("{} ({})", fmt_time(t), relative(t, now))),
+                t.map_or("absent".to_owned(), |t| format!(
+                    "{} ({})",
+                    fmt_time(t),
+                    relative(t, now)
+                )),
                 humantime::format_duration(age),
                 leeway.as_secs()
             ));
@@ -637,7 +641,9 @@ fn route_defense_steps(
         if !s.acr_values.is_empty() {
             wanted.push(format!(
                 "acr {} one of [{}]",
-                v.claims.get("acr").map_or("absent".to_owned(), Value::to_string),
+                v.claims
+                    .get("acr")
+                    .map_or("absent".to_owned(), Value::to_string),
                 s.acr_values.join(", ")
             ));
         }

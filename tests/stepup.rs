@@ -19,8 +19,11 @@ async fn app(config: &str, upstream: &str) -> (Arc<jwtgate::App>, SocketAddr, te
     let dir = tempfile::tempdir().expect("tempdir");
     write_keys(dir.path());
     let path = dir.path().join("gateway.toml");
-    let text = format!("[listen]\naddr = \"127.0.0.1:0\"\n{}{config}", default_issuer())
-        .replace("{upstream}", upstream);
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n{}{config}",
+        default_issuer()
+    )
+    .replace("{upstream}", upstream);
     std::fs::write(&path, text).expect("write");
     let app = Arc::new(jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config: {e}")));
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -309,7 +312,11 @@ fn assert_security_headers(a: &Answer, what: &str) {
         ["default-src 'self'"],
         "{what}"
     );
-    assert_eq!(a.header("x-content-type-options"), Some("nosniff"), "{what}");
+    assert_eq!(
+        a.header("x-content-type-options"),
+        Some("nosniff"),
+        "{what}"
+    );
 }
 
 #[tokio::test]
@@ -412,11 +419,18 @@ async fn explain_and_config_show_the_settings() {
     let r = jwtgate::explain::explain(&snap, Some(&old), &http::Method::GET, "gw.test", "/recent")
         .await;
     assert_eq!(r.status, 401);
-    assert!(r.outcome.contains("insufficient_user_authentication"), "{}", r.outcome);
+    assert!(
+        r.outcome.contains("insufficient_user_authentication"),
+        "{}",
+        r.outcome
+    );
     let step = r.steps.iter().find(|s| s.step == "step-up").expect("step");
     assert_eq!(step.result, "fail");
     assert!(step.detail.contains("auth_time"), "{}", step.detail);
-    assert!(r.steps.iter().any(|s| s.step == "anomaly" && s.detail.contains("max_addresses = 2")));
+    assert!(r
+        .steps
+        .iter()
+        .any(|s| s.step == "anomaly" && s.detail.contains("max_addresses = 2")));
 
     let no_jti = token("ES256", &with(json!({"scope": "app"})));
     let r = jwtgate::explain::explain(&snap, Some(&no_jti), &http::Method::GET, "gw.test", "/app")

@@ -118,7 +118,9 @@ pub enum AuthError {
     NoJti,
     #[error("the token has been used before, and this route lets each token pass only once")]
     Replayed,
-    #[error("the token was used from more client addresses than allowed, a sign that it was stolen")]
+    #[error(
+        "the token was used from more client addresses than allowed, a sign that it was stolen"
+    )]
     Anomaly,
 }
 

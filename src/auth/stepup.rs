@@ -98,9 +98,9 @@ impl StepUp {
         } else {
             match claims.get("acr") {
                 Some(Value::String(a)) if self.acr_values.iter().any(|v| v == a) => None,
-                Some(Value::String(a)) => Some(AcrUnmet::NotListed(
-                    a.chars().take(MAX_ACR_SHOWN).collect(),
-                )),
+                Some(Value::String(a)) => {
+                    Some(AcrUnmet::NotListed(a.chars().take(MAX_ACR_SHOWN).collect()))
+                }
                 _ => Some(AcrUnmet::Missing),
             }
         };

@@ -85,7 +85,13 @@ impl Validator<'_> {
             for (key, set) in [
                 ("max_auth_age", r.max_auth_age.as_ref().map(Spanned::span)),
                 ("acr_values", r.acr_values.as_ref().map(Spanned::span)),
-                ("one_time", r.one_time.as_ref().filter(|o| *o.get_ref()).map(Spanned::span)),
+                (
+                    "one_time",
+                    r.one_time
+                        .as_ref()
+                        .filter(|o| *o.get_ref())
+                        .map(Spanned::span),
+                ),
             ] {
                 if let Some(span) = set {
                     self.error_at(span.start, format!("route {name:?}: {key} has no effect with auth = \"none\" (no token is checked)"));
@@ -132,13 +138,15 @@ impl Validator<'_> {
         let a = a.get_ref();
         let max_addresses = match &a.max_addresses {
             None => DEFAULT_MAX_ADDRESSES,
-            Some(m) => match usize::try_from(*m.get_ref()) {
-                Ok(n) if (1..=MAX_ANOMALY_ADDRESSES).contains(&n) => n,
-                _ => {
-                    self.error(m, format!("anomaly.max_addresses must be between 1 and {MAX_ANOMALY_ADDRESSES}"));
-                    DEFAULT_MAX_ADDRESSES
+            Some(m) => {
+                match usize::try_from(*m.get_ref()) {
+                    Ok(n) if (1..=MAX_ANOMALY_ADDRESSES).contains(&n) => n,
+                    _ => {
+                        self.error(m, format!("anomaly.max_addresses must be between 1 and {MAX_ANOMALY_ADDRESSES}"));
+                        DEFAULT_MAX_ADDRESSES
+                    }
                 }
-            },
+            }
         };
         let window = self.duration(&a.window, "anomaly.window", DEFAULT_ANOMALY_WINDOW);
         let action = match a.action.as_ref().map(|x| x.get_ref().as_str()) {
@@ -146,7 +154,10 @@ impl Validator<'_> {
             Some("refuse") => AnomalyAction::Refuse,
             Some(other) => {
                 if let Some(x) = &a.action {
-                    self.error(x, format!("anomaly.action {other:?} must be \"log\" or \"refuse\""));
+                    self.error(
+                        x,
+                        format!("anomaly.action {other:?} must be \"log\" or \"refuse\""),
+                    );
                 }
                 AnomalyAction::Log
             }
