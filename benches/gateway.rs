@@ -749,8 +749,8 @@ response_headers = { "Strict-Transport-Security" = "max-age=31536000", "Content-
     let mut stepped = claims();
     stepped["auth_time"] = json!(now());
     stepped["acr"] = json!("mfa");
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &stepped)))
-        .expect("bearer");
+    let bearer =
+        HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &stepped))).expect("bearer");
     let cases = [
         ("baseline", format!("{}/api/x", plain.gateway)),
         ("step_up", format!("{}/stepup/x", plain.gateway)),
