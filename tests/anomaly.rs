@@ -17,30 +17,19 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use tokio::net::TcpListener;
 
-/// Starts an App on `config` (the default issuer and `[listen]` added) before an echo upstream.
+/// Starts an App on the default issuer, `listen_extra` in `[listen]` and `config`, before an
+/// echo upstream.
 async fn app(
     listen_extra: &str,
     config: &str,
 ) -> (Arc<jwtgate::App>, SocketAddr, tempfile::TempDir) {
-    let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let upstream = up.local_addr().expect("addr");
-    tokio::spawn(jwtgate::echo::serve(up, std::future::pending()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_keys(dir.path());
-    let path = dir.path().join("gateway.toml");
     let text = format!(
         "[listen]\naddr = \"127.0.0.1:0\"\n{listen_extra}\n{}{config}",
         default_issuer()
-    )
-    .replace("{upstream}", &format!("http://{upstream}"));
-    std::fs::write(&path, text).expect("write");
-    let app = Arc::new(jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config: {e}")));
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(jwtgate::run(l, app.clone(), std::future::pending::<()>()));
-    (app, addr, dir)
+    );
+    let r = app::start(&text.replace("{upstream}", &app::echo_url().await)).await;
+    (r.app, r.addr, r.dir)
 }
 
 /// GET `path` with `token`, from the local address `from`, with extra `headers`.

@@ -14,29 +14,15 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Starts an App on `config` (with `[listen]` added) forwarding to `upstream`.
+/// Starts an App on the default issuer and `config`, forwarding to `upstream`.
 async fn app(config: &str, upstream: &str) -> (Arc<jwtgate::App>, SocketAddr, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_keys(dir.path());
-    let path = dir.path().join("gateway.toml");
-    let text = format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\n{}{config}",
-        default_issuer()
-    )
-    .replace("{upstream}", upstream);
-    std::fs::write(&path, text).expect("write");
-    let app = Arc::new(jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config: {e}")));
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(jwtgate::run(l, app.clone(), std::future::pending::<()>()));
-    (app, addr, dir)
+    let r =
+        app::start(&format!("{}{config}", default_issuer()).replace("{upstream}", upstream)).await;
+    (r.app, r.addr, r.dir)
 }
 
 async fn echo() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(jwtgate::echo::serve(l, std::future::pending()));
-    format!("http://{addr}")
+    app::echo_url().await
 }
 
 fn failures(app: &jwtgate::App, route: &str, reason: &str) -> u64 {

@@ -13,11 +13,9 @@ use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::client::get;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 fn oidc_dir() -> PathBuf {
@@ -122,17 +120,13 @@ impl Provider {
 async fn real_tokens_pass_or_are_challenged_by_their_auth_time_and_acr() {
     let mut provider = Provider::start().await;
     let issuer = format!("http://127.0.0.1:{}", provider.port);
-    let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let upstream = up.local_addr().expect("addr");
-    tokio::spawn(jwtgate::echo::serve(up, std::future::pending()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[listen]
-addr = "127.0.0.1:0"
-
+    let upstream = common::app::echo_url().await;
+    let common::app::Running {
+        app,
+        addr,
+        dir: _dir,
+    } = common::app::start(&format!(
+        r#"
 [[issuer]]
 name = "idp"
 issuer = "{issuer}"
@@ -143,7 +137,7 @@ discovery_url = "{issuer}/.well-known/openid-configuration"
 [[route]]
 name = "transfer"
 path_prefix = "/transfer"
-upstream = "http://{upstream}"
+upstream = "{upstream}"
 auth = "required"
 max_auth_age = "5m"
 acr_values = ["mfa", "phr"]
@@ -153,16 +147,11 @@ acr_values = ["mfa", "phr"]
 [[route]]
 name = "profile"
 path_prefix = "/"
-upstream = "http://{upstream}"
+upstream = "{upstream}"
 auth = "required"
 "#
-        ),
-    )
-    .expect("write");
-    let app = Arc::new(jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config: {e}")));
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(jwtgate::run(l, app.clone(), std::future::pending::<()>()));
+    ))
+    .await;
 
     let strong_fresh = provider.login("mfa", 0).await;
     let strong_old = provider.login("mfa", 3600).await;
