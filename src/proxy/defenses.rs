@@ -10,6 +10,7 @@ use super::{Gateway, ProxyError};
 use crate::anomaly::{Sighting, Verdict};
 use crate::auth::{self, AuthError};
 use crate::config::RouteConfig;
+use crate::replay::WhenDown;
 use crate::server::ConnInfo;
 use crate::state::Snapshot;
 
@@ -85,9 +86,32 @@ pub(super) fn apply_response_headers(route: &RouteConfig, res: &mut HeaderMap) {
 }
 
 impl Gateway {
-    /// Uses up `jti` of issuer `iss` until `until`. PLACEHOLDER until the replay cache lands.
+    /// Uses up `jti` of the issuer `iss` until `until` (Unix seconds): the first use passes, a
+    /// replay is 401 `replayed`. The namespace is the issuer's `iss`, so every `one_time` route
+    /// shares it (and every replica, through Redis) and a reload that renames the issuer
+    /// forgets nothing. While Redis cannot answer, 503: a replay must never pass.
     async fn use_once(&self, iss: &str, jti: &str, until: i64) -> Result<(), ProxyError> {
-        let _ = (iss, jti, until);
-        Ok(())
+        let namespace = format!("once:{iss}");
+        let until = u64::try_from(until).unwrap_or(0);
+        match self
+            .replay
+            .first_use(&namespace, jti, until, WhenDown::Refuse)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AuthError::Replayed.into()),
+            Err(e) => {
+                // Debug: the store logs and counts its own outage (jwtgate_redis_up, errors).
+                tracing::debug!(error = %e, "one_time route answered 503: the replay cache cannot decide");
+                Err(ProxyError::ReplayUnavailable {
+                    retry_after_secs: REPLAY_RETRY_AFTER_SECS,
+                })
+            }
+        }
     }
 }
+
+/// `Retry-After` of a `one_time` route while the replay cache cannot decide: the store's
+/// calls are bounded to half a second and it reconnects by itself, so a second is a fair
+/// first retry.
+const REPLAY_RETRY_AFTER_SECS: u64 = 1;
