@@ -706,7 +706,9 @@ fn main() {
 /// difference is the defense, not the signature): `baseline` is a plain `required` route,
 /// `step_up` one with `max_auth_age` and `acr_values`, `response_headers` one setting three
 /// headers on the answer, and `anomaly` the baseline route on a second gateway with
-/// `[anomaly]` (every verified token's address tracked). `defenses/check/*` are the checks
+/// `[anomaly]` (every verified token's address tracked). `handle/one_time` sends a new HS256
+/// token (own `jti`) each time to a `one_time` route, against `handle/unique_baseline`, the
+/// same to the plain route. `defenses/check/*` are the checks
 /// alone: `StepUp::check` and `Anomalies::observe` for a token already tracked.
 fn bench_defenses(c: &mut Criterion, keys: &Keys) {
     use jwtgate::anomaly::{Anomalies, Sighting};
@@ -725,6 +727,17 @@ upstream = "{echo}"
 auth = "required"
 max_auth_age = "1h"
 acr_values = ["mfa", "phr"]
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+"X-Auth-Roles" = "/realm_access/roles"
+
+[[route]]
+name = "once"
+path_prefix = "/once"
+upstream = "{echo}"
+auth = "required"
+one_time = true
 [route.claim_headers]
 "X-Auth-Sub" = "sub"
 "X-Auth-Email" = "email"
@@ -762,6 +775,23 @@ response_headers = { "Strict-Transport-Security" = "max-age=31536000", "Content-
         rt.block_on(round_trip(&client, url, Some(&bearer)));
         g.bench_function(format!("handle/{name}"), |b| {
             b.iter(|| rt.block_on(round_trip(&client, url, Some(&bearer))))
+        });
+    }
+    // One-time tokens: every request a new HS256 token with its own jti (minted in the loop,
+    // in both cases), to the plain route and to the `one_time` route (the in-memory replay
+    // cache: one SHA-256 and a sharded map insert).
+    let next = std::cell::Cell::new(0u64);
+    let fresh = || {
+        next.set(next.get() + 1);
+        let mut c = claims();
+        c["jti"] = json!(format!("bench-{}", next.get()));
+        HeaderValue::from_str(&format!("Bearer {}", keys.sign("HS256", &c))).expect("bearer")
+    };
+    for (name, path) in [("unique_baseline", "/api/x"), ("one_time", "/once/x")] {
+        let url = format!("{}{path}", plain.gateway);
+        rt.block_on(round_trip(&client, &url, Some(&fresh())));
+        g.bench_function(format!("handle/{name}"), |b| {
+            b.iter(|| rt.block_on(round_trip(&client, &url, Some(&fresh()))))
         });
     }
 
