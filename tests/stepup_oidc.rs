@@ -12,7 +12,7 @@ mod common;
 use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::client::get;
@@ -22,23 +22,14 @@ fn oidc_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
 }
 
-/// The node child running tests/oidc/stepup.mjs; its stdin closed and the child killed (by
-/// its PID) on drop.
+/// The node child running tests/oidc/stepup.mjs; killed (by its PID) and reaped on drop.
 struct Provider {
-    child: Child,
-    stdin: Option<ChildStdin>,
+    _child: common::ChildGuard,
+    stdin: ChildStdin,
     lines: mpsc::UnboundedReceiver<String>,
     stderr: PathBuf,
     port: u16,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Provider {
@@ -73,8 +64,8 @@ impl Provider {
             }
         });
         let mut p = Provider {
-            stdin: child.stdin.take(),
-            child,
+            stdin: child.stdin.take().expect("stdin"),
+            _child: common::ChildGuard(child),
             lines,
             stderr,
             port: 0,
@@ -106,9 +97,8 @@ impl Provider {
 
     /// An access token for a user who logged in with `acr`, `age_secs` ago.
     async fn login(&mut self, acr: &str, age_secs: u64) -> String {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "login {acr} {age_secs}").expect("write to the provider");
-        stdin.flush().expect("flush");
+        writeln!(self.stdin, "login {acr} {age_secs}").expect("write to the provider");
+        self.stdin.flush().expect("flush");
         let line = self.expect_line("token ").await;
         line.strip_prefix("token ")
             .unwrap_or_else(|| panic!("login failed: {line}"))
