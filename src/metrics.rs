@@ -35,6 +35,12 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// Failed accepts (EMFILE and the like), by listener.
     pub accept_errors: IntCounterVec,
+    /// Denylist entries held, by kind (jti, sub, sid).
+    pub denylist_entries: IntGaugeVec,
+    /// Seconds since the last successful Redis read of the denylist (0 without Redis).
+    pub denylist_staleness: Gauge,
+    /// Lines of the `[denylist] file` skipped as invalid, as last read.
+    pub denylist_skipped_lines: IntGauge,
 }
 
 /// The listeners that connection metrics are labelled with.
@@ -169,6 +175,33 @@ impl Metrics {
             open_connections.with_label_values(&[l]).set(0);
             accept_errors.with_label_values(&[l]).reset();
         }
+        let denylist_entries = IntGaugeVec::new(
+            Opts::new(
+                "jwtgate_denylist_entries",
+                "Denylist entries held, by kind (jti, sub, sid).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(denylist_entries.clone()))
+            .expect("unique metric");
+        let denylist_staleness = Gauge::new(
+            "jwtgate_denylist_staleness_seconds",
+            "Seconds since the last successful Redis read of the denylist (0 without Redis).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(denylist_staleness.clone()))
+            .expect("unique metric");
+        let denylist_skipped_lines = IntGauge::new(
+            "jwtgate_denylist_skipped_lines",
+            "Lines of the [denylist] file skipped as invalid, as last read (each is logged with its number).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(denylist_skipped_lines.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "jwtgate_build_info",
@@ -216,6 +249,9 @@ impl Metrics {
             token_cache,
             open_connections,
             accept_errors,
+            denylist_entries,
+            denylist_staleness,
+            denylist_skipped_lines,
         }
     }
 

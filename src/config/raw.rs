@@ -18,6 +18,15 @@ pub struct RawConfig {
     pub issuer: Vec<Spanned<RawIssuer>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    /// `[denylist]`: revoked tokens, subjects and sessions.
+    pub denylist: Option<Spanned<RawDenylist>>,
+}
+
+/// `[denylist]`.
+#[derive(Debug, Deserialize)]
+pub struct RawDenylist {
+    pub file: Option<Spanned<String>>,
+    pub max_staleness: Option<Spanned<String>>,
 }
 
 /// `[listen]`.

@@ -20,6 +20,17 @@ pub struct Config {
     pub limits: Limits,
     pub issuers: Vec<IssuerConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[denylist]`; `None` when absent (revocation then lives in memory or Redis only).
+    pub denylist: Option<DenylistConfig>,
+}
+
+/// `[denylist]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenylistConfig {
+    /// The watched JSON-lines file, resolved against the config's directory.
+    pub file: Option<PathBuf>,
+    /// With `[redis]`: past this without a successful Redis read, protected routes answer 503.
+    pub max_staleness: Option<Duration>,
 }
 
 /// `[listen]`.

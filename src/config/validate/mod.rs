@@ -1,6 +1,7 @@
 //! Raw config to runtime types. Every problem is collected with its position rather than
 //! returned at the first, so one run of `jwtgate check` lists them all.
 
+mod denylist;
 mod issuer;
 mod listen;
 mod route;
@@ -104,6 +105,7 @@ impl Validator<'_> {
         // Routes name issuers as written, so they are checked even when an issuer is invalid.
         let issuer_names = IssuerNames::new(&raw.issuer);
         let routes = self.routes(&raw.route, &issuer_names);
+        let denylist = raw.denylist.as_ref().map(|d| self.denylist(d));
         let issuers = issuers.into_iter().collect::<Option<Vec<_>>>()?;
         Some(Config {
             path: self.file.clone(),
@@ -112,6 +114,7 @@ impl Validator<'_> {
             limits,
             issuers,
             routes,
+            denylist,
         })
     }
 

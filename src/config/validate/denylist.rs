@@ -1,0 +1,28 @@
+//! `[denylist]`: the watched revocation file and how stale a Redis-fed copy may get.
+
+use toml::Spanned;
+
+use super::Validator;
+use crate::config::raw;
+use crate::config::DenylistConfig;
+
+impl Validator<'_> {
+    pub(super) fn denylist(&mut self, raw: &Spanned<raw::RawDenylist>) -> DenylistConfig {
+        let d = raw.get_ref();
+        let max_staleness = d
+            .max_staleness
+            .is_some()
+            .then(|| {
+                self.duration(
+                    &d.max_staleness,
+                    "[denylist] max_staleness",
+                    Default::default(),
+                )
+            })
+            .filter(|d| !d.is_zero());
+        DenylistConfig {
+            file: d.file.as_ref().map(|f| self.file(f)),
+            max_staleness,
+        }
+    }
+}
