@@ -21,12 +21,6 @@ use common::{claims, default_issuer, echo_upstream, free_port, token};
 
 /// The metrics alerts-pending.yaml queries, each with the issue that will export it.
 const PENDING: &[(&str, &str)] = &[
-    (
-        "jwtgate_denylist_staleness_seconds",
-        "issue 14 (revocation)",
-    ),
-    ("jwtgate_redis_up", "issue 14 (revocation)"),
-    ("jwtgate_redis_errors_total", "issue 14 (revocation)"),
     ("jwtgate_sessions_total", "issue 15 (browser sessions)"),
     ("jwtgate_rate_limited_total", "issue 17 (rate limits)"),
     (

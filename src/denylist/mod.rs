@@ -7,6 +7,7 @@
 pub mod entry;
 pub mod file;
 pub mod index;
+pub mod shared;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
