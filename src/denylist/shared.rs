@@ -329,7 +329,6 @@ impl Denylist {
                 .arg(&pos.last_id)
                 .query_async(blocking)
                 .await?;
-            self.mark_read();
             let mut batch = Vec::new();
             for id in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                 if let Some(Value::BulkString(b)) = id.map.get("e") {
@@ -343,6 +342,8 @@ impl Denylist {
             if !batch.is_empty() {
                 self.apply_shared(&batch);
             }
+            // After applying: a request that sees a fresh read also sees what it brought.
+            self.mark_read();
         }
     }
 
