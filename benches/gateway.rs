@@ -791,8 +791,8 @@ fn bench_denylist(c: &mut Criterion, keys: &Keys) {
     // Loaded once a token the file revokes is refused.
     let mut revoked = self::claims();
     revoked["jti"] = json!(format!("{:036}", 2));
-    let probe = HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &revoked)))
-        .expect("bearer");
+    let probe =
+        HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &revoked))).expect("bearer");
     let loaded_by = std::time::Instant::now() + Duration::from_secs(60);
     rt.block_on(async {
         loop {

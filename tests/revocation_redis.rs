@@ -159,11 +159,7 @@ impl Cut {
                 r.lock().expect("relays").push(task.abort_handle());
             }
         });
-        Cut {
-            addr,
-            down,
-            relays,
-        }
+        Cut { addr, down, relays }
     }
 
     /// Closes every relayed connection and refuses new ones, or lets them through again.
@@ -180,7 +176,12 @@ impl Cut {
 fn redis_port(url: &str) -> u16 {
     url.rsplit(':')
         .next()
-        .and_then(|p| p.trim_end_matches(|c: char| !c.is_ascii_digit()).split('/').next().map(str::to_owned))
+        .and_then(|p| {
+            p.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .split('/')
+                .next()
+                .map(str::to_owned)
+        })
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {url}"))
 }
@@ -210,16 +211,19 @@ async fn revoke(dir: &Path, url: &str, jti: &str) {
     let (dir, url, jti) = (dir.to_owned(), url.to_owned(), jti.to_owned());
     let until = (now() + 3600).to_string();
     let o = tokio::task::spawn_blocking(move || {
-        jwtgate(
+        let o = jwtgate(
             &dir,
             &url,
             &[
-                "revoke", "--config", "a.toml", "--issuer", "test", "--jti", &jti, "--until", &until,
+                "revoke", "--config", "a.toml", "--issuer", "test", "--jti", &jti, "--until",
+                &until,
             ],
-        )
+        );
+        (o, jti)
     })
     .await
     .expect("revoke ran");
+    let (o, jti) = o;
     assert!(o.status.success(), "revoke {jti}: {}", text(&o));
 }
 
@@ -346,7 +350,11 @@ async fn three_replicas_share_revocations_through_redis_restarts_and_disconnecti
     assert!(retry >= 1);
     assert!(b.ready(&http).await, "a stale replica stays ready");
     assert!(
-        metric_or_zero(&b.metrics(&http).await, "jwtgate_denylist_staleness_seconds", &[]) > 2.0
+        metric_or_zero(
+            &b.metrics(&http).await,
+            "jwtgate_denylist_staleness_seconds",
+            &[]
+        ) > 2.0
     );
     let loads_before = std::fs::read_to_string(&b.stdout)
         .unwrap_or_default()
@@ -376,12 +384,18 @@ async fn three_replicas_share_revocations_through_redis_restarts_and_disconnecti
     // Redis killed: the last copy serves, staleness grows, `revoke` fails naming Redis.
     redis.kill();
     until_status(&http, &b, &valid, 503).await;
-    assert_eq!(a.status(&http, &valid).await, Ok(200), "A has no max_staleness");
+    assert_eq!(
+        a.status(&http, &valid).await,
+        Ok(200),
+        "A has no max_staleness"
+    );
     assert_eq!(a.status(&http, &jti_token("p-5")).await, Ok(401));
     let o = jwtgate(
         dir.path(),
         &url,
-        &["revoke", "--config", "a.toml", "--issuer", "test", "--jti", "lost"],
+        &[
+            "revoke", "--config", "a.toml", "--issuer", "test", "--jti", "lost",
+        ],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
@@ -391,7 +405,10 @@ async fn three_replicas_share_revocations_through_redis_restarts_and_disconnecti
     );
     let m = a.metrics(&http).await;
     assert_eq!(metric_or_zero(&m, "jwtgate_redis_up", &[]), 0.0, "{m}");
-    assert!(metric_or_zero(&m, "jwtgate_denylist_staleness_seconds", &[]) > 1.0, "{m}");
+    assert!(
+        metric_or_zero(&m, "jwtgate_denylist_staleness_seconds", &[]) > 1.0,
+        "{m}"
+    );
 
     // Restarted with its data: nothing lost, revocations flow again.
     redis.restart();
@@ -418,7 +435,10 @@ async fn three_replicas_share_revocations_through_redis_restarts_and_disconnecti
         if n == 121 {
             break;
         }
-        assert!(Instant::now() < deadline, "written back: {n} of 121 entries");
+        assert!(
+            Instant::now() < deadline,
+            "written back: {n} of 121 entries"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     revoke(dir.path(), &url, "s-1").await;
@@ -449,7 +469,9 @@ async fn an_unreachable_redis_fails_revoke_and_holds_readiness_until_it_is_loade
     let o = jwtgate(
         dir.path(),
         &url,
-        &["revoke", "--config", "a.toml", "--issuer", "test", "--sub", "alice"],
+        &[
+            "revoke", "--config", "a.toml", "--issuer", "test", "--sub", "alice",
+        ],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
@@ -457,10 +479,17 @@ async fn an_unreachable_redis_fails_revoke_and_holds_readiness_until_it_is_loade
         "{}",
         text(&o)
     );
-    assert!(!dir.path().join("deny.jsonl").exists(), "fell back to the file");
+    assert!(
+        !dir.path().join("deny.jsonl").exists(),
+        "fell back to the file"
+    );
     // Not ready while the set has never been loaded.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!a.ready(&http).await, "ready without the denylist:\n{}", a.logs());
+    assert!(
+        !a.ready(&http).await,
+        "ready without the denylist:\n{}",
+        a.logs()
+    );
     redis.restart();
     a.wait_ready(&http).await;
 }

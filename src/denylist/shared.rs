@@ -241,10 +241,8 @@ impl Denylist {
     ) -> redis::RedisResult<Snapshot> {
         let now = super::now_secs();
         if let Some(known) = known_epoch {
-            let current: Option<String> = redis::cmd("GET")
-                .arg(EPOCH_KEY)
-                .query_async(conn)
-                .await?;
+            let current: Option<String> =
+                redis::cmd("GET").arg(EPOCH_KEY).query_async(conn).await?;
             if current.as_deref() != Some(known) {
                 let held: Vec<Entry> = {
                     let idx = self.index.load();
@@ -292,15 +290,13 @@ impl Denylist {
         pos: &mut Position,
     ) -> redis::RedisResult<()> {
         // On (re)connect: replay from the last id unless the stream trimmed events after it.
-        let gap = pos.loaded_at.is_some()
-            && id_key(&max_deleted_id(conn).await?) > id_key(&pos.last_id);
+        let gap =
+            pos.loaded_at.is_some() && id_key(&max_deleted_id(conn).await?) > id_key(&pos.last_id);
         let mut load_now = pos.loaded_at.is_none() || gap;
         loop {
             if !load_now {
-                let current: Option<String> = redis::cmd("GET")
-                    .arg(EPOCH_KEY)
-                    .query_async(conn)
-                    .await?;
+                let current: Option<String> =
+                    redis::cmd("GET").arg(EPOCH_KEY).query_async(conn).await?;
                 let due = pos.loaded_at.is_none_or(|t| t.elapsed() >= FULL_RESYNC);
                 load_now = due || current.is_none() || current != pos.epoch;
             }
@@ -334,7 +330,9 @@ impl Denylist {
                 if let Some(Value::BulkString(b)) = id.map.get("e") {
                     match std::str::from_utf8(b).ok().map(Entry::parse) {
                         Some(Ok(e)) => batch.push(e),
-                        _ => tracing::warn!(id = %id.id, "a denylist event is not an entry; skipped"),
+                        _ => {
+                            tracing::warn!(id = %id.id, "a denylist event is not an entry; skipped")
+                        }
                     }
                 }
                 pos.last_id = id.id;
