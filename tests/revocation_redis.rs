@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::client::{self, HttpClient};
 use common::metrics::metric_or_zero;
-use common::redis::RedisServer;
+use common::redis_server::RedisServer;
 use common::*;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -173,19 +173,6 @@ impl Cut {
     }
 }
 
-fn redis_port(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| {
-            p.trim_end_matches(|c: char| !c.is_ascii_digit())
-                .split('/')
-                .next()
-                .map(str::to_owned)
-        })
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {url}"))
-}
-
 fn jwtgate(dir: &Path, redis_url: &str, args: &[&str]) -> Output {
     std::process::Command::new(binary())
         .current_dir(dir)
@@ -271,13 +258,13 @@ async fn list(dir: &Path, url: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_revocations_through_redis_restarts_and_disconnections() {
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let url = redis.url();
     let dir = tempfile::tempdir().expect("tempdir");
     write_keys(dir.path());
     let (upstream, _up) = echo_upstream().await;
     let http = client::new();
-    let cut = Cut::start(SocketAddr::from(([127, 0, 0, 1], redis_port(&url)))).await;
+    let cut = Cut::start(SocketAddr::from(([127, 0, 0, 1], redis.port()))).await;
     let cut_url = format!("redis://{}/0", cut.addr);
 
     let mut a = Replica::start(dir.path(), "a", upstream, &url, "");
@@ -419,16 +406,9 @@ async fn three_replicas_share_revocations_through_redis_restarts_and_disconnecti
     }
     assert_eq!(list(dir.path(), &url).await.len(), 121);
 
-    // Restarted without its data (flushed): the replicas write back what they hold.
-    let mut conn = redis::Client::open(url.as_str())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("flushall");
+    // Restarted without its data: the replicas notice the new epoch and write back what
+    // they hold.
+    redis.restart_empty();
     let deadline = Instant::now() + SETTLE;
     loop {
         let n = list(dir.path(), &url).await.len();
@@ -457,7 +437,7 @@ async fn three_replicas_share_revocations_through_redis_restarts_and_disconnecti
 
 #[tokio::test]
 async fn an_unreachable_redis_fails_revoke_and_holds_readiness_until_it_is_loaded() {
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let url = redis.url();
     redis.kill();
     let dir = tempfile::tempdir().expect("tempdir");

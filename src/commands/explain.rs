@@ -38,10 +38,18 @@ pub fn explain(
             r.first_attempt(Duration::from_secs(5)).await;
         }
         // Every denylist entry in effect (file and Redis), read once: which one revokes it.
-        let denylist = Arc::new(crate::denylist::Denylist::new(
-            Arc::new(arc_swap::ArcSwap::new(snap.clone())),
-            crate::metrics::Metrics::new(),
-        ));
+        let metrics = crate::metrics::Metrics::new();
+        let store = match &snap.config.redis {
+            Some(r) => Some(
+                crate::store::Store::open(r, &metrics)
+                    .map_err(|e| CommandError::command("explain", format!("[redis]: {e}")))?,
+            ),
+            None => None,
+        };
+        let denylist = Arc::new(
+            crate::denylist::Denylist::new(Arc::new(arc_swap::ArcSwap::new(snap.clone())), metrics)
+                .with_store(store),
+        );
         denylist
             .load_once()
             .await

@@ -104,7 +104,12 @@ pub fn revoke(path: &Path, args: RevokeArgs) -> Result<String, CommandError> {
     };
     let rt = runtime()?;
     rt.block_on(async move {
-        let denylist = load(config).await?;
+        // Adding an entry needs only the destination; listing reads every source.
+        let denylist = if entry.is_some() {
+            shell(config).await?
+        } else {
+            load(config).await?
+        };
         match entry {
             None => Ok(listing(&denylist)),
             Some(e) => {
@@ -128,10 +133,27 @@ pub fn revoke(path: &Path, args: RevokeArgs) -> Result<String, CommandError> {
 
 /// A denylist for `config` holding every entry its sources hold now.
 async fn load(config: Config) -> Result<Arc<Denylist>, CommandError> {
+    let denylist = shell(config).await?;
+    denylist
+        .load_once()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(denylist)
+}
+
+/// A denylist for `config` that has read nothing yet (enough to write where it says).
+async fn shell(config: Config) -> Result<Arc<Denylist>, CommandError> {
+    let metrics = Metrics::new();
+    let store = match &config.redis {
+        Some(r) => Some(
+            crate::store::Store::open(r, &metrics).map_err(|e| fail(format!("[redis]: {e}")))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(ArcSwap::from_pointee(
         crate::Snapshot::build(config).map_err(CommandError::Config)?,
     ));
-    let denylist = Arc::new(Denylist::new(state, Metrics::new()));
+    let denylist = Arc::new(Denylist::new(state, metrics).with_store(store));
     denylist
         .load_once()
         .await

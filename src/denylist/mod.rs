@@ -22,6 +22,7 @@ pub use index::{Index, Layer, Revoked, Source};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::Shared;
+use crate::store::Store;
 
 /// How often the watcher looks at the file (SPEC: changes apply within 5 s) and refreshes
 /// the gauges.
@@ -37,7 +38,7 @@ pub enum DenylistError {
         path: std::path::PathBuf,
         error: std::io::Error,
     },
-    #[error("cannot write the entry to Redis: {0} (nothing was written; Redis must be reachable for a revocation to reach every replica)")]
+    #[error("cannot reach Redis for the denylist: {0} (nothing was written: with [redis] set, revocations go only to Redis, so that every replica sees them)")]
     Redis(String),
 }
 
@@ -76,6 +77,8 @@ pub struct Denylist {
     last_shared_read_ms: AtomicU64,
     /// Whole seconds until the Redis sync tries again, for `Retry-After` while stale.
     retry_after_secs: AtomicU64,
+    /// The shared store with `[redis]`: revocations go there and come back through it.
+    store: Option<Arc<Store>>,
 }
 
 impl std::fmt::Debug for Denylist {
@@ -130,7 +133,23 @@ impl Denylist {
             shared_loaded: AtomicBool::new(true),
             last_shared_read_ms: AtomicU64::new(0),
             retry_after_secs: AtomicU64::new(1),
+            store: None,
         }
+    }
+
+    /// This denylist fed by (and writing to) `store`: not ready until Redis's entries are
+    /// loaded once, and stale from the start until they are.
+    pub fn with_store(mut self, store: Option<Arc<Store>>) -> Denylist {
+        if store.is_some() {
+            // Every operation's error series exists from the first scrape, at 0.
+            for op in shared::OPS {
+                self.metrics.redis.errors.with_label_values(&[op]);
+            }
+            self.shared_loaded = AtomicBool::new(false);
+            self.last_shared_read_ms = AtomicU64::new(unix_ms());
+        }
+        self.store = store;
+        self
     }
 
     /// The entry that refuses a token of `issuer` (its config `name`) with `claims`, if any.
@@ -172,6 +191,11 @@ impl Denylist {
     /// else this process's memory) and applies it here at once.
     pub async fn revoke(&self, entry: Entry) -> Result<(), DenylistError> {
         entry.validate()?;
+        if let Some(store) = &self.store {
+            shared::write(store, &entry).await?;
+            self.apply_shared(std::slice::from_ref(&entry));
+            return Ok(());
+        }
         let config = &self.state.load().config;
         if let Some(path) = config.denylist.as_ref().and_then(|d| d.file.clone()) {
             let line = entry.clone();
@@ -196,6 +220,9 @@ impl Denylist {
 
     /// Where [`Denylist::revoke`] writes, for messages.
     pub fn destination(&self) -> Destination {
+        if self.store.is_some() {
+            return Destination::Redis;
+        }
         match self
             .state
             .load()
@@ -213,10 +240,21 @@ impl Denylist {
     pub async fn load_once(self: &Arc<Self>) -> Result<(), DenylistError> {
         let me = self.clone();
         let snap = self.state.load_full();
-        tokio::task::spawn_blocking(move || me.reload_file(&snap.config))
-            .await
-            .map_err(|e| DenylistError::Redis(e.to_string()))?;
+        let loaded = tokio::task::spawn_blocking(move || me.reload_file(&snap.config));
+        if let Err(e) = loaded.await {
+            // Only a panic while reading the file gets here.
+            return Err(DenylistError::File {
+                path: Default::default(),
+                error: std::io::Error::other(e.to_string()),
+            });
+        }
         self.file_loaded.store(true, Ordering::SeqCst);
+        if let Some(store) = &self.store {
+            let snap = shared::load(store, now_secs())
+                .await
+                .map_err(|e| DenylistError::Redis(e.to_string()))?;
+            self.publish_load(snap.layer);
+        }
         Ok(())
     }
 
@@ -228,11 +266,10 @@ impl Denylist {
     /// With `max_staleness` exceeded: the `Retry-After` seconds (≥ 1) of the 503. Only a
     /// Redis-fed denylist goes stale.
     pub fn stale(&self, max_staleness: Duration) -> Option<u64> {
-        let last = self.last_shared_read_ms.load(Ordering::Relaxed);
-        if last == 0 {
-            // Never read: readiness holds traffic back until the first full load.
+        if self.store.is_none() {
             return None;
         }
+        let last = self.last_shared_read_ms.load(Ordering::Relaxed);
         let age_ms = unix_ms().saturating_sub(last);
         (u128::from(age_ms) > max_staleness.as_millis())
             .then(|| self.retry_after_secs.load(Ordering::Relaxed).max(1))
@@ -318,6 +355,11 @@ impl Denylist {
     /// Follows the file (within [`WATCH_INTERVAL`], a config reload naming another file
     /// included), the issuers' leeways, expiry, and the staleness gauge. Runs until aborted.
     pub async fn run(self: Arc<Self>) {
+        // With Redis, a second task follows it; aborted with this one.
+        let _follow = self
+            .store
+            .clone()
+            .map(|store| AbortOnDrop(tokio::spawn(self.clone().follow(store))));
         let mut seen: Option<(Option<std::path::PathBuf>, Option<file::Stamp>)> = None;
         let mut generation = 0;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
@@ -378,16 +420,25 @@ impl Denylist {
         });
     }
 
-    /// Sets `jwtgate_denylist_staleness_seconds`: time since the last successful Redis read,
-    /// 0 without Redis.
+    /// Sets `jwtgate_denylist_staleness_seconds`: time since the last successful Redis read
+    /// (since the start until the first), 0 without Redis.
     fn publish_staleness(&self) {
         let last = self.last_shared_read_ms.load(Ordering::Relaxed);
-        let age = if last == 0 {
+        let age = if last == 0 || self.store.is_none() {
             0.0
         } else {
             unix_ms().saturating_sub(last) as f64 / 1e3
         };
         self.metrics.denylist_staleness.set(age);
+    }
+}
+
+/// Aborts a task when dropped, so aborting [`Denylist::run`] stops the Redis sync too.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

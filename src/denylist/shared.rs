@@ -15,18 +15,28 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionLike;
 use redis::streams::StreamReadReply;
 use redis::Value;
 
 use super::entry::Entry;
 use super::index::Layer;
 use super::{unix_ms, Denylist, DenylistError};
+use crate::store::{Store, StoreError};
 
 /// Key names (the `jwtgate:{kind}:{id}` scheme of the store).
 pub const ENTRIES_KEY: &str = "jwtgate:denylist:entries";
 pub const EVENTS_KEY: &str = "jwtgate:denylist:events";
 pub const EPOCH_KEY: &str = "jwtgate:denylist:epoch";
+
+/// The `op` labels of `jwtgate_redis_errors_total` the denylist uses.
+pub const OPS: [&str; 6] = [
+    "denylist_read",
+    "denylist_write",
+    "denylist_write_back",
+    "denylist_prune",
+    "denylist_stream",
+    "connect",
+];
 
 /// Events the stream keeps (approximately): far more than replicas miss in a restart; one
 /// that misses more loads whole.
@@ -44,6 +54,8 @@ const SCAN_COUNT: usize = 10_000;
 /// Reconnect backoff: from 1 s, doubling, at most 10 s, jittered.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How much longer than [`BLOCK`] an `XREAD` may take before the connection counts as dead.
+const READ_GRACE: Duration = Duration::from_secs(2);
 
 /// Adds one entry: to the set and, in the same script, to the stream; sets the epoch if none.
 const WRITE_SCRIPT: &str = r"
@@ -52,8 +64,15 @@ redis.call('SET', KEYS[3], ARGV[4], 'NX')
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1])
 ";
 
-fn redis_err(e: redis::RedisError) -> DenylistError {
+fn redis_err(e: StoreError) -> DenylistError {
     DenylistError::Redis(e.to_string())
+}
+
+/// A [`StoreError`] from a failure outside the store (a task that panicked).
+fn other(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Redis(redis::RedisError::from(std::io::Error::other(
+        e.to_string(),
+    )))
 }
 
 /// The score of an entry: its `until`, or +inf for one that holds until removed.
@@ -67,16 +86,21 @@ fn new_epoch() -> String {
 }
 
 /// Writes `entry` to Redis (set, stream and epoch in one script).
-pub async fn write<C: ConnectionLike>(conn: &mut C, entry: &Entry) -> Result<(), DenylistError> {
-    redis::Script::new(WRITE_SCRIPT)
+pub async fn write(store: &Store, entry: &Entry) -> Result<(), DenylistError> {
+    let script = redis::Script::new(WRITE_SCRIPT);
+    let mut invocation = script.prepare_invoke();
+    invocation
         .key(ENTRIES_KEY)
         .key(EVENTS_KEY)
         .key(EPOCH_KEY)
         .arg(entry.to_json())
         .arg(score(entry))
         .arg(STREAM_MAXLEN)
-        .arg(new_epoch())
-        .invoke_async::<String>(conn)
+        .arg(new_epoch());
+    store
+        .run("denylist_write", |mut conn| async move {
+            invocation.invoke_async::<String>(&mut conn).await
+        })
         .await
         .map(drop)
         .map_err(redis_err)
@@ -84,14 +108,16 @@ pub async fn write<C: ConnectionLike>(conn: &mut C, entry: &Entry) -> Result<(),
 
 /// Writes entries back to a Redis that lost them (set only: the other replicas load whole
 /// when they see the new epoch).
-async fn write_back<C: ConnectionLike>(conn: &mut C, entries: &[Entry]) -> redis::RedisResult<()> {
+async fn write_back(store: &Store, entries: &[Entry]) -> Result<(), StoreError> {
     for chunk in entries.chunks(1000) {
         let mut cmd = redis::cmd("ZADD");
         cmd.arg(ENTRIES_KEY);
         for e in chunk {
             cmd.arg(score(e)).arg(e.to_json());
         }
-        cmd.query_async::<()>(conn).await?;
+        store
+            .call_idempotent::<()>("denylist_write_back", &cmd)
+            .await?;
     }
     Ok(())
 }
@@ -107,43 +133,54 @@ pub struct Snapshot {
 }
 
 /// The epoch, set to a new one when there is none (a fresh or emptied Redis).
-async fn epoch<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<String> {
-    let _: Value = redis::cmd("SET")
-        .arg(EPOCH_KEY)
-        .arg(new_epoch())
-        .arg("NX")
-        .query_async(conn)
+async fn epoch(store: &Store) -> Result<String, StoreError> {
+    let mut set = redis::cmd("SET");
+    set.arg(EPOCH_KEY).arg(new_epoch()).arg("NX");
+    store
+        .call_idempotent::<Value>("denylist_read", &set)
         .await?;
-    redis::cmd("GET").arg(EPOCH_KEY).query_async(conn).await
+    current_epoch(store)
+        .await?
+        .ok_or_else(|| other("the denylist epoch vanished while it was being set"))
+}
+
+/// The epoch now, `None` when Redis has none (it lost its data).
+async fn current_epoch(store: &Store) -> Result<Option<String>, StoreError> {
+    store
+        .call_idempotent("denylist_read", redis::cmd("GET").arg(EPOCH_KEY))
+        .await
 }
 
 /// The stream's last id, `0-0` when it is empty or missing.
-async fn last_id<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<String> {
-    let r: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(EVENTS_KEY)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(conn)
+async fn last_id(store: &Store) -> Result<String, StoreError> {
+    let r: redis::streams::StreamRangeReply = store
+        .call_idempotent(
+            "denylist_read",
+            redis::cmd("XREVRANGE")
+                .arg(EVENTS_KEY)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1),
+        )
         .await?;
     Ok(r.ids.first().map_or("0-0".to_owned(), |i| i.id.clone()))
 }
 
 /// The largest id the stream ever trimmed or deleted (`XINFO STREAM`, Redis 7), `0-0` when
 /// none or the stream does not exist.
-async fn max_deleted_id<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<String> {
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(EVENTS_KEY)
-        .query_async(conn)
+async fn max_deleted_id(store: &Store) -> Result<String, StoreError> {
+    let exists: bool = store
+        .call_idempotent("denylist_read", redis::cmd("EXISTS").arg(EVENTS_KEY))
         .await?;
     if !exists {
         return Ok("0-0".to_owned());
     }
-    let info: Value = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(EVENTS_KEY)
-        .query_async(conn)
+    let info: Value = store
+        .call_idempotent(
+            "denylist_read",
+            redis::cmd("XINFO").arg("STREAM").arg(EVENTS_KEY),
+        )
         .await?;
     let pairs: Vec<(String, Value)> = match info {
         Value::Map(m) => m
@@ -175,24 +212,30 @@ fn id_key(id: &str) -> (u64, u64) {
 }
 
 /// Reads every entry (pruning those long past their `until` first).
-pub async fn load<C: ConnectionLike>(conn: &mut C, now: u64) -> redis::RedisResult<Snapshot> {
-    let epoch = epoch(conn).await?;
-    let last_id = last_id(conn).await?;
-    let _: Value = redis::cmd("ZREMRANGEBYSCORE")
-        .arg(ENTRIES_KEY)
-        .arg("-inf")
-        .arg(format!("({}", now.saturating_sub(PRUNE_MARGIN_SECS)))
-        .query_async(conn)
+pub async fn load(store: &Store, now: u64) -> Result<Snapshot, StoreError> {
+    let epoch = epoch(store).await?;
+    let last_id = last_id(store).await?;
+    store
+        .call_idempotent::<Value>(
+            "denylist_prune",
+            redis::cmd("ZREMRANGEBYSCORE")
+                .arg(ENTRIES_KEY)
+                .arg("-inf")
+                .arg(format!("({}", now.saturating_sub(PRUNE_MARGIN_SECS))),
+        )
         .await?;
     let mut members: Vec<String> = Vec::new();
     let mut cursor = "0".to_owned();
     loop {
-        let (next, page): (String, Vec<String>) = redis::cmd("ZSCAN")
-            .arg(ENTRIES_KEY)
-            .arg(&cursor)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(conn)
+        let (next, page): (String, Vec<String>) = store
+            .call_idempotent(
+                "denylist_read",
+                redis::cmd("ZSCAN")
+                    .arg(ENTRIES_KEY)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT),
+            )
             .await?;
         // Member, score, member, score, ...
         members.extend(page.into_iter().step_by(2));
@@ -213,7 +256,7 @@ pub async fn load<C: ConnectionLike>(conn: &mut C, now: u64) -> redis::RedisResu
         (layer, skipped)
     })
     .await
-    .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
+    .map_err(other)?;
     Ok(Snapshot {
         layer,
         last_id,
@@ -234,15 +277,14 @@ struct Position {
 impl Denylist {
     /// Loads Redis's entries whole into the index (replacing the Redis layers); writes back
     /// what this replica holds first when Redis lost it (a new epoch).
-    async fn full_load<C: ConnectionLike>(
+    async fn full_load(
         &self,
-        conn: &mut C,
+        store: &Store,
         known_epoch: Option<&str>,
-    ) -> redis::RedisResult<Snapshot> {
+    ) -> Result<Snapshot, StoreError> {
         let now = super::now_secs();
         if let Some(known) = known_epoch {
-            let current: Option<String> =
-                redis::cmd("GET").arg(EPOCH_KEY).query_async(conn).await?;
+            let current = current_epoch(store).await?;
             if current.as_deref() != Some(known) {
                 let held: Vec<Entry> = {
                     let idx = self.index.load();
@@ -252,10 +294,10 @@ impl Denylist {
                     entries = held.len(),
                     "Redis lost the denylist (new epoch); writing back the entries this replica holds"
                 );
-                write_back(conn, &held).await?;
+                write_back(store, &held).await?;
             }
         }
-        let snap = load(conn, now).await?;
+        let snap = load(store, now).await?;
         if snap.skipped > 0 {
             tracing::warn!(
                 skipped = snap.skipped,
@@ -267,7 +309,7 @@ impl Denylist {
     }
 
     /// Publishes a full load: the Redis layers become its entries.
-    fn publish_load(&self, layer: Layer) {
+    pub(super) fn publish_load(&self, layer: Layer) {
         self.update(|idx| {
             idx.base = Arc::new(layer);
             idx.delta = Arc::default();
@@ -283,25 +325,24 @@ impl Denylist {
 
     /// One full load and the events after it, then events until an error: the body of
     /// [`Denylist::follow`]'s retry loop.
-    async fn follow_once<C: ConnectionLike, B: ConnectionLike>(
+    async fn follow_once(
         &self,
-        conn: &mut C,
-        blocking: &mut B,
+        store: &Store,
+        blocking: &mut redis::aio::MultiplexedConnection,
         pos: &mut Position,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), StoreError> {
         // On (re)connect: replay from the last id unless the stream trimmed events after it.
         let gap =
-            pos.loaded_at.is_some() && id_key(&max_deleted_id(conn).await?) > id_key(&pos.last_id);
+            pos.loaded_at.is_some() && id_key(&max_deleted_id(store).await?) > id_key(&pos.last_id);
         let mut load_now = pos.loaded_at.is_none() || gap;
         loop {
             if !load_now {
-                let current: Option<String> =
-                    redis::cmd("GET").arg(EPOCH_KEY).query_async(conn).await?;
+                let current = current_epoch(store).await?;
                 let due = pos.loaded_at.is_none_or(|t| t.elapsed() >= FULL_RESYNC);
                 load_now = due || current.is_none() || current != pos.epoch;
             }
             if load_now {
-                let snap = self.full_load(conn, pos.epoch.as_deref()).await?;
+                let snap = self.full_load(store, pos.epoch.as_deref()).await?;
                 let counts = snap.layer.counts();
                 pos.last_id = snap.last_id;
                 pos.epoch = Some(snap.epoch);
@@ -315,16 +356,23 @@ impl Denylist {
                     "denylist loaded from Redis"
                 );
             }
-            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            let mut xread = redis::cmd("XREAD");
+            xread
                 .arg("COUNT")
                 .arg(1000)
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(EVENTS_KEY)
-                .arg(&pos.last_id)
-                .query_async(blocking)
-                .await?;
+                .arg(&pos.last_id);
+            // The dedicated connection has no response timeout of its own: a Redis that
+            // stops answering without closing the connection is noticed here.
+            let read =
+                match tokio::time::timeout(BLOCK + READ_GRACE, xread.query_async(blocking)).await {
+                    Ok(r) => r.map_err(StoreError::Redis),
+                    Err(_) => Err(StoreError::Timeout(BLOCK + READ_GRACE)),
+                };
+            let reply: Option<StreamReadReply> = store.record("denylist_stream", read)?;
             let mut batch = Vec::new();
             for id in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                 if let Some(Value::BulkString(b)) = id.map.get("e") {
@@ -347,20 +395,14 @@ impl Denylist {
 
     /// Follows Redis until aborted: loads whole, then the stream; on an error keeps serving
     /// the last copy and retries with jittered backoff (the staleness gauge grows meanwhile).
-    pub async fn follow<C, B, F, Fut>(self: Arc<Self>, mut connect: F)
-    where
-        C: ConnectionLike,
-        B: ConnectionLike,
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<(C, B)>>,
-    {
+    pub async fn follow(self: Arc<Self>, store: Arc<Store>) {
         let mut pos = Position::default();
         let mut backoff = BACKOFF_MIN;
         loop {
             let started = Instant::now();
-            let err = match connect().await {
-                Ok((mut conn, mut blocking)) => self
-                    .follow_once(&mut conn, &mut blocking, &mut pos)
+            let err = match store.dedicated().await {
+                Ok(mut blocking) => self
+                    .follow_once(&store, &mut blocking, &mut pos)
                     .await
                     .err(),
                 Err(e) => Some(e),
