@@ -224,7 +224,11 @@ pub async fn load(store: &Store, now: u64) -> Result<Snapshot, StoreError> {
                 .arg(format!("({}", now.saturating_sub(PRUNE_MARGIN_SECS))),
         )
         .await?;
-    let mut members: Vec<String> = Vec::new();
+    // Each page is parsed on a blocking thread while the next one is fetched: the load
+    // takes about the longer of the two, and holds one page of text at a time.
+    let mut layer = Layer::default();
+    let mut skipped = 0;
+    let mut parsing: Option<tokio::task::JoinHandle<(Layer, usize)>> = None;
     let mut cursor = "0".to_owned();
     loop {
         let (next, page): (String, Vec<String>) = store
@@ -237,26 +241,28 @@ pub async fn load(store: &Store, now: u64) -> Result<Snapshot, StoreError> {
                     .arg(SCAN_COUNT),
             )
             .await?;
-        // Member, score, member, score, ...
-        members.extend(page.into_iter().step_by(2));
+        if let Some(p) = parsing.take() {
+            (layer, skipped) = p.await.map_err(other)?;
+        }
+        let mut layer = std::mem::take(&mut layer);
+        parsing = Some(tokio::task::spawn_blocking(move || {
+            // Member, score, member, score, ...
+            for m in page.iter().step_by(2) {
+                match Entry::parse(m) {
+                    Ok(e) => layer.insert(&e),
+                    Err(_) => skipped += 1,
+                }
+            }
+            (layer, skipped)
+        }));
         if next == "0" {
             break;
         }
         cursor = next;
     }
-    let (layer, skipped) = tokio::task::spawn_blocking(move || {
-        let mut layer = Layer::default();
-        let mut skipped = 0;
-        for m in &members {
-            match Entry::parse(m) {
-                Ok(e) => layer.insert(&e),
-                Err(_) => skipped += 1,
-            }
-        }
-        (layer, skipped)
-    })
-    .await
-    .map_err(other)?;
+    if let Some(p) = parsing {
+        (layer, skipped) = p.await.map_err(other)?;
+    }
     Ok(Snapshot {
         layer,
         last_id,
