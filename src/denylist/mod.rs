@@ -266,9 +266,8 @@ impl Denylist {
     /// With `max_staleness` exceeded: the `Retry-After` seconds (≥ 1) of the 503. Only a
     /// Redis-fed denylist goes stale.
     pub fn stale(&self, max_staleness: Duration) -> Option<u64> {
-        if self.store.is_none() {
-            return None;
-        }
+        // Only a Redis-fed copy goes stale.
+        self.store.as_ref()?;
         let last = self.last_shared_read_ms.load(Ordering::Relaxed);
         let age_ms = unix_ms().saturating_sub(last);
         (u128::from(age_ms) > max_staleness.as_millis())
