@@ -73,29 +73,7 @@ enum Command {
     },
     /// Revoke a token (--jti), a subject's tokens (--sub) or an IdP session (--sid), or list
     /// every entry in effect (--list). Writes to Redis with [redis], else to the [denylist] file.
-    Revoke {
-        /// The issuer's name in the config.
-        #[arg(long)]
-        issuer: Option<String>,
-        /// A token id.
-        #[arg(long)]
-        jti: Option<String>,
-        /// A subject: its tokens issued before --before are refused (log out everywhere).
-        #[arg(long)]
-        sub: Option<String>,
-        /// An IdP session id.
-        #[arg(long)]
-        sid: Option<String>,
-        /// Unix seconds or RFC 3339; default now (--sub and --sid).
-        #[arg(long)]
-        before: Option<String>,
-        /// When the entry drops out: Unix seconds or RFC 3339; default now + 24h.
-        #[arg(long)]
-        until: Option<String>,
-        /// Print every entry in effect (file and Redis) instead.
-        #[arg(long)]
-        list: bool,
-    },
+    Revoke(commands::RevokeArgs),
     /// Run the shipped config with a built-in echo upstream and print a curl command to try.
     Demo,
     /// Exit 0 when the running gateway's admin listener reports ready (for exec probes).
@@ -123,26 +101,7 @@ fn main() -> ExitCode {
                 .map(|token| token + "\n"),
         ),
         Command::Check => print_or_fail(commands::check(&cli.config)),
-        Command::Revoke {
-            issuer,
-            jti,
-            sub,
-            sid,
-            before,
-            until,
-            list,
-        } => print_or_fail(commands::revoke(
-            &cli.config,
-            commands::RevokeArgs {
-                issuer,
-                jti,
-                sub,
-                sid,
-                before,
-                until,
-                list,
-            },
-        )),
+        Command::Revoke(args) => print_or_fail(commands::revoke(&cli.config, args)),
         Command::Run => serve(&cli, false),
         Command::Demo => serve(&cli, true),
         Command::Healthcheck { addr, live } => {

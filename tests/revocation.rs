@@ -9,6 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::client::get;
+use common::describe_output as text;
 use common::metrics::metric_or_zero;
 use common::*;
 use serde_json::{json, Value};
@@ -222,22 +223,7 @@ async fn an_expired_entry_drops_out_after_its_issuers_leeway() {
 }
 
 fn jwtgate(dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(binary())
-        .current_dir(dir)
-        .env_remove("JWTGATE_CONFIG")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run jwtgate")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    jwtgate_output(dir, &[], args)
 }
 
 #[tokio::test]

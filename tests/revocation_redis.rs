@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::client::{self, HttpClient};
+use common::describe_output as text;
 use common::metrics::metric_or_zero;
 use common::redis_server::RedisServer;
 use common::*;
@@ -174,23 +175,7 @@ impl Cut {
 }
 
 fn jwtgate(dir: &Path, redis_url: &str, args: &[&str]) -> Output {
-    std::process::Command::new(binary())
-        .current_dir(dir)
-        .env_remove("JWTGATE_CONFIG")
-        .env("JWTGATE_REDIS_URL", redis_url)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run jwtgate")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    jwtgate_output(dir, &[("JWTGATE_REDIS_URL", redis_url)], args)
 }
 
 /// `jwtgate revoke --jti id` against A's config; panics unless it succeeds.

@@ -15,15 +15,30 @@ use crate::metrics::Metrics;
 /// `--until` when not given: a day, longer than access tokens live.
 const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// What `jwtgate revoke` was asked, as typed.
-#[derive(Debug, Default)]
+/// What `jwtgate revoke` was asked, as typed (checked here, for messages that say what to
+/// fix).
+#[derive(Debug, Default, clap::Args)]
 pub struct RevokeArgs {
+    /// The issuer's name in the config.
+    #[arg(long)]
     pub issuer: Option<String>,
+    /// A token id.
+    #[arg(long)]
     pub jti: Option<String>,
+    /// A subject: its tokens issued before --before are refused (log out everywhere).
+    #[arg(long)]
     pub sub: Option<String>,
+    /// An IdP session id.
+    #[arg(long)]
     pub sid: Option<String>,
+    /// Unix seconds or RFC 3339; default now (--sub and --sid).
+    #[arg(long)]
     pub before: Option<String>,
+    /// When the entry drops out: Unix seconds or RFC 3339; default now + 24h.
+    #[arg(long)]
     pub until: Option<String>,
+    /// Print every entry in effect (file and Redis) instead.
+    #[arg(long)]
     pub list: bool,
 }
 
