@@ -275,5 +275,9 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
             .collect::<serde_json::Map<_, _>>(),
         "issuers": issuers,
         "routes": routes,
+        "denylist": c.denylist.as_ref().map(|d| json!({
+            "file": d.file,
+            "max_staleness": d.max_staleness.map(|m| humantime::format_duration(m).to_string()),
+        })),
     })
 }

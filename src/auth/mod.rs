@@ -23,11 +23,12 @@ pub enum Reason {
     UnknownKey,
     AlgorithmNotAllowed,
     InsufficientClaims,
+    Revoked,
 }
 
 impl Reason {
     /// Every reason, for metric series that exist from the first scrape.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::BadSignature,
@@ -38,6 +39,7 @@ impl Reason {
         Reason::UnknownKey,
         Reason::AlgorithmNotAllowed,
         Reason::InsufficientClaims,
+        Reason::Revoked,
     ];
 
     /// The label value, as SPEC.md names it.
@@ -53,6 +55,7 @@ impl Reason {
             Reason::UnknownKey => "unknown_key",
             Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
             Reason::InsufficientClaims => "insufficient_claims",
+            Reason::Revoked => "revoked",
         }
     }
 }
@@ -99,6 +102,9 @@ pub enum AuthError {
     UnsafeClaim { claim: String, why: &'static str },
     #[error("the token lacks what this route requires: {0}")]
     Insufficient(String),
+    /// A denylist entry refuses the token (SPEC "Revocation").
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -122,6 +128,7 @@ impl AuthError {
             AuthError::NotYetValid { .. } | AuthError::IssuedInFuture { .. } => Reason::NotYetValid,
             AuthError::WrongAudience => Reason::WrongAudience,
             AuthError::Insufficient(_) => Reason::InsufficientClaims,
+            AuthError::Revoked => Reason::Revoked,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
     pub redis: Option<Spanned<RawRedis>>,
+    /// `[denylist]`: revoked tokens, subjects and sessions.
+    pub denylist: Option<Spanned<RawDenylist>>,
 }
 
 /// `[redis]`: the store replicas share.
@@ -28,6 +30,13 @@ pub struct RawRedis {
     pub url_env: Option<Spanned<String>>,
     /// The URL itself, for a Redis without a password.
     pub url: Option<Spanned<String>>,
+}
+
+/// `[denylist]`.
+#[derive(Debug, Deserialize)]
+pub struct RawDenylist {
+    pub file: Option<Spanned<String>>,
+    pub max_staleness: Option<Spanned<String>>,
 }
 
 /// `[listen]`.

@@ -46,6 +46,9 @@ pub enum ProxyError {
         issuer: String,
         retry_after_secs: u64,
     },
+    /// `[denylist] max_staleness` passed without a successful Redis read.
+    #[error("the denylist could not be refreshed from Redis for longer than max_staleness: revoked tokens cannot be ruled out")]
+    DenylistStale { retry_after_secs: u64 },
     #[error("the upstream could not be reached ({})", kind.as_str())]
     Upstream { kind: UpstreamKind },
 }
@@ -74,7 +77,9 @@ impl ProxyError {
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Auth(AuthError::Insufficient(_)) => StatusCode::FORBIDDEN,
             ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::KeysNotLoaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::KeysNotLoaded { .. } | ProxyError::DenylistStale { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Upstream {
                 kind: UpstreamKind::Timeout,
             } => StatusCode::GATEWAY_TIMEOUT,
@@ -91,7 +96,9 @@ impl ProxyError {
             ProxyError::Auth(AuthError::Missing) => "missing_token",
             ProxyError::Auth(AuthError::Insufficient(_)) => "insufficient_scope",
             ProxyError::Auth(_) => "invalid_token",
-            ProxyError::KeysNotLoaded { .. } => "temporarily_unavailable",
+            ProxyError::KeysNotLoaded { .. } | ProxyError::DenylistStale { .. } => {
+                "temporarily_unavailable"
+            }
             ProxyError::Upstream {
                 kind: UpstreamKind::Timeout,
             } => "upstream_timeout",
@@ -130,7 +137,8 @@ impl ProxyError {
             }
             ProxyError::KeysNotLoaded {
                 retry_after_secs, ..
-            } => {
+            }
+            | ProxyError::DenylistStale { retry_after_secs } => {
                 h.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(*retry_after_secs.max(&1)),

@@ -61,6 +61,8 @@ pub struct Gateway {
     cache: Option<TokenCache>,
     cache_hits: prometheus::IntCounter,
     cache_misses: prometheus::IntCounter,
+    /// Revoked tokens, checked after verification (cache hits included).
+    pub denylist: Arc<crate::denylist::Denylist>,
 }
 
 /// Memory budget of the verified-token cache.
@@ -76,9 +78,19 @@ impl Gateway {
             cache: (entries > 0).then(|| TokenCache::new(entries, TOKEN_CACHE_BYTES)),
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
+            denylist: Arc::new(crate::denylist::Denylist::new(
+                state.clone(),
+                metrics.clone(),
+            )),
             state,
             metrics,
         }
+    }
+
+    /// This gateway reading `denylist` (the app's, followed while serving).
+    pub fn with_denylist(mut self, denylist: Arc<crate::denylist::Denylist>) -> Gateway {
+        self.denylist = denylist;
+        self
     }
 
     /// Answers one request, never with an error: failures become their answer, and every
@@ -179,6 +191,7 @@ impl Gateway {
             (AuthMode::Optional, None) => None,
             (_, Some((token, _))) => {
                 let v = self.verify(snap, token, &route.issuers).await?;
+                self.check_denylist(snap, &v)?;
                 claims::check_requirements(&v.claims, &route.require)?;
                 Some(v)
             }
@@ -472,6 +485,23 @@ impl Gateway {
             );
         }
         Ok(verified)
+    }
+}
+
+impl Gateway {
+    /// Revocation, after verification: a Redis-fed copy older than `max_staleness` refuses
+    /// with 503 (revoked tokens cannot be ruled out), an entry that covers the token with 401.
+    fn check_denylist(&self, snap: &Snapshot, v: &auth::Verified) -> Result<(), ProxyError> {
+        if let Some(max) = snap.config.denylist.as_ref().and_then(|d| d.max_staleness) {
+            if let Some(retry_after_secs) = self.denylist.stale(max) {
+                return Err(ProxyError::DenylistStale { retry_after_secs });
+            }
+        }
+        let issuer = &snap.issuers[v.issuer].config.name;
+        match self.denylist.check_claims(issuer, &v.claims) {
+            Some(_) => Err(auth::AuthError::Revoked.into()),
+            None => Ok(()),
+        }
     }
 }
 

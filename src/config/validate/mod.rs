@@ -1,6 +1,7 @@
 //! Raw config to runtime types. Every problem is collected with its position rather than
 //! returned at the first, so one run of `jwtgate check` lists them all.
 
+mod denylist;
 mod issuer;
 mod listen;
 mod route;
@@ -105,6 +106,10 @@ impl Validator<'_> {
         let issuer_names = IssuerNames::new(&raw.issuer);
         let routes = self.routes(&raw.route, &issuer_names);
         let redis = raw.redis.as_ref().and_then(|r| self.redis(r));
+        let denylist = raw
+            .denylist
+            .as_ref()
+            .map(|d| self.denylist(d, raw.redis.is_some()));
         let issuers = issuers.into_iter().collect::<Option<Vec<_>>>()?;
         Some(Config {
             path: self.file.clone(),
@@ -114,6 +119,7 @@ impl Validator<'_> {
             issuers,
             routes,
             redis,
+            denylist,
         })
     }
 
