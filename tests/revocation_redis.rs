@@ -328,7 +328,10 @@ async fn three_replicas_share_revocations_through_redis_restarts_and_disconnecti
         if metric_or_zero(&m, "jwtgate_denylist_staleness_seconds", &[]) > 2.0 {
             break;
         }
-        assert!(start.elapsed() < SETTLE, "staleness gauge not above 2 s:\n{m}");
+        assert!(
+            start.elapsed() < SETTLE,
+            "staleness gauge not above 2 s:\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let loads_before = std::fs::read_to_string(&b.stdout)
