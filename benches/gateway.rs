@@ -693,8 +693,145 @@ fn main() {
     bench_routes(&mut c, &keys);
     bench_headers(&mut c, &keys);
     bench_handle(&mut c, &keys);
+    bench_denylist(&mut c, &keys);
     bench_defenses(&mut c, &keys);
     c.final_summary();
+}
+
+// ---------------------------------------------------------------------------------------------
+// denylist/* (issue 14): the revocation lookup on the request path, empty and with 1,000,000
+// entries; and the repeated-token round trip through a gateway holding them, next to
+// handle/auth_required/ES256 measured in the same run. Prints the index's memory per entry.
+// ---------------------------------------------------------------------------------------------
+
+/// Entries of the large denylist: 900,000 jti, 50,000 sub and 50,000 sid, ids of 36 bytes
+/// (a UUID's length).
+const DENYLIST_ENTRIES: usize = 1_000_000;
+
+fn denylist_line(n: usize, until: i64) -> String {
+    let (kind, extra) = match n % 20 {
+        0 => ("sub", format!(r#","before":{}"#, until - 7200)),
+        1 => ("sid", String::new()),
+        _ => ("jti", String::new()),
+    };
+    format!(r#"{{"issuer":"bench","{kind}":"{n:036}"{extra},"until":{until}}}"#)
+}
+
+/// The process's resident memory in bytes (Linux; 0 elsewhere).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn bench_denylist(c: &mut Criterion, keys: &Keys) {
+    use jwtgate::denylist::{Entry, Index, Layer};
+    let until = now() + 86_400;
+    let before = rss_bytes();
+    let mut layer = Layer::default();
+    let mut key_text = 0;
+    for n in 0..DENYLIST_ENTRIES {
+        let e = Entry::parse(&denylist_line(n, until)).expect("entry");
+        key_text += e.id.len();
+        layer.insert(&e);
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    eprintln!(
+        "denylist memory: {DENYLIST_ENTRIES} entries, resident growth {} MiB, {:.0} bytes per entry beyond the key text ({} bytes each)",
+        grown >> 20,
+        (grown as f64 - key_text as f64) / DENYLIST_ENTRIES as f64,
+        key_text / DENYLIST_ENTRIES
+    );
+    let leeway = Arc::new(vec![("bench".into(), 0)]);
+    let full = Index {
+        base: Arc::new(layer),
+        leeway: leeway.clone(),
+        ..Index::default()
+    }
+    .with_layers();
+    let empty = Index {
+        leeway,
+        ..Index::default()
+    }
+    .with_layers();
+    let mut claims = claims();
+    claims["jti"] = json!(format!("{:036}", DENYLIST_ENTRIES + 1));
+    claims["sid"] = json!(format!("{:036}", DENYLIST_ENTRIES + 3));
+    let claims: Map<String, Value> = claims.as_object().cloned().expect("object");
+    let t = now() as u64;
+    let mut g = c.benchmark_group("denylist");
+    g.bench_function("lookup_empty", |b| {
+        b.iter(|| black_box(empty.check(black_box("bench"), black_box(&claims), t)))
+    });
+    g.bench_function("lookup_1m_entries", |b| {
+        b.iter(|| black_box(full.check(black_box("bench"), black_box(&claims), t)))
+    });
+    drop(full);
+
+    // The round trip: the plain gateway and one whose [denylist] file holds the 1M entries.
+    let files = tempfile::tempdir().expect("tempdir");
+    let path = files.path().join("deny-1m.jsonl");
+    let mut text = String::with_capacity(DENYLIST_ENTRIES * 100);
+    for n in 0..DENYLIST_ENTRIES {
+        text.push_str(&denylist_line(n, until));
+        text.push('\n');
+    }
+    std::fs::write(&path, text).expect("write denylist");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let plain = start(&rt, keys, "");
+    let denied = start(
+        &rt,
+        keys,
+        &format!("[denylist]\nfile = {:?}\n", path.display().to_string()),
+    );
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    // Loaded once a token the file revokes is refused.
+    let mut revoked = self::claims();
+    revoked["jti"] = json!(format!("{:036}", 2));
+    let probe =
+        HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &revoked))).expect("bearer");
+    let loaded_by = std::time::Instant::now() + Duration::from_secs(60);
+    rt.block_on(async {
+        loop {
+            let req = http::Request::get(format!("{}/api/x", denied.gateway))
+                .header(http::header::AUTHORIZATION, probe.clone())
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let res = client.request(req).await.expect("gateway answers");
+            let status = res.status();
+            let _ = res.into_body().collect().await;
+            if status == 401 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < loaded_by,
+                "the 1M-entry denylist did not load within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &self::claims())))
+        .expect("bearer");
+    for (name, base) in [
+        ("round_trip_empty/ES256", &plain.gateway),
+        ("round_trip_1m_entries/ES256", &denied.gateway),
+    ] {
+        let url = format!("{base}/api/x");
+        rt.block_on(round_trip(&client, &url, Some(&bearer)));
+        g.bench_function(name, |b| {
+            b.iter(|| rt.block_on(round_trip(&client, &url, Some(&bearer))))
+        });
+    }
+    g.finish();
+    drop(client);
+    drop(plain);
+    drop(denied);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -438,3 +438,54 @@ tokens=$TOKENS
 access_log=$ACCESS_LOG_NOTE
 EOF
 python3 "$HERE/report.py" "$WORK" | tee "$WORK/report.txt"
+
+# --- issue 14: a 1,000,000-entry denylist on the hot path ------------------------------------
+# The repeated-token rows once more, back to back in this run: the plain jwtgate, then one
+# whose [denylist] file holds 1,000,000 entries (900,000 jti, 50,000 sub, 50,000 sid; none
+# matches the benchmark's tokens, so every request is looked up and passes). Prints CPU per
+# request of both and the ratio, the time to /readyz with the file (its load gates
+# readiness), and the resident memory the entries add.
+P_GW_DENY=$((BASE + 42)) P_GW_DENY_ADMIN=$((BASE + 43))
+for p in "$P_GW_DENY" "$P_GW_DENY_ADMIN"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use; set BENCH_PORT_BASE"; fi
+done
+log "denylist: writing 1,000,000 entries"
+python3 - "$WORK/deny-1m.jsonl" <<'PY'
+import sys, time
+until = int(time.time()) + 86400
+with open(sys.argv[1], "w") as f:
+    for n in range(1_000_000):
+        kind = "sub" if n % 20 == 0 else "sid" if n % 20 == 1 else "jti"
+        before = f',"before":{until - 7200}' if kind == "sub" else ""
+        f.write(f'{{"issuer":"es256","{kind}":"{n:036d}"{before},"until":{until}}}\n')
+PY
+render "$HERE/jwtgate.toml.tmpl" "$WORK/jwtgate-deny.toml" "${COMMON[@]}" PORT "$P_GW_DENY" ADMIN "$P_GW_DENY_ADMIN" TLS "" \
+    LIMITS $'[denylist]\nfile = "deny-1m.jsonl"'
+deny_start=$(date +%s.%N)
+start_jwtgate jwtgate-deny "$WORK/jwtgate-deny.toml" "$P_GW_DENY_ADMIN"
+PID_GW_DENY=$LAST_PID
+until curl -sf -o /dev/null "http://127.0.0.1:$P_GW_DENY_ADMIN/readyz"; do sleep 0.05; done
+deny_ready=$(awk -v a="$deny_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+check_status 200 "http://127.0.0.1:$P_GW_DENY/api/bench" "$WORK/token-ES256.txt"
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+log "denylist: repeated-token runs, plain jwtgate vs 1,000,000 entries ($DUR s each)"
+for alg in HS256 ES256; do
+    run tp plain jwtgate "$alg" repeated "$P_GW" /api/bench "$PID_GW" "$P_GW_ADMIN"
+    run tp plain jwtgate-deny1m "$alg" repeated "$P_GW_DENY" /api/bench "$PID_GW_DENY" "$P_GW_DENY_ADMIN"
+done
+python3 - "$RESULTS" "$deny_ready" "$(rss_kib "$PID_GW")" "$(rss_kib "$PID_GW_DENY")" <<'PY' | tee -a "$WORK/report.txt"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+print("\ndenylist with 1,000,000 entries (issue 14), plain HTTP, repeated token, same run:")
+for alg in ("HS256", "ES256"):
+    pick = lambda server: [r for r in rows if r["kind"] == "tp" and r["tls"] == "plain"
+                           and r["server"] == server and r["auth"] == alg and r["tokens"] == "repeated"][-1]
+    base, deny = pick("jwtgate"), pick("jwtgate-deny1m")
+    print(f"  {alg}: CPU per request {float(base['cpu_us']):.2f} -> {float(deny['cpu_us']):.2f} us "
+          f"(ratio {float(deny['cpu_us']) / float(base['cpu_us']):.3f}), "
+          f"rps {float(base['rps']):.0f} -> {float(deny['rps']):.0f}")
+ready, rss_plain, rss_deny = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+print(f"  start to /readyz with the file: {ready:.2f} s")
+print(f"  resident memory: {rss_plain / 1024:.1f} -> {rss_deny / 1024:.1f} MiB "
+      f"({(rss_deny - rss_plain) * 1024 / 1e6:.0f} bytes per entry, key text of 36 bytes included)")
+PY

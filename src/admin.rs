@@ -284,5 +284,9 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
             "window": humantime::format_duration(a.window).to_string(),
             "action": a.action.as_str(),
         })),
+        "denylist": c.denylist.as_ref().map(|d| json!({
+            "file": d.file,
+            "max_staleness": d.max_staleness.map(|m| humantime::format_duration(m).to_string()),
+        })),
     })
 }

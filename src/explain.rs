@@ -105,6 +105,7 @@ fn step_of(e: &AuthError) -> &'static str {
         AuthError::StepUp(_) => "step-up",
         AuthError::NoJti | AuthError::Replayed => "one-time",
         AuthError::Anomaly => "anomaly",
+        AuthError::Revoked => "revocation",
         AuthError::Malformed(m) => {
             let starts = |p: &[&str]| p.iter().any(|p| m.starts_with(p));
             if starts(&["exp", "nbf", "iat", "a time claim"]) {
@@ -122,7 +123,7 @@ fn step_of(e: &AuthError) -> &'static str {
     }
 }
 
-const STEPS: [&str; 15] = [
+const STEPS: [&str; 16] = [
     "structure",
     "header",
     "issuer",
@@ -134,6 +135,7 @@ const STEPS: [&str; 15] = [
     "audience",
     "subject",
     "anomaly",
+    "revocation",
     "requirements",
     "step-up",
     "one-time",
@@ -143,6 +145,19 @@ const STEPS: [&str; 15] = [
 /// Explains `method host path` with `token` (may be empty for "no token").
 pub async fn explain(
     snap: &Snapshot,
+    token: Option<&str>,
+    method: &Method,
+    host: &str,
+    raw_path: &str,
+) -> Report {
+    explain_with(snap, None, token, method, host, raw_path).await
+}
+
+/// [`explain`], checking the token against `denylist` too (step `revocation`: which entry
+/// revokes it).
+pub async fn explain_with(
+    snap: &Snapshot,
+    denylist: Option<&crate::denylist::Denylist>,
     token: Option<&str>,
     method: &Method,
     host: &str,
@@ -268,6 +283,24 @@ pub async fn explain(
             result = verify(snap, t, &route.issuers, now).await;
             if let Ok(Some(_)) = &result {
                 anomaly_step(&mut report.steps, snap);
+            }
+            if let (Ok(Some(v)), Some(d)) = (&result, denylist) {
+                let issuer = &snap.issuers[v.issuer].config.name;
+                match d.check_claims(issuer, &v.claims) {
+                    None => report.steps.push(Step {
+                        step: "revocation",
+                        result: "pass",
+                        detail: "no denylist entry covers the token".into(),
+                    }),
+                    Some(r) => {
+                        report.steps.push(Step {
+                            step: "revocation",
+                            result: "fail",
+                            detail: describe_revoked(issuer, &v.claims, &r),
+                        });
+                        result = Err(AuthError::Revoked);
+                    }
+                }
             }
             if let Ok(Some(v)) = &result {
                 match claims::check_requirements(&v.claims, &route.require) {
@@ -414,6 +447,32 @@ pub async fn explain(
     report.status = 200;
     report.outcome = "forwarded to the upstream (its answer is returned)".into();
     report
+}
+
+/// The entry that revokes a token, as `explain` shows it.
+fn describe_revoked(
+    issuer: &str,
+    claims: &serde_json::Map<String, Value>,
+    r: &crate::denylist::Revoked,
+) -> String {
+    use crate::denylist::{fmt_time, Source};
+    let kind = r.kind.as_str();
+    let id = claims.get(kind).and_then(Value::as_str).unwrap_or_default();
+    let mut d = format!("revoked by the entry issuer {issuer:?} {kind} {id:?}");
+    if let Some(b) = r.before() {
+        let _ = write!(d, " before {}", fmt_time(b));
+    }
+    match r.until() {
+        Some(u) => {
+            let _ = write!(d, " until {}", fmt_time(u));
+        }
+        None => d.push_str(" until removed"),
+    }
+    d.push_str(match r.source {
+        Source::File => " (from the [denylist] file)",
+        Source::Shared => " (from Redis)",
+    });
+    d
 }
 
 async fn verify(

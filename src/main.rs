@@ -71,6 +71,9 @@ enum Command {
         /// Request path, with an optional query.
         path: String,
     },
+    /// Revoke a token (--jti), a subject's tokens (--sub) or an IdP session (--sid), or list
+    /// every entry in effect (--list). Writes to Redis with [redis], else to the [denylist] file.
+    Revoke(commands::RevokeArgs),
     /// Run the shipped config with a built-in echo upstream and print a curl command to try.
     Demo,
     /// Exit 0 when the running gateway's admin listener reports ready (for exec probes).
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
                 .map(|token| token + "\n"),
         ),
         Command::Check => print_or_fail(commands::check(&cli.config)),
+        Command::Revoke(args) => print_or_fail(commands::revoke(&cli.config, args)),
         Command::Run => serve(&cli, false),
         Command::Demo => serve(&cli, true),
         Command::Healthcheck { addr, live } => {

@@ -28,11 +28,12 @@ pub enum Reason {
     InsufficientUserAuthentication,
     Replayed,
     Anomaly,
+    Revoked,
 }
 
 impl Reason {
     /// Every reason, for metric series that exist from the first scrape.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::BadSignature,
@@ -46,6 +47,7 @@ impl Reason {
         Reason::InsufficientUserAuthentication,
         Reason::Replayed,
         Reason::Anomaly,
+        Reason::Revoked,
     ];
 
     /// The label value, as SPEC.md names it.
@@ -64,6 +66,7 @@ impl Reason {
             Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
             Reason::Replayed => "replayed",
             Reason::Anomaly => "anomaly",
+            Reason::Revoked => "revoked",
         }
     }
 }
@@ -122,6 +125,9 @@ pub enum AuthError {
         "the token was used from more client addresses than allowed, a sign that it was stolen"
     )]
     Anomaly,
+    /// A denylist entry refuses the token (SPEC "Revocation").
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -149,6 +155,7 @@ impl AuthError {
             AuthError::NoJti => Reason::InsufficientClaims,
             AuthError::Replayed => Reason::Replayed,
             AuthError::Anomaly => Reason::Anomaly,
+            AuthError::Revoked => Reason::Revoked,
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct RawConfig {
     /// `[anomaly]`: token-theft signals (issue 20).
     pub anomaly: Option<Spanned<RawAnomaly>>,
     pub redis: Option<Spanned<RawRedis>>,
+    /// `[denylist]`: revoked tokens, subjects and sessions.
+    pub denylist: Option<Spanned<RawDenylist>>,
 }
 
 /// `[redis]`: the store replicas share.
@@ -30,6 +32,13 @@ pub struct RawRedis {
     pub url_env: Option<Spanned<String>>,
     /// The URL itself, for a Redis without a password.
     pub url: Option<Spanned<String>>,
+}
+
+/// `[denylist]`.
+#[derive(Debug, Deserialize)]
+pub struct RawDenylist {
+    pub file: Option<Spanned<String>>,
+    pub max_staleness: Option<Spanned<String>>,
 }
 
 /// `[listen]`.

@@ -24,6 +24,8 @@ pub struct Config {
     pub anomaly: Option<AnomalyConfig>,
     /// `[redis]`: the store replicas share; `None` keeps every shared feature in memory.
     pub redis: Option<RedisConfig>,
+    /// `[denylist]`; `None` when absent (revocation then lives in memory or Redis only).
+    pub denylist: Option<DenylistConfig>,
 }
 
 /// `[redis]`, with the URL read from the environment when `url_env` names it.
@@ -62,6 +64,15 @@ impl std::fmt::Debug for RedisConfig {
             .field("url_env", &self.url_env)
             .finish()
     }
+}
+
+/// `[denylist]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenylistConfig {
+    /// The watched JSON-lines file, resolved against the config's directory.
+    pub file: Option<PathBuf>,
+    /// With `[redis]`: past this without a successful Redis read, protected routes answer 503.
+    pub max_staleness: Option<Duration>,
 }
 
 /// `[listen]`.

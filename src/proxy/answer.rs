@@ -46,6 +46,9 @@ pub enum ProxyError {
         issuer: String,
         retry_after_secs: u64,
     },
+    /// `[denylist] max_staleness` passed without a successful Redis read.
+    #[error("the denylist could not be refreshed from Redis for longer than max_staleness: revoked tokens cannot be ruled out")]
+    DenylistStale { retry_after_secs: u64 },
     #[error("the upstream could not be reached ({})", kind.as_str())]
     Upstream { kind: UpstreamKind },
     /// A `one_time` route cannot tell whether a token was used before (Redis is down): a
@@ -78,7 +81,9 @@ impl ProxyError {
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Auth(AuthError::Insufficient(_)) => StatusCode::FORBIDDEN,
             ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::KeysNotLoaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::KeysNotLoaded { .. } | ProxyError::DenylistStale { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Upstream {
                 kind: UpstreamKind::Timeout,
             } => StatusCode::GATEWAY_TIMEOUT,
@@ -97,7 +102,9 @@ impl ProxyError {
             ProxyError::Auth(AuthError::Insufficient(_)) => "insufficient_scope",
             ProxyError::Auth(AuthError::StepUp(_)) => "insufficient_user_authentication",
             ProxyError::Auth(_) => "invalid_token",
-            ProxyError::KeysNotLoaded { .. } => "temporarily_unavailable",
+            ProxyError::KeysNotLoaded { .. } | ProxyError::DenylistStale { .. } => {
+                "temporarily_unavailable"
+            }
             ProxyError::Upstream {
                 kind: UpstreamKind::Timeout,
             } => "upstream_timeout",
@@ -149,7 +156,8 @@ impl ProxyError {
             ProxyError::KeysNotLoaded {
                 retry_after_secs, ..
             }
-            | ProxyError::ReplayUnavailable { retry_after_secs } => {
+            | ProxyError::ReplayUnavailable { retry_after_secs }
+            | ProxyError::DenylistStale { retry_after_secs } => {
                 h.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(*retry_after_secs.max(&1)),

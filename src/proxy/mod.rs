@@ -64,6 +64,8 @@ pub struct Gateway {
     cache_misses: prometheus::IntCounter,
     /// `[anomaly]`: where each token was used from (issue 20).
     anomalies: crate::anomaly::Anomalies,
+    /// Revoked tokens, checked after verification (cache hits included).
+    pub denylist: Arc<crate::denylist::Denylist>,
 }
 
 /// Memory budget of the verified-token cache.
@@ -80,9 +82,19 @@ impl Gateway {
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
             anomalies: crate::anomaly::Anomalies::new(metrics.token_anomalies.clone()),
+            denylist: Arc::new(crate::denylist::Denylist::new(
+                state.clone(),
+                metrics.clone(),
+            )),
             state,
             metrics,
         }
+    }
+
+    /// This gateway reading `denylist` (the app's, followed while serving).
+    pub fn with_denylist(mut self, denylist: Arc<crate::denylist::Denylist>) -> Gateway {
+        self.denylist = denylist;
+        self
     }
 
     /// Answers one request, never with an error: failures become their answer, and every
@@ -187,6 +199,7 @@ impl Gateway {
             (AuthMode::Optional, None) => None,
             (_, Some((token, _))) => {
                 let v = self.verify(snap, token, &route.issuers).await?;
+                self.check_denylist(snap, &v)?;
                 let now = unix_now();
                 self.check_anomaly(snap, &v, token, conn, &parts.headers, now)?;
                 claims::check_requirements(&v.claims, &route.require)?;
@@ -388,12 +401,20 @@ impl Drop for Record<'_> {
         if let Some(kind) = o.upstream_error {
             m.upstream_errors.with_label_values(&[route, kind]).inc();
         }
-        m.requests
-            .with_label_values(&[route, status.as_str()])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        match o.route.and_then(|i| self.snapshot.route_metrics.get(i)) {
+            Some(rm) => {
+                rm.count(m, route, status);
+                rm.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                m.requests
+                    .with_label_values(&[route, status.as_str()])
+                    .inc();
+                m.request_duration
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         crate::logging::access(&crate::logging::AccessLine {
             request_id: self.request_id.to_str().unwrap_or(""),
             client: self.conn.peer_ip.to_str().unwrap_or_default(),
@@ -475,6 +496,23 @@ impl Gateway {
             );
         }
         Ok(verified)
+    }
+}
+
+impl Gateway {
+    /// Revocation, after verification: a Redis-fed copy older than `max_staleness` refuses
+    /// with 503 (revoked tokens cannot be ruled out), an entry that covers the token with 401.
+    fn check_denylist(&self, snap: &Snapshot, v: &auth::Verified) -> Result<(), ProxyError> {
+        if let Some(max) = snap.config.denylist.as_ref().and_then(|d| d.max_staleness) {
+            if let Some(retry_after_secs) = self.denylist.stale(max) {
+                return Err(ProxyError::DenylistStale { retry_after_secs });
+            }
+        }
+        let issuer = &snap.issuers[v.issuer].config.name;
+        match self.denylist.check_claims(issuer, &v.claims) {
+            Some(_) => Err(auth::AuthError::Revoked.into()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -476,6 +476,30 @@ pub fn spawn_run(
     ChildGuard(cmd.spawn().expect("spawn jwtgate run"))
 }
 
+/// Runs `jwtgate ARGS` to completion in `dir` (without `JWTGATE_CONFIG`, stdin closed) with
+/// `env` set.
+pub fn jwtgate_output(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(binary());
+    cmd.current_dir(dir)
+        .env_remove("JWTGATE_CONFIG")
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run jwtgate")
+}
+
+/// A finished command's exit code, stdout and stderr, for failure messages.
+pub fn describe_output(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// The captured stdout and stderr files of a child, for failure messages.
 pub fn output_of(stdout: &Path, stderr: &Path) -> String {
     format!(

@@ -2,6 +2,7 @@
 //! returned at the first, so one run of `jwtgate check` lists them all.
 
 mod defenses;
+mod denylist;
 mod issuer;
 mod listen;
 mod route;
@@ -107,6 +108,10 @@ impl Validator<'_> {
         let routes = self.routes(&raw.route, &issuer_names);
         let anomaly = raw.anomaly.as_ref().map(|a| self.anomaly(a));
         let redis = raw.redis.as_ref().and_then(|r| self.redis(r));
+        let denylist = raw
+            .denylist
+            .as_ref()
+            .map(|d| self.denylist(d, raw.redis.is_some()));
         let issuers = issuers.into_iter().collect::<Option<Vec<_>>>()?;
         Some(Config {
             path: self.file.clone(),
@@ -117,6 +122,7 @@ impl Validator<'_> {
             routes,
             anomaly,
             redis,
+            denylist,
         })
     }
 
