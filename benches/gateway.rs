@@ -447,6 +447,8 @@ fn start(rt: &tokio::runtime::Runtime, keys: &Keys, limits: &str) -> Running {
         let dir = tempfile::tempdir().expect("tempdir");
         let up = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
         let echo = format!("http://{}", up.local_addr().expect("addr"));
+        // `limits` may hold more routes to the same echo upstream.
+        let limits = limits.replace("{echo}", &echo);
         let (stop_echo, echo_stopped) = oneshot::channel::<()>();
         tokio::spawn(jwtgate::echo::serve(up, async move {
             let _ = echo_stopped.await;
@@ -692,6 +694,7 @@ fn main() {
     bench_headers(&mut c, &keys);
     bench_handle(&mut c, &keys);
     bench_denylist(&mut c, &keys);
+    bench_defenses(&mut c, &keys);
     c.final_summary();
 }
 
@@ -829,4 +832,138 @@ fn bench_denylist(c: &mut Criterion, keys: &Keys) {
     drop(client);
     drop(plain);
     drop(denied);
+}
+
+// ---------------------------------------------------------------------------------------------
+// defenses/*: step-up, theft signals, response headers (issue 20)
+// ---------------------------------------------------------------------------------------------
+
+/// What issue 20's defenses add to a request. `defenses/handle/*` are whole round trips like
+/// `handle/*`, with a repeated ES256 token (served from the verified-token cache, so the
+/// difference is the defense, not the signature): `baseline` is a plain `required` route,
+/// `step_up` one with `max_auth_age` and `acr_values`, `response_headers` one setting three
+/// headers on the answer, and `anomaly` the baseline route on a second gateway with
+/// `[anomaly]` (every verified token's address tracked). `handle/one_time` sends a new HS256
+/// token (own `jti`) each time to a `one_time` route, against `handle/unique_baseline`, the
+/// same to the plain route. `defenses/check/*` are the checks
+/// alone: `StepUp::check` and `Anomalies::observe` for a token already tracked.
+fn bench_defenses(c: &mut Criterion, keys: &Keys) {
+    use jwtgate::anomaly::{Anomalies, Sighting};
+    use jwtgate::auth::stepup::StepUp;
+    use jwtgate::config::{AnomalyAction, AnomalyConfig};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let routes = r#"
+[[route]]
+name = "stepup"
+path_prefix = "/stepup"
+upstream = "{echo}"
+auth = "required"
+max_auth_age = "1h"
+acr_values = ["mfa", "phr"]
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+"X-Auth-Roles" = "/realm_access/roles"
+
+[[route]]
+name = "once"
+path_prefix = "/once"
+upstream = "{echo}"
+auth = "required"
+one_time = true
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+"X-Auth-Roles" = "/realm_access/roles"
+
+[[route]]
+name = "secure"
+path_prefix = "/secure"
+upstream = "{echo}"
+auth = "required"
+response_headers = { "Strict-Transport-Security" = "max-age=31536000", "Content-Security-Policy" = "default-src 'self'", "X-Content-Type-Options" = "nosniff" }
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+"X-Auth-Roles" = "/realm_access/roles"
+"#;
+    let plain = start(&rt, keys, routes);
+    let watched = start(&rt, keys, "[anomaly]\nmax_addresses = 3\n");
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    let mut stepped = claims();
+    stepped["auth_time"] = json!(now());
+    stepped["acr"] = json!("mfa");
+    let bearer =
+        HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &stepped))).expect("bearer");
+    let cases = [
+        ("baseline", format!("{}/api/x", plain.gateway)),
+        ("step_up", format!("{}/stepup/x", plain.gateway)),
+        ("response_headers", format!("{}/secure/x", plain.gateway)),
+        ("anomaly", format!("{}/api/x", watched.gateway)),
+    ];
+    let mut g = c.benchmark_group("defenses");
+    for (name, url) in &cases {
+        rt.block_on(round_trip(&client, url, Some(&bearer)));
+        g.bench_function(format!("handle/{name}"), |b| {
+            b.iter(|| rt.block_on(round_trip(&client, url, Some(&bearer))))
+        });
+    }
+    // One-time tokens: every request a new HS256 token with its own jti (minted in the loop,
+    // in both cases), to the plain route and to the `one_time` route (the in-memory replay
+    // cache: one SHA-256 and a sharded map insert).
+    let next = std::cell::Cell::new(0u64);
+    let fresh = || {
+        next.set(next.get() + 1);
+        let mut c = claims();
+        c["jti"] = json!(format!("bench-{}", next.get()));
+        HeaderValue::from_str(&format!("Bearer {}", keys.sign("HS256", &c))).expect("bearer")
+    };
+    for (name, path) in [("unique_baseline", "/api/x"), ("one_time", "/once/x")] {
+        let url = format!("{}{path}", plain.gateway);
+        rt.block_on(round_trip(&client, &url, Some(&fresh())));
+        g.bench_function(format!("handle/{name}"), |b| {
+            b.iter(|| rt.block_on(round_trip(&client, &url, Some(&fresh()))))
+        });
+    }
+
+    let step_up = StepUp::new(
+        Some(Duration::from_secs(3600)),
+        vec!["mfa".into(), "phr".into()],
+    )
+    .expect("step-up");
+    let map = stepped.as_object().cloned().expect("claims object");
+    g.bench_function("check/step_up", |b| {
+        b.iter(|| black_box(step_up.check(black_box(&map), Duration::from_secs(30), now())))
+    });
+    let anomalies = Anomalies::new(
+        prometheus::IntCounterVec::new(prometheus::Opts::new("bench", "bench"), &["issuer"])
+            .expect("counter"),
+    );
+    let cfg = AnomalyConfig {
+        max_addresses: 3,
+        window: Duration::from_secs(600),
+        action: AnomalyAction::Log,
+    };
+    let token = keys.sign("ES256", &stepped);
+    let sighting = Sighting {
+        token: &token,
+        addr: std::net::IpAddr::from([198, 51, 100, 7]),
+        until: now() + 3600,
+        issuer: "bench",
+        jti: None,
+        sub: Some("alice"),
+    };
+    g.bench_function("check/anomaly_observe", |b| {
+        b.iter(|| black_box(anomalies.observe(&cfg, black_box(&sighting), now())))
+    });
+    g.finish();
+    drop(client);
+    drop(plain);
+    drop(watched);
 }

@@ -237,6 +237,10 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
                 "token_query": r.token_query,
                 "token_cookie": r.token_cookie,
                 "claim_headers": r.claim_headers.iter().map(|(h, p)| (h.as_str().to_owned(), json!(p.as_str()))).collect::<serde_json::Map<_, _>>(),
+                "max_auth_age": r.step_up.as_ref().and_then(|s| s.max_auth_age).map(|d| humantime::format_duration(d).to_string()),
+                "acr_values": r.step_up.as_ref().map(|s| &s.acr_values).filter(|a| !a.is_empty()),
+                "one_time": r.one_time,
+                "response_headers": r.response_headers.iter().map(|(h, v)| (h.as_str().to_owned(), json!(String::from_utf8_lossy(v.as_bytes())))).collect::<serde_json::Map<_, _>>(),
             })
         })
         .collect();
@@ -275,6 +279,11 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
             .collect::<serde_json::Map<_, _>>(),
         "issuers": issuers,
         "routes": routes,
+        "anomaly": c.anomaly.as_ref().map(|a| json!({
+            "max_addresses": a.max_addresses,
+            "window": humantime::format_duration(a.window).to_string(),
+            "action": a.action.as_str(),
+        })),
         "denylist": c.denylist.as_ref().map(|d| json!({
             "file": d.file,
             "max_staleness": d.max_staleness.map(|m| humantime::format_duration(m).to_string()),

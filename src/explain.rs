@@ -59,6 +59,8 @@ pub struct Report {
     /// Headers the upstream would receive, in order, when the request is forwarded.
     pub upstream_headers: Vec<(String, String)>,
     pub upstream_url: Option<String>,
+    /// The route's `response_headers`, set on every answer it gives (the gateway's too).
+    pub response_headers: Vec<(String, String)>,
 }
 
 fn fmt_time(t: f64) -> String {
@@ -100,6 +102,9 @@ fn step_of(e: &AuthError) -> &'static str {
         AuthError::WrongAudience => "audience",
         AuthError::UnsafeClaim { .. } => "claim headers",
         AuthError::Insufficient(_) => "requirements",
+        AuthError::StepUp(_) => "step-up",
+        AuthError::NoJti | AuthError::Replayed => "one-time",
+        AuthError::Anomaly => "anomaly",
         AuthError::Revoked => "revocation",
         AuthError::Malformed(m) => {
             let starts = |p: &[&str]| p.iter().any(|p| m.starts_with(p));
@@ -118,7 +123,7 @@ fn step_of(e: &AuthError) -> &'static str {
     }
 }
 
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 16] = [
     "structure",
     "header",
     "issuer",
@@ -129,8 +134,11 @@ const STEPS: [&str; 13] = [
     "time",
     "audience",
     "subject",
+    "anomaly",
     "revocation",
     "requirements",
+    "step-up",
+    "one-time",
     "claim headers",
 ];
 
@@ -172,6 +180,7 @@ pub async fn explain_with(
         status: 0,
         upstream_headers: Vec::new(),
         upstream_url: None,
+        response_headers: Vec::new(),
     };
     let path = match normalize(raw_path) {
         Ok(p) => p,
@@ -245,6 +254,14 @@ pub async fn explain_with(
     let route = &routes[idx];
     report.route = Some(route.name.clone());
     report.route_reason = report.routes[idx].why.clone();
+    report.response_headers = route
+        .response_headers
+        .iter()
+        .map(|(n, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_owned(), v)
+        })
+        .collect();
 
     let mut result: Result<Option<auth::Verified>, AuthError> = Ok(None);
     match (route.auth, token) {
@@ -264,6 +281,9 @@ pub async fn explain_with(
         (_, Some(t)) => {
             describe_token(&mut report.steps, snap, t, &route.issuers, now);
             result = verify(snap, t, &route.issuers, now).await;
+            if let Ok(Some(_)) = &result {
+                anomaly_step(&mut report.steps, snap);
+            }
             if let (Ok(Some(v)), Some(d)) = (&result, denylist) {
                 let issuer = &snap.issuers[v.issuer].config.name;
                 match d.check_claims(issuer, &v.claims) {
@@ -299,6 +319,11 @@ pub async fn explain_with(
                         },
                     }),
                     Err(e) => result = Err(e),
+                }
+            }
+            if let Ok(Some(v)) = &result {
+                if let Err(e) = route_defense_steps(&mut report.steps, snap, route, v, now) {
+                    result = Err(e);
                 }
             }
         }
@@ -627,6 +652,85 @@ fn describe_token(
     steps.push(pass("subject", format!("sub {}", show(claims.get("sub")))));
 }
 
+/// `[anomaly]`, as settings: the signal needs the live traffic's history, which a dry run
+/// has not got.
+fn anomaly_step(steps: &mut Vec<Step>, snap: &Snapshot) {
+    let detail = match &snap.config.anomaly {
+        None => "no [anomaly] section: client addresses per token are not tracked".to_owned(),
+        Some(a) => format!(
+            "[anomaly] max_addresses = {}, window = {}, action = {:?}: a token seen from more client addresses within the window is counted and logged{} (per replica, from live traffic; a dry run has no history)",
+            a.max_addresses,
+            humantime::format_duration(a.window),
+            a.action.as_str(),
+            if a.action == crate::config::AnomalyAction::Refuse { " and refused until its exp" } else { "" },
+        ),
+    };
+    steps.push(Step {
+        step: "anomaly",
+        result: "skipped",
+        detail,
+    });
+}
+
+/// The route's step-up and one-time steps, by the same check the proxy runs; a dry run
+/// never uses a `jti` up.
+fn route_defense_steps(
+    steps: &mut Vec<Step>,
+    snap: &Snapshot,
+    route: &crate::config::RouteConfig,
+    v: &auth::Verified,
+    now: i64,
+) -> Result<(), AuthError> {
+    let leeway = snap.issuers[v.issuer].config.leeway;
+    if let Some(s) = &route.step_up {
+        let mut wanted = Vec::new();
+        if let Some(age) = s.max_auth_age {
+            let t = v.claims.get("auth_time").and_then(Value::as_f64);
+            wanted.push(format!(
+                "auth_time {} at most {} old (plus leeway {}s)",
+                t.map_or("absent".to_owned(), |t| format!(
+                    "{} ({})",
+                    fmt_time(t),
+                    relative(t, now)
+                )),
+                humantime::format_duration(age),
+                leeway.as_secs()
+            ));
+        }
+        if !s.acr_values.is_empty() {
+            wanted.push(format!(
+                "acr {} one of [{}]",
+                v.claims
+                    .get("acr")
+                    .map_or("absent".to_owned(), Value::to_string),
+                s.acr_values.join(", ")
+            ));
+        }
+        steps.push(Step {
+            step: "step-up",
+            result: "pass",
+            detail: wanted.join("; "),
+        });
+        s.check(&v.claims, leeway, now)
+            .map_err(|f| AuthError::StepUp(Box::new(f)))?;
+    }
+    if route.one_time {
+        let jti = v.claims.get("jti").and_then(Value::as_str);
+        steps.push(Step {
+            step: "one-time",
+            result: "pass",
+            detail: match jti {
+                Some(j) => format!("jti {j:?} passes once: the first request uses it up (the dry run does not), later ones are refused (replayed)"),
+                None => "the route lets each token pass once, by its jti".to_owned(),
+            },
+        });
+        if jti.is_none() {
+            return Err(AuthError::NoJti);
+        }
+    }
+    Ok(())
+}
+
 /// The report as text for people.
 pub fn render_text(r: &Report) -> String {
     let mut out = String::new();
@@ -658,6 +762,12 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     let _ = writeln!(out, "\nanswer: {}", r.outcome);
+    if !r.response_headers.is_empty() {
+        let _ = writeln!(out, "response headers (on every answer of the route):");
+        for (n, v) in &r.response_headers {
+            let _ = writeln!(out, "  {n}: {v}");
+        }
+    }
     if let Some(u) = &r.upstream_url {
         let _ = writeln!(out, "\nupstream request: {} {u}", r.method);
         for (n, v) in &r.upstream_headers {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod alg;
+pub mod anomaly;
 pub mod auth;
 pub mod check;
 pub mod commands;

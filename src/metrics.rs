@@ -35,6 +35,8 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// Failed accepts (EMFILE and the like), by listener.
     pub accept_errors: IntCounterVec,
+    /// Token-theft signals (`[anomaly]`), by issuer name.
+    pub token_anomalies: IntCounterVec,
     /// The shared store's metrics, registered by [`Metrics::register_redis`] only where
     /// `[redis]` is set (a gateway without Redis shows no Redis series to alert on).
     pub redis: RedisMetrics,
@@ -181,6 +183,11 @@ impl Metrics {
             "Failed accepts (such as too many open files), by listener (traffic, admin).",
             &["listener"],
         );
+        let token_anomalies = counter(
+            "jwtgate_token_anomalies_total",
+            "Tokens seen from more client addresses than [anomaly] max_addresses within its window, by issuer.",
+            &["issuer"],
+        );
         // Both listeners' series exist from the first scrape.
         for l in LISTENERS {
             open_connections.with_label_values(&[l]).set(0);
@@ -260,6 +267,7 @@ impl Metrics {
             token_cache,
             open_connections,
             accept_errors,
+            token_anomalies,
             denylist_entries,
             denylist_staleness,
             denylist_skipped_lines,

@@ -205,6 +205,12 @@ impl Snapshot {
                 metrics.tls_reloads.with_label_values(&[result]);
             }
         }
+        // Theft signals (issue 20): per issuer from the first scrape once `[anomaly]` is set.
+        if self.config.anomaly.is_some() {
+            for i in &self.issuers {
+                metrics.token_anomalies.with_label_values(&[&i.config.name]);
+            }
+        }
         for r in &self.config.routes {
             let route = r.name.as_str();
             metrics.request_duration.with_label_values(&[route]);
@@ -250,6 +256,7 @@ impl Snapshot {
                 let _ = metrics
                     .key_refresh_last_success
                     .remove_label_values(&[name]);
+                let _ = metrics.token_anomalies.remove_label_values(&[name]);
                 for result in ["success", "failure"] {
                     let _ = metrics.key_refresh.remove_label_values(&[name, result]);
                 }

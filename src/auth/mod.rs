@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod claims;
+pub mod stepup;
 mod strict_json;
 pub mod verify;
 
@@ -23,12 +24,16 @@ pub enum Reason {
     UnknownKey,
     AlgorithmNotAllowed,
     InsufficientClaims,
+    // Step-up, one-time tokens, theft signals (issue 20).
+    InsufficientUserAuthentication,
+    Replayed,
+    Anomaly,
     Revoked,
 }
 
 impl Reason {
     /// Every reason, for metric series that exist from the first scrape.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::BadSignature,
@@ -39,6 +44,9 @@ impl Reason {
         Reason::UnknownKey,
         Reason::AlgorithmNotAllowed,
         Reason::InsufficientClaims,
+        Reason::InsufficientUserAuthentication,
+        Reason::Replayed,
+        Reason::Anomaly,
         Reason::Revoked,
     ];
 
@@ -55,6 +63,9 @@ impl Reason {
             Reason::UnknownKey => "unknown_key",
             Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
             Reason::InsufficientClaims => "insufficient_claims",
+            Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
+            Reason::Replayed => "replayed",
+            Reason::Anomaly => "anomaly",
             Reason::Revoked => "revoked",
         }
     }
@@ -102,6 +113,18 @@ pub enum AuthError {
     UnsafeClaim { claim: String, why: &'static str },
     #[error("the token lacks what this route requires: {0}")]
     Insufficient(String),
+    // Step-up, one-time tokens, theft signals (issue 20).
+    /// RFC 9470: the user must authenticate again, more recently or more strongly.
+    #[error("{0}")]
+    StepUp(Box<stepup::StepUpFailure>),
+    #[error("the token has no jti, which this route needs to let each token pass only once")]
+    NoJti,
+    #[error("the token has been used before, and this route lets each token pass only once")]
+    Replayed,
+    #[error(
+        "the token was used from more client addresses than allowed, a sign that it was stolen"
+    )]
+    Anomaly,
     /// A denylist entry refuses the token (SPEC "Revocation").
     #[error("the token has been revoked")]
     Revoked,
@@ -128,6 +151,10 @@ impl AuthError {
             AuthError::NotYetValid { .. } | AuthError::IssuedInFuture { .. } => Reason::NotYetValid,
             AuthError::WrongAudience => Reason::WrongAudience,
             AuthError::Insufficient(_) => Reason::InsufficientClaims,
+            AuthError::StepUp(_) => Reason::InsufficientUserAuthentication,
+            AuthError::NoJti => Reason::InsufficientClaims,
+            AuthError::Replayed => Reason::Replayed,
+            AuthError::Anomaly => Reason::Anomaly,
             AuthError::Revoked => Reason::Revoked,
         }
     }

@@ -10,9 +10,9 @@ use std::path::Path;
 
 pub use locate::{ConfigError, ConfigErrors, Loc};
 pub use types::{
-    Admin, AuthMode, CertFiles, ClaimPath, Config, DenylistConfig, HostMatch, IssuerConfig,
-    KeySource, Limits, Listen, RedisConfig, Requirement, RouteConfig, TlsFiles, Upstream,
-    MIN_HMAC_SECRET_BYTES,
+    Admin, AnomalyAction, AnomalyConfig, AuthMode, CertFiles, ClaimPath, Config, DenylistConfig,
+    HostMatch, IssuerConfig, KeySource, Limits, Listen, RedisConfig, Requirement, RouteConfig,
+    TlsFiles, Upstream, MIN_HMAC_SECRET_BYTES,
 };
 
 use locate::{describe_path, locate, segments, Seg};

@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub issuer: Vec<Spanned<RawIssuer>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    /// `[anomaly]`: token-theft signals (issue 20).
+    pub anomaly: Option<Spanned<RawAnomaly>>,
     pub redis: Option<Spanned<RawRedis>>,
     /// `[denylist]`: revoked tokens, subjects and sessions.
     pub denylist: Option<Spanned<RawDenylist>>,
@@ -129,6 +131,15 @@ pub struct RawRoute {
     pub token_cookie: Option<Spanned<String>>,
     #[serde(default)]
     pub claim_headers: BTreeMap<String, Spanned<String>>,
+    // Step-up, one-time tokens, security headers (issue 20).
+    /// RFC 9470: the token's `auth_time` must be at most this old.
+    pub max_auth_age: Option<Spanned<String>>,
+    /// RFC 9470: the token's `acr` must be one of these.
+    pub acr_values: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Each `jti` passes once.
+    pub one_time: Option<Spanned<bool>>,
+    /// Headers set on every answer of the route.
+    pub response_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
 }
 
 /// A claim requirement: one value or a list, every one required.
@@ -139,4 +150,12 @@ pub enum RawRequirement {
     All(Vec<String>),
     Bool(bool),
     Int(i64),
+}
+
+/// `[anomaly]`: distinct client addresses per token within a window; every key optional.
+#[derive(Debug, Deserialize)]
+pub struct RawAnomaly {
+    pub max_addresses: Option<Spanned<i64>>,
+    pub window: Option<Spanned<String>>,
+    pub action: Option<Spanned<String>>,
 }

@@ -20,6 +20,8 @@ pub struct Config {
     pub limits: Limits,
     pub issuers: Vec<IssuerConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[anomaly]`, when the section is present.
+    pub anomaly: Option<AnomalyConfig>,
     /// `[redis]`: the store replicas share; `None` keeps every shared feature in memory.
     pub redis: Option<RedisConfig>,
     /// `[denylist]`; `None` when absent (revocation then lives in memory or Redis only).
@@ -267,6 +269,43 @@ pub struct RouteConfig {
     pub claim_headers: Vec<(HeaderName, ClaimPath)>,
     /// Where the route is written, for warnings.
     pub loc: Loc,
+    // Step-up, one-time tokens, security headers (SPEC "Step-up, one-time tokens, theft
+    // signals, security headers").
+    /// `max_auth_age` and `acr_values` (RFC 9470); `None` when the route sets neither.
+    pub step_up: Option<crate::auth::stepup::StepUp>,
+    /// `one_time = true`: each `jti` of an issuer passes once.
+    pub one_time: bool,
+    /// `response_headers`, built once: set on every answer of the route, replacing the
+    /// upstream's values under those names.
+    pub response_headers: http::HeaderMap,
+}
+
+/// `[anomaly]`: the token-theft signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnomalyConfig {
+    /// A token seen from more distinct client addresses than this within `window` is a signal.
+    pub max_addresses: usize,
+    pub window: Duration,
+    pub action: AnomalyAction,
+}
+
+/// What a theft signal does beyond counting and logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnomalyAction {
+    /// Count and log only.
+    Log,
+    /// Also refuse the token (401, reason `anomaly`) from the crossing request until its `exp`.
+    Refuse,
+}
+
+impl AnomalyAction {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalyAction::Log => "log",
+            AnomalyAction::Refuse => "refuse",
+        }
+    }
 }
 
 /// HMAC secrets shorter than this are guessable offline from any token (RFC 7518 §3.2 asks for

@@ -51,6 +51,10 @@ pub enum ProxyError {
     DenylistStale { retry_after_secs: u64 },
     #[error("the upstream could not be reached ({})", kind.as_str())]
     Upstream { kind: UpstreamKind },
+    /// A `one_time` route cannot tell whether a token was used before (Redis is down): a
+    /// replay must never pass, so the request waits for the store to come back.
+    #[error("the replay cache is unavailable, so this route cannot check that the token is used only once")]
+    ReplayUnavailable { retry_after_secs: u64 },
 }
 
 /// The shape of every answer the gateway writes itself: status, `{"error", "error_description"}`
@@ -84,6 +88,7 @@ impl ProxyError {
                 kind: UpstreamKind::Timeout,
             } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ReplayUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -95,6 +100,7 @@ impl ProxyError {
             ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::Auth(AuthError::Missing) => "missing_token",
             ProxyError::Auth(AuthError::Insufficient(_)) => "insufficient_scope",
+            ProxyError::Auth(AuthError::StepUp(_)) => "insufficient_user_authentication",
             ProxyError::Auth(_) => "invalid_token",
             ProxyError::KeysNotLoaded { .. } | ProxyError::DenylistStale { .. } => {
                 "temporarily_unavailable"
@@ -103,6 +109,7 @@ impl ProxyError {
                 kind: UpstreamKind::Timeout,
             } => "upstream_timeout",
             ProxyError::Upstream { .. } => "bad_gateway",
+            ProxyError::ReplayUnavailable { .. } => "temporarily_unavailable",
         }
     }
 
@@ -118,6 +125,17 @@ impl ProxyError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"jwtgate\""),
                 );
+            }
+            // RFC 9470 §3: the challenge says what a new authentication must achieve.
+            ProxyError::Auth(AuthError::StepUp(f)) => {
+                let v = format!(
+                    "Bearer realm=\"jwtgate\", error=\"insufficient_user_authentication\", error_description=\"{}\", {}",
+                    quoted(&f.to_string()),
+                    f.challenge()
+                );
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
             }
             ProxyError::Auth(e) => {
                 let v = format!(
@@ -138,6 +156,7 @@ impl ProxyError {
             ProxyError::KeysNotLoaded {
                 retry_after_secs, ..
             }
+            | ProxyError::ReplayUnavailable { retry_after_secs }
             | ProxyError::DenylistStale { retry_after_secs } => {
                 h.insert(
                     header::RETRY_AFTER,

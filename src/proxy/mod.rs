@@ -4,6 +4,7 @@
 pub mod answer;
 pub mod bearer;
 pub mod body;
+mod defenses;
 pub mod headers;
 pub mod upstream;
 
@@ -61,6 +62,8 @@ pub struct Gateway {
     cache: Option<TokenCache>,
     cache_hits: prometheus::IntCounter,
     cache_misses: prometheus::IntCounter,
+    /// `[anomaly]`: where each token was used from (issue 20).
+    anomalies: crate::anomaly::Anomalies,
     /// Revoked tokens, checked after verification (cache hits included).
     pub denylist: Arc<crate::denylist::Denylist>,
 }
@@ -78,6 +81,7 @@ impl Gateway {
             cache: (entries > 0).then(|| TokenCache::new(entries, TOKEN_CACHE_BYTES)),
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
+            anomalies: crate::anomaly::Anomalies::new(metrics.token_anomalies.clone()),
             denylist: Arc::new(crate::denylist::Denylist::new(
                 state.clone(),
                 metrics.clone(),
@@ -134,6 +138,10 @@ impl Gateway {
         };
         res.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), rec.request_id.clone());
+        // Every answer of a route, the gateway's own included; none before a route is chosen.
+        if let Some(route) = rec.outcome.route.map(|i| &snapshot.config.routes[i]) {
+            defenses::apply_response_headers(route, res.headers_mut());
+        }
         rec.status = Some(res.status());
         res
     }
@@ -192,7 +200,10 @@ impl Gateway {
             (_, Some((token, _))) => {
                 let v = self.verify(snap, token, &route.issuers).await?;
                 self.check_denylist(snap, &v)?;
+                let now = unix_now();
+                self.check_anomaly(snap, &v, token, conn, &parts.headers, now)?;
                 claims::check_requirements(&v.claims, &route.require)?;
+                self.check_route_defenses(snap, route, &v, now).await?;
                 Some(v)
             }
         };

@@ -1,6 +1,7 @@
 //! Raw config to runtime types. Every problem is collected with its position rather than
 //! returned at the first, so one run of `jwtgate check` lists them all.
 
+mod defenses;
 mod denylist;
 mod issuer;
 mod listen;
@@ -105,6 +106,7 @@ impl Validator<'_> {
         // Routes name issuers as written, so they are checked even when an issuer is invalid.
         let issuer_names = IssuerNames::new(&raw.issuer);
         let routes = self.routes(&raw.route, &issuer_names);
+        let anomaly = raw.anomaly.as_ref().map(|a| self.anomaly(a));
         let redis = raw.redis.as_ref().and_then(|r| self.redis(r));
         let denylist = raw
             .denylist
@@ -118,6 +120,7 @@ impl Validator<'_> {
             limits,
             issuers,
             routes,
+            anomaly,
             redis,
             denylist,
         })

@@ -291,6 +291,7 @@ impl Validator<'_> {
         }
         let token_query = r.token_query.as_ref().map(|q| q.get_ref().clone());
         let token_cookie = r.token_cookie.as_ref().map(|c| c.get_ref().clone());
+        let defenses = self.route_defenses(r, &name, auth);
         if self.errors.len() > before {
             return None;
         }
@@ -311,6 +312,9 @@ impl Validator<'_> {
             token_cookie,
             claim_headers,
             loc,
+            step_up: defenses.step_up,
+            one_time: defenses.one_time,
+            response_headers: defenses.response_headers,
         })
     }
 
