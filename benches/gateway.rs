@@ -704,9 +704,16 @@ fn main() {
 // handle/auth_required/ES256 measured in the same run. Prints the index's memory per entry.
 // ---------------------------------------------------------------------------------------------
 
-/// Entries of the large denylist: 900,000 jti, 50,000 sub and 50,000 sid, ids of 36 bytes
-/// (a UUID's length).
-const DENYLIST_ENTRIES: usize = 1_000_000;
+/// Entries of the large denylist under `cargo bench`: 900,000 jti, 50,000 sub and 50,000
+/// sid, ids of 36 bytes (a UUID's length). `cargo test --benches` runs each row once as a
+/// smoke test, with 10,000.
+fn denylist_entries() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        1_000_000
+    } else {
+        10_000
+    }
+}
 
 fn denylist_line(n: usize, until: i64) -> String {
     let (kind, extra) = match n % 20 {
@@ -728,20 +735,21 @@ fn rss_bytes() -> u64 {
 fn bench_denylist(c: &mut Criterion, keys: &Keys) {
     use jwtgate::denylist::{Entry, Index, Layer};
     let until = now() + 86_400;
+    let entries = denylist_entries();
     let before = rss_bytes();
     let mut layer = Layer::default();
     let mut key_text = 0;
-    for n in 0..DENYLIST_ENTRIES {
+    for n in 0..entries {
         let e = Entry::parse(&denylist_line(n, until)).expect("entry");
         key_text += e.id.len();
         layer.insert(&e);
     }
     let grown = rss_bytes().saturating_sub(before);
     eprintln!(
-        "denylist memory: {DENYLIST_ENTRIES} entries, resident growth {} MiB, {:.0} bytes per entry beyond the key text ({} bytes each)",
+        "denylist memory: {entries} entries, resident growth {} MiB, {:.0} bytes per entry beyond the key text ({} bytes each)",
         grown >> 20,
-        (grown as f64 - key_text as f64) / DENYLIST_ENTRIES as f64,
-        key_text / DENYLIST_ENTRIES
+        (grown as f64 - key_text as f64) / entries as f64,
+        key_text / entries
     );
     let leeway = Arc::new(vec![("bench".into(), 0)]);
     let full = Index {
@@ -756,8 +764,8 @@ fn bench_denylist(c: &mut Criterion, keys: &Keys) {
     }
     .with_layers();
     let mut claims = claims();
-    claims["jti"] = json!(format!("{:036}", DENYLIST_ENTRIES + 1));
-    claims["sid"] = json!(format!("{:036}", DENYLIST_ENTRIES + 3));
+    claims["jti"] = json!(format!("{:036}", entries + 1));
+    claims["sid"] = json!(format!("{:036}", entries + 3));
     let claims: Map<String, Value> = claims.as_object().cloned().expect("object");
     let t = now() as u64;
     let mut g = c.benchmark_group("denylist");
@@ -772,8 +780,8 @@ fn bench_denylist(c: &mut Criterion, keys: &Keys) {
     // The round trip: the plain gateway and one whose [denylist] file holds the 1M entries.
     let files = tempfile::tempdir().expect("tempdir");
     let path = files.path().join("deny-1m.jsonl");
-    let mut text = String::with_capacity(DENYLIST_ENTRIES * 100);
-    for n in 0..DENYLIST_ENTRIES {
+    let mut text = String::with_capacity(entries * 100);
+    for n in 0..entries {
         text.push_str(&denylist_line(n, until));
         text.push('\n');
     }

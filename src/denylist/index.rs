@@ -68,6 +68,9 @@ struct Kinds([HashMap<Box<str>, Times>; 3]);
 #[derive(Debug, Default, Clone)]
 pub struct Layer {
     issuers: Vec<(Box<str>, Kinds)>,
+    /// The earliest `until` held (kept on insert, recomputed by a prune), so the watcher's
+    /// once-a-second look costs nothing with a million entries.
+    earliest_until: Option<u64>,
 }
 
 impl Layer {
@@ -81,6 +84,9 @@ impl Layer {
                 self.issuers.len() - 1
             }
         };
+        if let Some(u) = e.until {
+            self.earliest_until = Some(self.earliest_until.map_or(u, |m| m.min(u)));
+        }
         let map = &mut self.issuers[at].1 .0[e.kind as usize];
         let t = Times::of(e);
         match map.get_mut(e.id.as_str()) {

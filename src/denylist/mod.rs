@@ -412,7 +412,8 @@ impl Denylist {
             };
             for layer in [&mut idx.file, &mut idx.delta] {
                 let mut l = Layer::clone(layer);
-                if l.prune(now, of) {
+                // Also when nothing dropped: the recomputed earliest `until` ends the retries.
+                if l.prune(now, of) || l.next_expiry() != layer.next_expiry() {
                     *layer = Arc::new(l);
                 }
             }
