@@ -28,6 +28,51 @@ pub struct Snapshot {
     pub generation: u64,
     /// Entries of JWKS files that were left out, for `check` to print.
     pub skipped_keys: Vec<String>,
+    /// Per route, its metric series resolved once (index = route index).
+    pub route_metrics: Vec<RouteMetrics>,
+}
+
+/// A route's per-request series, resolved when the snapshot is built, so recording a request
+/// hashes no label values (a `with_label_values` lookup hashes every label and takes a lock).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub duration: prometheus::Histogram,
+    /// `jwtgate_requests_total` for the codes answered most: the gateway's own and the
+    /// upstream's common successes, each created on its first answer (an upstream's codes
+    /// appear only once answered).
+    codes: [(u16, std::sync::OnceLock<prometheus::IntCounter>); 14],
+}
+
+/// The status codes whose series [`RouteMetrics`] keeps a handle to.
+const HOT_CODES: [u16; 14] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504, 302,
+];
+
+impl RouteMetrics {
+    fn new(route: &str, metrics: &Metrics) -> RouteMetrics {
+        RouteMetrics {
+            duration: metrics.request_duration.with_label_values(&[route]),
+            codes: HOT_CODES.map(|c| (c, std::sync::OnceLock::new())),
+        }
+    }
+
+    /// Counts one answer of `route` with `status`.
+    pub fn count(&self, metrics: &Metrics, route: &str, status: http::StatusCode) {
+        let code = status.as_u16();
+        match self.codes.iter().find(|(c, _)| *c == code) {
+            Some((_, handle)) => handle
+                .get_or_init(|| {
+                    metrics
+                        .requests
+                        .with_label_values(&[route, status.as_str()])
+                })
+                .inc(),
+            None => metrics
+                .requests
+                .with_label_values(&[route, status.as_str()])
+                .inc(),
+        }
+    }
 }
 
 /// The `kind` label values of `jwtgate_upstream_errors_total`.
@@ -111,6 +156,11 @@ impl Snapshot {
         }
         let table = RouteTable::new(&config.routes);
         let headers = HeaderPlan::new(&config);
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| RouteMetrics::new(&r.name, metrics))
+            .collect();
         Ok(Snapshot {
             config,
             issuers,
@@ -119,6 +169,7 @@ impl Snapshot {
             clients,
             generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             skipped_keys,
+            route_metrics,
         })
     }
 

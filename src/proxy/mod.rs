@@ -390,12 +390,20 @@ impl Drop for Record<'_> {
         if let Some(kind) = o.upstream_error {
             m.upstream_errors.with_label_values(&[route, kind]).inc();
         }
-        m.requests
-            .with_label_values(&[route, status.as_str()])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        match o.route.and_then(|i| self.snapshot.route_metrics.get(i)) {
+            Some(rm) => {
+                rm.count(m, route, status);
+                rm.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                m.requests
+                    .with_label_values(&[route, status.as_str()])
+                    .inc();
+                m.request_duration
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         crate::logging::access(&crate::logging::AccessLine {
             request_id: self.request_id.to_str().unwrap_or(""),
             client: self.conn.peer_ip.to_str().unwrap_or_default(),
