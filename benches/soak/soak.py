@@ -202,6 +202,23 @@ http {{
     return path
 
 
+async def wait_ready(admin: int, limit_s: float = 15.0):
+    """Until `/readyz` answers 200 (the issuer's keys are loaded)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", admin)
+            w.write(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            line = await r.readline()
+            w.close()
+            if b" 200 " in line:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"jwtgate was not ready after {limit_s} s")
+
+
 def redis_cmd(a, work):
     return ["redis-server", "--port", str(a.redis), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", work]
@@ -375,7 +392,7 @@ async def main():
     a.redis = None
     duration = a.minutes * 60
     procs = Procs()
-    work = a.work
+    work = os.path.abspath(a.work)
     cfg_path = os.path.join(work, "gateway.toml")
     keys = Keys()
     jwks = await jwks_server(keys, a.jwks)
@@ -408,6 +425,7 @@ async def main():
                          stdout=subprocess.DEVNULL, env=env)
         await wait_port(a.port)
         await wait_port(a.admin)
+        await wait_ready(a.admin)
         log(f"jwtgate pid {gw.pid} on 127.0.0.1:{a.port}; {a.minutes:g} min at about "
             f"{a.rate:g} requests/s; redis {redis_note}")
 
