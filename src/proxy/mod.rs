@@ -6,6 +6,7 @@ pub mod bearer;
 pub mod body;
 mod defenses;
 pub mod headers;
+pub mod pool;
 pub mod upstream;
 
 use std::time::Instant;
@@ -33,7 +34,7 @@ pub use answer::{ProxyError, UpstreamKind};
 use bearer::Source;
 
 /// The response body: the gateway's own answer, or the upstream's, streamed.
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, pool::ResponseBody>;
 
 /// What the access log records about one request.
 #[derive(Debug, Default)]
@@ -153,7 +154,7 @@ impl Gateway {
         conn: &ConnInfo,
         request_id: &HeaderValue,
         outcome: &mut Outcome,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<pool::ResponseBody>, ProxyError> {
         check_request(&req)?;
         // Taken before the request is forwarded: the client side of a WebSocket tunnel.
         let client_upgrade = is_websocket_upgrade(req.headers(), req.version())
@@ -282,7 +283,7 @@ impl Gateway {
                 ));
             }
             Ok(Err(e)) => {
-                let kind = upstream::classify(&e);
+                let kind = e.kind();
                 tracing::warn!(route = %route.name, error = %e, "upstream request failed");
                 return Err(ProxyError::Upstream { kind });
             }
