@@ -100,6 +100,11 @@ fn step_of(e: &AuthError) -> &'static str {
         AuthError::WrongAudience => "audience",
         AuthError::UnsafeClaim { .. } => "claim headers",
         AuthError::Insufficient(_) => "requirements",
+        AuthError::DpopInvalid(_)
+        | AuthError::DpopTime { .. }
+        | AuthError::DpopNonce
+        | AuthError::DpopReplay => "dpop",
+        AuthError::BindingMismatch(_) | AuthError::DpopKeyMismatch => "binding",
         AuthError::Malformed(m) => {
             let starts = |p: &[&str]| p.iter().any(|p| m.starts_with(p));
             if starts(&["exp", "nbf", "iat", "a time claim"]) {
@@ -117,7 +122,7 @@ fn step_of(e: &AuthError) -> &'static str {
     }
 }
 
-const STEPS: [&str; 12] = [
+const STEPS: [&str; 14] = [
     "structure",
     "header",
     "issuer",
@@ -128,6 +133,8 @@ const STEPS: [&str; 12] = [
     "time",
     "audience",
     "subject",
+    "binding",
+    "dpop",
     "requirements",
     "claim headers",
 ];

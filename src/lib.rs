@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod reload;
+pub mod replay;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -1,8 +1,10 @@
 //! Token verification: a compact JWS against the issuers a route accepts, every check of
 //! SPEC.md "What every request gets", then claim requirements and claim header values.
 
+pub mod binding;
 pub mod cache;
 pub mod claims;
+pub mod dpop;
 mod strict_json;
 pub mod verify;
 
@@ -23,11 +25,15 @@ pub enum Reason {
     UnknownKey,
     AlgorithmNotAllowed,
     InsufficientClaims,
+    // Sender-constrained tokens.
+    DpopInvalid,
+    DpopReplay,
+    BindingMismatch,
 }
 
 impl Reason {
     /// Every reason, for metric series that exist from the first scrape.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::BadSignature,
@@ -38,6 +44,9 @@ impl Reason {
         Reason::UnknownKey,
         Reason::AlgorithmNotAllowed,
         Reason::InsufficientClaims,
+        Reason::DpopInvalid,
+        Reason::DpopReplay,
+        Reason::BindingMismatch,
     ];
 
     /// The label value, as SPEC.md names it.
@@ -53,6 +62,9 @@ impl Reason {
             Reason::UnknownKey => "unknown_key",
             Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
             Reason::InsufficientClaims => "insufficient_claims",
+            Reason::DpopInvalid => "dpop_invalid",
+            Reason::DpopReplay => "dpop_replay",
+            Reason::BindingMismatch => "binding_mismatch",
         }
     }
 }
@@ -99,6 +111,19 @@ pub enum AuthError {
     UnsafeClaim { claim: String, why: &'static str },
     #[error("the token lacks what this route requires: {0}")]
     Insufficient(String),
+    // Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 certificate-bound).
+    #[error("the DPoP proof is not valid: {0}")]
+    DpopInvalid(&'static str),
+    #[error("the DPoP proof's iat {iat} is outside the accepted window (now {now}, {window}s either way)")]
+    DpopTime { iat: i64, now: i64, window: i64 },
+    #[error("the DPoP proof must carry the nonce the server provides in DPoP-Nonce")]
+    DpopNonce,
+    #[error("the DPoP proof was already used (its jti was seen before)")]
+    DpopReplay,
+    #[error("the DPoP proof is signed by another key than the one the token is bound to (cnf.jkt)")]
+    DpopKeyMismatch,
+    #[error("{0}")]
+    BindingMismatch(&'static str),
 }
 
 impl AuthError {
@@ -122,6 +147,11 @@ impl AuthError {
             AuthError::NotYetValid { .. } | AuthError::IssuedInFuture { .. } => Reason::NotYetValid,
             AuthError::WrongAudience => Reason::WrongAudience,
             AuthError::Insufficient(_) => Reason::InsufficientClaims,
+            AuthError::DpopInvalid(_) | AuthError::DpopTime { .. } | AuthError::DpopNonce => {
+                Reason::DpopInvalid
+            }
+            AuthError::DpopReplay => Reason::DpopReplay,
+            AuthError::BindingMismatch(_) | AuthError::DpopKeyMismatch => Reason::BindingMismatch,
         }
     }
 }

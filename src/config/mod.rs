@@ -10,7 +10,7 @@ use std::path::Path;
 
 pub use locate::{ConfigError, ConfigErrors, Loc};
 pub use types::{
-    Admin, AuthMode, CertFiles, ClaimPath, Config, HostMatch, IssuerConfig, KeySource, Limits,
+    Admin, AuthMode, DpopConfig, CertFiles, ClaimPath, Config, HostMatch, IssuerConfig, KeySource, Limits,
     Listen, Requirement, RouteConfig, TlsFiles, Upstream, MIN_HMAC_SECRET_BYTES,
 };
 

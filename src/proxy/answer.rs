@@ -48,6 +48,35 @@ pub enum ProxyError {
     },
     #[error("the upstream could not be reached ({})", kind.as_str())]
     Upstream { kind: UpstreamKind },
+    /// A refusal of a request that used the `DPoP` scheme or carried a DPoP-bound token:
+    /// answered with a `DPoP` challenge (RFC 9449 §7.1).
+    #[error("{}", .0.error)]
+    Dpop(Box<DpopRefusal>),
+}
+
+/// What a `DPoP` challenge says besides the error.
+#[derive(Debug)]
+pub struct DpopRefusal {
+    pub error: AuthError,
+    /// The accepted proof algorithms, space-separated (the challenge's `algs`).
+    pub algs: String,
+    /// A fresh `DPoP-Nonce` for a proof that lacked the current one (RFC 9449 §8).
+    pub nonce: Option<String>,
+}
+
+impl DpopRefusal {
+    /// The challenge's `error`: the proof's fault, the missing nonce, or the token's.
+    fn code(&self) -> &'static str {
+        match &self.error {
+            AuthError::DpopNonce => "use_dpop_nonce",
+            AuthError::DpopInvalid(_)
+            | AuthError::DpopTime { .. }
+            | AuthError::DpopReplay
+            | AuthError::DpopKeyMismatch => "invalid_dpop_proof",
+            AuthError::Insufficient(_) => "insufficient_scope",
+            _ => "invalid_token",
+        }
+    }
 }
 
 /// The shape of every answer the gateway writes itself: status, `{"error", "error_description"}`
@@ -74,6 +103,10 @@ impl ProxyError {
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Auth(AuthError::Insufficient(_)) => StatusCode::FORBIDDEN,
             ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Dpop(d) if matches!(d.error, AuthError::Insufficient(_)) => {
+                StatusCode::FORBIDDEN
+            }
+            ProxyError::Dpop(_) => StatusCode::UNAUTHORIZED,
             ProxyError::KeysNotLoaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream {
                 kind: UpstreamKind::Timeout,
@@ -91,11 +124,21 @@ impl ProxyError {
             ProxyError::Auth(AuthError::Missing) => "missing_token",
             ProxyError::Auth(AuthError::Insufficient(_)) => "insufficient_scope",
             ProxyError::Auth(_) => "invalid_token",
+            ProxyError::Dpop(d) => d.code(),
             ProxyError::KeysNotLoaded { .. } => "temporarily_unavailable",
             ProxyError::Upstream {
                 kind: UpstreamKind::Timeout,
             } => "upstream_timeout",
             ProxyError::Upstream { .. } => "bad_gateway",
+        }
+    }
+
+    /// The credential failure behind this answer, for the metrics reason.
+    pub fn auth_error(&self) -> Option<&AuthError> {
+        match self {
+            ProxyError::Auth(a) => Some(a),
+            ProxyError::Dpop(d) => Some(&d.error),
+            _ => None,
         }
     }
 
@@ -127,6 +170,20 @@ impl ProxyError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"jwtgate\", error=\"invalid_request\""),
                 );
+            }
+            ProxyError::Dpop(d) => {
+                let v = format!(
+                    "DPoP realm=\"jwtgate\", error=\"{}\", error_description=\"{}\", algs=\"{}\"",
+                    d.code(),
+                    quoted(&d.error.to_string()),
+                    quoted(&d.algs)
+                );
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+                if let Some(n) = d.nonce.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+                    h.insert(super::dpop::DPOP_NONCE.clone(), n);
+                }
             }
             ProxyError::KeysNotLoaded {
                 retry_after_secs, ..

@@ -4,6 +4,7 @@
 pub mod answer;
 pub mod bearer;
 pub mod body;
+pub mod dpop;
 pub mod headers;
 pub mod upstream;
 
@@ -55,6 +56,8 @@ pub struct Gateway {
     cache: Option<TokenCache>,
     cache_hits: prometheus::IntCounter,
     cache_misses: prometheus::IntCounter,
+    /// Proof `jti`s seen (DPoP replay).
+    pub replay: Arc<crate::replay::ReplayCache>,
 }
 
 /// Memory budget of the verified-token cache.
@@ -68,6 +71,7 @@ impl Gateway {
             cache: (entries > 0).then(|| TokenCache::new(entries, TOKEN_CACHE_BYTES)),
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
+            replay: Arc::default(),
             state,
             metrics,
         }
@@ -103,7 +107,7 @@ impl Gateway {
         let mut res = match result {
             Ok(res) => res.map(Either::Right),
             Err(e) => {
-                if let ProxyError::Auth(a) = &e {
+                if let Some(a) = e.auth_error() {
                     rec.outcome.auth = a.reason().as_str();
                 }
                 if let ProxyError::Upstream { kind } = &e {
@@ -164,14 +168,33 @@ impl Gateway {
         pq.push_str(path);
 
         // Token: found, verified, checked against the route's requirements.
+        // Sender-constrained tokens: the proof is taken out on every route (it never reaches
+        // the upstream), and a token's binding is checked on every request, cache hit or not.
+        let proof = dpop::take_proof(&mut parts.headers)?;
         let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
+        let mut fresh_nonce = None;
         let verified = match (route.auth, &found) {
             (AuthMode::None, _) => None,
             (AuthMode::Required, None) => return Err(auth::AuthError::Missing.into()),
             (AuthMode::Optional, None) => None,
-            (_, Some((token, _))) => {
-                let v = self.verify(snap, token, &route.issuers).await?;
-                claims::check_requirements(&v.claims, &route.require)?;
+            (_, Some((token, source))) => {
+                let presented = dpop::Presented {
+                    parts: &parts,
+                    conn,
+                    host: host_value.as_ref(),
+                    token,
+                    source: *source,
+                    proof: proof.as_ref(),
+                };
+                let v = self
+                    .verify(snap, token, &route.issuers)
+                    .await
+                    .map_err(|e| presented.challenge(e, snap, route))?;
+                fresh_nonce = presented
+                    .check_binding(&self.replay, snap, route, &v)
+                    .await?;
+                claims::check_requirements(&v.claims, &route.require)
+                    .map_err(|e| presented.challenge(e.into(), snap, route))?;
                 Some(v)
             }
         };
@@ -266,6 +289,10 @@ impl Gateway {
             return Ok(res);
         }
         headers::remove_connection_listed(res.headers_mut());
+        if let Some(n) = fresh_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            // RFC 9449 §8.2: the next nonce, before the one the client holds expires.
+            res.headers_mut().insert(dpop::DPOP_NONCE.clone(), n);
+        }
         Ok(res)
     }
 }
