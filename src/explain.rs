@@ -147,6 +147,19 @@ pub async fn explain(
     host: &str,
     raw_path: &str,
 ) -> Report {
+    explain_with_dpop(snap, token, None, method, host, raw_path).await
+}
+
+/// [`explain`] for a token sent as `Authorization: DPoP` with the proof `dpop` (every check of
+/// the request path but the replay cache, which a dry run must not fill).
+pub async fn explain_with_dpop(
+    snap: &Snapshot,
+    token: Option<&str>,
+    dpop: Option<&str>,
+    method: &Method,
+    host: &str,
+    raw_path: &str,
+) -> Report {
     let now = crate::unix_now();
     let (raw_path, query) = raw_path
         .split_once('?')
@@ -256,6 +269,25 @@ pub async fn explain(
         (_, Some(t)) => {
             describe_token(&mut report.steps, snap, t, &route.issuers, now);
             result = verify(snap, t, &route.issuers, now).await;
+            if let Ok(Some(v)) = &result {
+                let scheme = if snap.config.listen.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let facts = DryRequest {
+                    method,
+                    scheme,
+                    host,
+                    path: raw_path,
+                    token: t,
+                    dpop,
+                };
+                match dry_binding(snap, route, v, &facts, now) {
+                    Ok(step) => report.steps.push(step),
+                    Err(e) => result = Err(e),
+                }
+            }
             if let Ok(Some(v)) = &result {
                 match claims::check_requirements(&v.claims, &route.require) {
                     Ok(()) => report.steps.push(Step {
@@ -613,4 +645,82 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     out
+}
+
+/// What [`dry_binding`] knows of the request explained.
+struct DryRequest<'a> {
+    method: &'a Method,
+    scheme: &'a str,
+    host: &'a str,
+    path: &'a str,
+    token: &'a str,
+    dpop: Option<&'a str>,
+}
+
+/// The sender-constraint checks of the request path, without a connection or replay cache:
+/// the token's `cnf`, the proof (when given) and `require_binding`.
+fn dry_binding(
+    snap: &Snapshot,
+    route: &crate::config::RouteConfig,
+    v: &auth::Verified,
+    r: &DryRequest<'_>,
+    now: i64,
+) -> Result<Step, AuthError> {
+    use crate::auth::{binding, dpop};
+    let step = |step: &'static str, result: &'static str, detail: String| Step {
+        step,
+        result,
+        detail,
+    };
+    let cnf = binding::cnf(&v.claims)?;
+    if cnf.is_unbound() {
+        if r.dpop.is_some() {
+            return Err(AuthError::BindingMismatch(
+                "the token is not DPoP-bound (it has no cnf.jkt): send it with the Bearer scheme",
+            ));
+        }
+        if route.require_binding {
+            return Err(AuthError::BindingMismatch(
+                "this route requires a sender-constrained token (cnf: DPoP- or certificate-bound)",
+            ));
+        }
+        return Ok(step(
+            "binding",
+            "pass",
+            "the token is not sender-constrained (no cnf)".into(),
+        ));
+    }
+    if let Some(x5t) = cnf.x5t {
+        return Ok(step(
+            "binding",
+            "skipped",
+            format!("certificate-bound: the connection's client certificate must have the SHA-256 thumbprint {x5t} (a dry run has no connection)"),
+        ));
+    }
+    let Some(jkt) = cnf.jkt else {
+        return Ok(step("binding", "pass", "no binding to check".into()));
+    };
+    let Some(proof) = r.dpop else {
+        return Err(AuthError::DpopInvalid(
+            "the token is DPoP-bound: a request needs Authorization: DPoP and a proof (pass --dpop)",
+        ));
+    };
+    let htu = dpop::request_htu(r.scheme, r.host, r.path.split('?').next().unwrap_or(r.path))
+        .ok_or(AuthError::DpopInvalid(
+            "the request's scheme and host do not form a URI to compare htu with",
+        ))?;
+    let issuer = &snap.issuers[v.issuer];
+    let request = dpop::ProofRequest {
+        method: r.method.as_str(),
+        htu: &htu,
+        access_token: r.token,
+        jkt,
+        now,
+    };
+    dpop::check(proof, &issuer.dpop, &request)?;
+    Ok(step(
+        "dpop",
+        "pass",
+        format!("proof by the key with thumbprint {jkt} (cnf.jkt); typ, alg [{}], htm {}, htu {htu}, iat within {}s, ath; its jti is not recorded by a dry run", issuer.dpop.algs, r.method, issuer.dpop.window_secs),
+    ))
 }

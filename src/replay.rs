@@ -32,7 +32,10 @@ impl ReplayCache {
         _when_down: WhenDown,
     ) -> Result<bool, ReplayUnavailable> {
         let now = crate::unix_now();
-        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.retain(|_, until| *until > now);
         Ok(seen
             .insert(format!("{namespace}:{id}"), until_unix_secs)

@@ -160,14 +160,15 @@ pub fn check(
     let (Some(h64), Some(p64), Some(s64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(invalid("a proof is a JWS with exactly three dot-separated segments"));
+        return Err(invalid(
+            "a proof is a JWS with exactly three dot-separated segments",
+        ));
     };
     let header =
         parse_object(&b64(h64)?).map_err(|_| invalid("the header is not a JSON object"))?;
     // §4.3 step 4: explicit typing, so no other kind of JWT passes for a proof.
     let typ = string(&header, "typ", "typ must be \"dpop+jwt\"")?;
-    if !(typ.eq_ignore_ascii_case("dpop+jwt") || typ.eq_ignore_ascii_case("application/dpop+jwt"))
-    {
+    if !(typ.eq_ignore_ascii_case("dpop+jwt") || typ.eq_ignore_ascii_case("application/dpop+jwt")) {
         return Err(invalid("typ must be \"dpop+jwt\""));
     }
     let alg = match string(&header, "alg", "alg is missing or not a string")?.parse::<Alg>() {
@@ -199,10 +200,13 @@ pub fn check(
     let signature = b64(s64)?;
     let signing_input = &proof[..h64.len() + 1 + p64.len()];
     if !key.verify(alg, signing_input.as_bytes(), &signature) {
-        return Err(invalid("the signature does not verify with the proof's jwk"));
+        return Err(invalid(
+            "the signature does not verify with the proof's jwk",
+        ));
     }
 
-    let claims = parse_object(&b64(p64)?).map_err(|_| invalid("the claims are not a JSON object"))?;
+    let claims =
+        parse_object(&b64(p64)?).map_err(|_| invalid("the claims are not a JSON object"))?;
     let jti = string(&claims, "jti", "jti is missing or not a string")?;
     if jti.is_empty() || jti.len() > MAX_JTI_BYTES {
         return Err(invalid("jti is empty or longer than 256 bytes"));
@@ -360,11 +364,7 @@ fn percent_normalized(s: &str, lower: bool) -> Option<String> {
             let hex = s.get(i + 1..i + 3)?;
             let v = u8::from_str_radix(hex, 16).ok()?;
             if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                out.push(if lower {
-                    v.to_ascii_lowercase()
-                } else {
-                    v
-                } as char);
+                out.push(if lower { v.to_ascii_lowercase() } else { v } as char);
             } else {
                 out.push('%');
                 out.push_str(&hex.to_ascii_uppercase());
@@ -474,14 +474,35 @@ mod tests {
     #[test]
     fn uris_normalise_as_rfc_3986_says() {
         let n = |s: &str| normalize_uri(s);
-        assert_eq!(n("https://EXAMPLE.com:443/a/b").as_deref(), Some("https://example.com/a/b"));
-        assert_eq!(n("http://example.com:80").as_deref(), Some("http://example.com/"));
-        assert_eq!(n("https://example.com:8443/x?q=1#f").as_deref(), Some("https://example.com:8443/x"));
-        assert_eq!(n("HTTPS://example.com/%7Euser/%2fa").as_deref(), Some("https://example.com/~user/%2Fa"));
-        assert_eq!(n("https://example.com/a/./b/../c").as_deref(), Some("https://example.com/a/c"));
-        assert_eq!(n("https://example.com/a/.").as_deref(), Some("https://example.com/a/"));
+        assert_eq!(
+            n("https://EXAMPLE.com:443/a/b").as_deref(),
+            Some("https://example.com/a/b")
+        );
+        assert_eq!(
+            n("http://example.com:80").as_deref(),
+            Some("http://example.com/")
+        );
+        assert_eq!(
+            n("https://example.com:8443/x?q=1#f").as_deref(),
+            Some("https://example.com:8443/x")
+        );
+        assert_eq!(
+            n("HTTPS://example.com/%7Euser/%2fa").as_deref(),
+            Some("https://example.com/~user/%2Fa")
+        );
+        assert_eq!(
+            n("https://example.com/a/./b/../c").as_deref(),
+            Some("https://example.com/a/c")
+        );
+        assert_eq!(
+            n("https://example.com/a/.").as_deref(),
+            Some("https://example.com/a/")
+        );
         assert_eq!(n("https://[::1]:443/").as_deref(), Some("https://[::1]/"));
-        assert_eq!(n("https://[::1]:8443/").as_deref(), Some("https://[::1]:8443/"));
+        assert_eq!(
+            n("https://[::1]:8443/").as_deref(),
+            Some("https://[::1]:8443/")
+        );
         assert_eq!(n("https://user@example.com/"), None);
         assert_eq!(n("ftp://example.com/"), None);
         assert_eq!(n("https://example.com/%zz"), None);

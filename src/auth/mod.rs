@@ -120,7 +120,9 @@ pub enum AuthError {
     DpopNonce,
     #[error("the DPoP proof was already used (its jti was seen before)")]
     DpopReplay,
-    #[error("the DPoP proof is signed by another key than the one the token is bound to (cnf.jkt)")]
+    #[error(
+        "the DPoP proof is signed by another key than the one the token is bound to (cnf.jkt)"
+    )]
     DpopKeyMismatch,
     #[error("{0}")]
     BindingMismatch(&'static str),

@@ -10,6 +10,7 @@ use super::{with_loaded, CommandError};
 pub fn explain(
     config: &Path,
     token: Option<String>,
+    dpop: Option<String>,
     method: &str,
     host: &str,
     path: &str,
@@ -36,7 +37,15 @@ pub fn explain(
         for r in snap.remote_keys() {
             r.first_attempt(Duration::from_secs(5)).await;
         }
-        let report = crate::explain::explain(&snap, token.as_deref(), &method, host, path).await;
+        let report = crate::explain::explain_with_dpop(
+            &snap,
+            token.as_deref(),
+            dpop.as_deref(),
+            &method,
+            host,
+            path,
+        )
+        .await;
         let text = if json {
             let mut s = serde_json::to_string_pretty(&report)
                 .map_err(|e| CommandError::command("explain", e.to_string()))?;

@@ -181,7 +181,11 @@ impl ProxyError {
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
-                if let Some(n) = d.nonce.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+                if let Some(n) = d
+                    .nonce
+                    .as_deref()
+                    .and_then(|n| HeaderValue::from_str(n).ok())
+                {
                     h.insert(super::dpop::DPOP_NONCE.clone(), n);
                 }
             }

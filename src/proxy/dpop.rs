@@ -195,11 +195,8 @@ impl Presented<'_> {
             let v = headers.get(name)?.to_str().ok()?;
             Some(v.split(',').next()?.trim()).filter(|v| !v.is_empty())
         };
-        let scheme = forwarded(&X_FORWARDED_PROTO).unwrap_or(if self.conn.tls {
-            "https"
-        } else {
-            "http"
-        });
+        let scheme =
+            forwarded(&X_FORWARDED_PROTO).unwrap_or(if self.conn.tls { "https" } else { "http" });
         let host: Cow<'_, str> = match forwarded(&X_FORWARDED_HOST) {
             Some(h) => match forwarded(&X_FORWARDED_PORT) {
                 Some(port) if !has_port(h) => Cow::Owned(format!("{h}:{port}")),

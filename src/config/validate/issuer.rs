@@ -208,7 +208,10 @@ impl Validator<'_> {
         let mut algorithms = Vec::new();
         if let Some(list) = &i.dpop_algorithms {
             if list.get_ref().is_empty() {
-                self.error(list, format!("issuer {name:?}: dpop_algorithms must not be empty"));
+                self.error(
+                    list,
+                    format!("issuer {name:?}: dpop_algorithms must not be empty"),
+                );
             }
             for a in list.get_ref() {
                 match a.get_ref().parse::<Alg>() {
@@ -230,14 +233,23 @@ impl Validator<'_> {
         }
         let nonce_key_env = match &i.dpop_nonce_key_env {
             Some(e) if e.get_ref().is_empty() || e.get_ref().contains(['=', '\0']) => {
-                self.error(e, format!("issuer {name:?}: dpop_nonce_key_env must name an environment variable"));
+                self.error(
+                    e,
+                    format!(
+                        "issuer {name:?}: dpop_nonce_key_env must name an environment variable"
+                    ),
+                );
                 d.nonce_key_env.clone()
             }
             Some(e) => e.get_ref().clone(),
             None => d.nonce_key_env.clone(),
         };
         DpopConfig {
-            algorithms: if algorithms.is_empty() { d.algorithms } else { algorithms },
+            algorithms: if algorithms.is_empty() {
+                d.algorithms
+            } else {
+                algorithms
+            },
             max_age,
             nonce: i.dpop_nonce.as_ref().is_some_and(|n| *n.get_ref()),
             nonce_key_env,
