@@ -2,6 +2,7 @@
 //! at test time for every algorithm, and tokens signed with them.
 #![allow(dead_code)]
 
+pub mod bound;
 pub mod client;
 pub mod der;
 pub mod jwks;

@@ -1,0 +1,146 @@
+//! The real provider and client of sender-constrained tokens: tests/oidc/bound.mjs
+//! (oidc-provider with its dPoP and mTLS features) and tests/oidc/bound_client.mjs
+//! (openid-client and dpop). Both run on node with the npm packages of tests/oidc; a missing
+//! tool fails the test with a message naming what to install.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::tls::CERTS;
+use super::ChildGuard;
+
+/// A node client run not done within this long fails the test.
+const CLIENT_WITHIN: Duration = Duration::from_secs(60);
+/// The provider not listening within this long fails the test.
+const PROVIDER_WITHIN: Duration = Duration::from_secs(30);
+
+fn oidc_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
+}
+
+/// Panics, naming the package to install, unless node and the npm packages are there.
+pub fn require_node() {
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "these tests need node (>= 20.19): install the `nodejs` package"
+    );
+    for package in ["oidc-provider", "openid-client", "dpop", "jose"] {
+        assert!(
+            oidc_dir().join("node_modules").join(package).is_dir(),
+            "these tests need the npm package {package}: run `npm ci --prefix tests/oidc`"
+        );
+    }
+}
+
+/// tests/oidc/bound.mjs, killed (by PID) when dropped.
+pub struct BoundProvider {
+    _child: ChildGuard,
+    pub http_port: u16,
+    pub https_port: u16,
+}
+
+impl BoundProvider {
+    /// Starts the provider and waits for its "ready" line.
+    pub fn start() -> BoundProvider {
+        require_node();
+        let mut child = Command::new("node")
+            .arg(oidc_dir().join("bound.mjs"))
+            .arg(CERTS)
+            .current_dir(oidc_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node tests/oidc/bound.mjs");
+        let stdout = child.stdout.take().expect("stdout");
+        let guard = ChildGuard(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(PROVIDER_WITHIN)
+            .expect("tests/oidc/bound.mjs printed no ready line in time");
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("ready"), "unexpected line {line:?}");
+        let port = |w: Option<&str>| -> u16 {
+            w.and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("bad ready line {line:?}"))
+        };
+        let http_port = port(words.next());
+        let https_port = port(words.next());
+        BoundProvider {
+            _child: guard,
+            http_port,
+            https_port,
+        }
+    }
+
+    /// The issuer (`iss` of its tokens).
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// An `[[issuer]]` block trusting this provider through discovery, with `extra` keys.
+    pub fn issuer_block(&self, extra: &str) -> String {
+        format!(
+            r#"
+[[issuer]]
+name = "bound"
+issuer = "{iss}"
+audiences = ["jwtgate-api"]
+algorithms = ["ES256"]
+discovery_url = "{iss}/.well-known/openid-configuration"
+{extra}
+"#,
+            iss = self.issuer()
+        )
+    }
+
+    /// Runs tests/oidc/bound_client.mjs in `mode` against `url` and returns what it printed.
+    pub async fn client(&self, mode: &str, url: &str) -> Value {
+        let issuer = self.issuer();
+        let (mode, url) = (mode.to_owned(), url.to_owned());
+        tokio::task::spawn_blocking(move || run_client(&mode, &issuer, &url))
+            .await
+            .expect("client task")
+    }
+}
+
+fn run_client(mode: &str, issuer: &str, url: &str) -> Value {
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let child = Command::new("node")
+        .arg(oidc_dir().join("bound_client.mjs"))
+        .args([mode, issuer, url, CERTS])
+        .current_dir(oidc_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out.reopen().expect("reopen")))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node tests/oidc/bound_client.mjs");
+    let mut guard = ChildGuard(child);
+    let deadline = Instant::now() + CLIENT_WITHIN;
+    let status = loop {
+        if let Some(s) = guard.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bound_client.mjs {mode} did not finish within {CLIENT_WITHIN:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(out.path()).expect("read client output");
+    assert!(status.success(), "bound_client.mjs {mode} failed ({status}): {text}");
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("bound_client.mjs {mode} printed no JSON ({e}): {text}"))
+}
