@@ -758,16 +758,21 @@ async fn explain_checks_a_proof_too() {
 
 /// Waits until the gateway has its issuers' keys (a discovery issuer fetches them at start).
 async fn keys_ready(gw: &Gw) {
-    eventually(std::time::Duration::from_secs(20), "issuer keys", || async {
-        gw.app.state.load().keys_ready()
-    })
+    eventually(
+        std::time::Duration::from_secs(20),
+        "issuer keys",
+        || async { gw.app.state.load().keys_ready() },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_real_provider_and_client_use_dpop_bound_tokens_through_the_gateway() {
     let provider = common::bound::BoundProvider::start();
-    std::env::set_var("JWTGATE_TEST_NONCE_KEY_OIDC", "the-oidc-test-nonce-key-is-long-enough!");
+    std::env::set_var(
+        "JWTGATE_TEST_NONCE_KEY_OIDC",
+        "the-oidc-test-nonce-key-is-long-enough!",
+    );
     let with_nonce = start(&format!(
         "{}{ROUTES}",
         provider.issuer_block(
@@ -779,13 +784,23 @@ async fn a_real_provider_and_client_use_dpop_bound_tokens_through_the_gateway() 
     // openid-client: token request with DPoP, then two resource requests through the gateway;
     // the first meets use_dpop_nonce and retries with the nonce, as RFC 9449 §8 says.
     let out = provider.client("dpop", &with_nonce.url("/oidc")).await;
-    assert!(out["cnf"]["jkt"].is_string(), "the provider's token is not DPoP-bound: {out}");
+    assert!(
+        out["cnf"]["jkt"].is_string(),
+        "the provider's token is not DPoP-bound: {out}"
+    );
     for a in out["answers"].as_array().expect("answers") {
         assert_eq!(a["status"], 200, "{out}");
         let echoed: Value = serde_json::from_str(a["body"].as_str().unwrap_or("")).expect("echo");
-        assert!(echoed["headers"].get("dpop").is_none(), "the proof reached the upstream");
+        assert!(
+            echoed["headers"].get("dpop").is_none(),
+            "the proof reached the upstream"
+        );
     }
-    assert_eq!(with_nonce.failures("main", "dpop_invalid"), 1, "one use_dpop_nonce, then none");
+    assert_eq!(
+        with_nonce.failures("main", "dpop_invalid"),
+        1,
+        "one use_dpop_nonce, then none"
+    );
 
     // Proofs from npm `dpop`, replayed and misused by hand.
     let gw = start(&format!("{}{ROUTES}", provider.issuer_block(""))).await;
@@ -801,10 +816,14 @@ async fn a_real_provider_and_client_use_dpop_bound_tokens_through_the_gateway() 
     assert_eq!(gw.failures("main", "dpop_replay"), 1);
     let a = gw.dpop("GET", "/oidc", tok, Some(&proof("post"))).await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "wrong method");
-    let a = gw.dpop("GET", "/oidc", tok, Some(&proof("other_url"))).await;
+    let a = gw
+        .dpop("GET", "/oidc", tok, Some(&proof("other_url")))
+        .await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "wrong URL");
     assert_eq!(gw.failures("main", "dpop_invalid"), 2);
-    let a = gw.dpop("GET", "/oidc", tok, Some(&proof("other_key"))).await;
+    let a = gw
+        .dpop("GET", "/oidc", tok, Some(&proof("other_key")))
+        .await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "wrong key");
     let a = gw.get_bearer("/oidc", tok).await;
     assert_dpop_challenge(&a, "invalid_token", "provider's bound token as Bearer");

@@ -140,7 +140,10 @@ fn run_client(mode: &str, issuer: &str, url: &str) -> Value {
         std::thread::sleep(Duration::from_millis(50));
     };
     let text = std::fs::read_to_string(out.path()).expect("read client output");
-    assert!(status.success(), "bound_client.mjs {mode} failed ({status}): {text}");
+    assert!(
+        status.success(),
+        "bound_client.mjs {mode} failed ({status}): {text}"
+    );
     serde_json::from_str(text.trim())
         .unwrap_or_else(|e| panic!("bound_client.mjs {mode} printed no JSON ({e}): {text}"))
 }
