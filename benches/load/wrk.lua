@@ -43,6 +43,35 @@ if token_file and token_file ~= "" then
    end
 end
 
+-- WRK_PROOFS=<file> (one DPoP proof a line) and WRK_AUTH=<Authorization value>: every request
+-- carries the same Authorization and the next unused proof (the DPoP row; a proof is used once,
+-- so the file must hold at least as many proofs as the run sends).
+local proof_file = os.getenv("WRK_PROOFS")
+
+if proof_file and proof_file ~= "" then
+   local mine = {}
+   local i = 0
+   local auth = os.getenv("WRK_AUTH") or ""
+
+   function init(args)
+      local threads = tonumber(os.getenv("WRK_THREADS") or "1")
+      local n = 0
+      for line in io.lines(proof_file) do
+         if line ~= "" then
+            if n % threads == (tid - 1) then
+               mine[#mine + 1] = line
+            end
+            n = n + 1
+         end
+      end
+   end
+
+   function request()
+      i = i % #mine + 1
+      return wrk.format(nil, nil, { ["Authorization"] = auth, ["DPoP"] = mine[i] })
+   end
+end
+
 function done(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
