@@ -801,6 +801,13 @@ async fn a_real_provider_and_client_use_dpop_bound_tokens_through_the_gateway() 
         1,
         "one use_dpop_nonce, then none"
     );
+    // An Ed25519 key: openid-client signs its proofs with alg "Ed25519" (RFC 9864).
+    let out = provider
+        .client("dpop-ed25519", &with_nonce.url("/oidc"))
+        .await;
+    for a in out["answers"].as_array().expect("answers") {
+        assert_eq!(a["status"], 200, "Ed25519 proofs: {out}");
+    }
 
     // Proofs from npm `dpop`, replayed and misused by hand.
     let gw = start(&format!("{}{ROUTES}", provider.issuer_block(""))).await;

@@ -171,15 +171,22 @@ pub fn check(
     if !(typ.eq_ignore_ascii_case("dpop+jwt") || typ.eq_ignore_ascii_case("application/dpop+jwt")) {
         return Err(invalid("typ must be \"dpop+jwt\""));
     }
-    let alg = match string(&header, "alg", "alg is missing or not a string")?.parse::<Alg>() {
+    let alg = match string(&header, "alg", "alg is missing or not a string")? {
+        // RFC 9864's fully-specified name for EdDSA over Ed25519, which DPoP clients (npm
+        // `dpop`, openid-client) send for Ed25519 keys; `EdDSA` in dpop_algorithms allows it.
+        "Ed25519" => Ok(Alg::EdDSA),
+        other => other.parse::<Alg>(),
+    };
+    let alg = match alg {
         Ok(a) if dpop.algorithms.contains(&a) && !a.is_hmac() => a,
         _ => return Err(invalid("alg is not one of the issuer's dpop_algorithms")),
     };
     if header.contains_key("crit") || header.contains_key("b64") {
         return Err(invalid("crit and b64 are not supported"));
     }
-    let Some(Value::Object(jwk)) = header.get("jwk") else {
-        return Err(invalid("the header has no jwk (the proof's public key)"));
+    let (jwk_value, jwk) = match header.get("jwk") {
+        Some(v @ Value::Object(m)) => (v, m),
+        _ => return Err(invalid("the header has no jwk (the proof's public key)")),
     };
     // §4.3 step 7: the key must be public; `proof_key` refuses "d" too, but RSA's other
     // private members and symmetric keys are named here so the message says why.
@@ -192,7 +199,7 @@ pub fn check(
     if !same_text(&thumbprint, req.jkt) {
         return Err(AuthError::DpopKeyMismatch);
     }
-    let key = match crate::keys::jwks::proof_key(&Value::Object(jwk.clone()), alg) {
+    let key = match crate::keys::jwks::proof_key(jwk_value, alg) {
         Ok(Some(k)) => k,
         Ok(None) => return Err(invalid("the jwk is not a key for the proof's alg")),
         Err(_) => return Err(invalid("the jwk is not a usable public key")),
@@ -291,7 +298,7 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Result<String, AuthError> {
         canonical.push_str(m);
         canonical.push_str("\":");
         // A JSON string as serde writes it (base64url never needs escaping, junk does).
-        canonical.push_str(&Value::String(v.clone()).to_string());
+        canonical.push_str(&serde_json::to_string(v).map_err(|_| invalid("the jwk is not JSON"))?);
     }
     canonical.push('}');
     Ok(URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes())))

@@ -81,7 +81,7 @@ const provider = new Provider(issuer, {
     client('mtls-client', { tls_client_certificate_bound_access_tokens: true }),
   ],
   clientDefaults: { id_token_signed_response_alg: 'ES256' },
-  enabledJWA: { idTokenSigningAlgValues: ['ES256'], dPoPSigningAlgValues: ['ES256', 'EdDSA'] },
+  enabledJWA: { idTokenSigningAlgValues: ['ES256'], dPoPSigningAlgValues: ['ES256', 'EdDSA', 'Ed25519'] },
   scopes: ['api:read'],
   cookies: { keys: ['jwtgate-oidc-test-cookie-key'] },
   discovery: { mtls_endpoint_aliases: { token_endpoint: `https://127.0.0.1:${httpsPort}/token` } },

@@ -8,6 +8,7 @@
 //   dpop        a DPoP-bound token (client "dpop-client"), then GET URL twice through
 //               openid-client's fetchProtectedResource with fresh proofs:
 //               {"token", "cnf", "answers": [{"status", "body", "www", "nonce"}, ...]}
+//   dpop-ed25519  the same with an Ed25519 key (proofs with alg "Ed25519", RFC 9864)
 //   dpop-token  a DPoP-bound token and proofs made with npm `dpop` for URL:
 //               {"token", "cnf", "get", "post", "other_key", "other_url"}
 //   mtls        a certificate-bound token (client "mtls-client") fetched over mTLS with
@@ -94,16 +95,16 @@ async function answerOf(run) {
 const server = new URL(issuer);
 const params = { resource: RESOURCE, scope: 'api:read' };
 
-if (mode === 'dpop' || mode === 'dpop-token') {
+if (mode === 'dpop' || mode === 'dpop-ed25519' || mode === 'dpop-token') {
   const config = await client.discovery(server, 'dpop-client', SECRET, client.ClientSecretBasic(SECRET), {
     execute: [client.allowInsecureRequests],
   });
-  const keyPair = await client.randomDPoPKeyPair('ES256');
+  const keyPair = await client.randomDPoPKeyPair(mode === 'dpop-ed25519' ? 'Ed25519' : 'ES256');
   const handle = client.getDPoPHandle(config, keyPair);
   const tokens = await client.clientCredentialsGrant(config, params, { DPoP: handle });
   const token = tokens.access_token;
   const out = { token, cnf: claimsOf(token).cnf ?? null };
-  if (mode === 'dpop') {
+  if (mode !== 'dpop-token') {
     out.answers = [];
     for (let i = 0; i < 2; i += 1) {
       out.answers.push(
