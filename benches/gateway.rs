@@ -22,7 +22,6 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -639,37 +638,16 @@ mod mint {
             .to_string()
             .as_bytes());
         let t = now();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let signer = Arc::new(signer);
-        let chunks: Vec<String> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|w| {
-                    let (signer, header) = (signer.clone(), header.clone());
-                    s.spawn(move || {
-                        let rng = SystemRandom::new();
-                        let mut text = String::new();
-                        for n in (w..count).step_by(threads) {
-                            let claims = json!({
-                                "iss": iss, "aud": aud, "sub": format!("user-{n}"),
-                                "iat": t, "exp": t + 7200,
-                            });
-                            let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
-                            let signature = signer.sign(input.as_bytes(), &rng);
-                            text.push_str(&input);
-                            text.push('.');
-                            text.push_str(&b64(&signature));
-                            text.push('\n');
-                        }
-                        text
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("minting thread"))
-                .collect()
+        let text = lines_on_every_cpu(count as u64, |n| {
+            let claims = json!({
+                "iss": iss, "aud": aud, "sub": format!("user-{n}"),
+                "iat": t, "exp": t + 7200,
+            });
+            let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+            let signature = signer.sign(input.as_bytes(), &SystemRandom::new());
+            format!("{input}.{}", b64(&signature))
         });
-        std::fs::write(out, chunks.concat()).map_err(|e| format!("{out}: {e}"))
+        std::fs::write(out, text).map_err(|e| format!("{out}: {e}"))
     }
 }
 
@@ -791,6 +769,31 @@ fn bench_dpop(c: &mut Criterion, keys: &Keys) {
     drop(running);
 }
 
+/// `line(n)` for n in 0..count, one a line, made on every CPU (minting signs a lot).
+fn lines_on_every_cpu(count: u64, line: impl Fn(u64) -> String + Sync) -> String {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|w| {
+                let line = &line;
+                s.spawn(move || {
+                    let mut text = String::new();
+                    for n in (w..count).step_by(threads) {
+                        text.push_str(&line(n));
+                        text.push('\n');
+                    }
+                    text
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("minting thread"))
+            .collect()
+    });
+    chunks.concat()
+}
+
 /// `JWTGATE_BENCH_MINT_DPOP=1 <bench binary> ES256_PKCS8_PEM COUNT TOKEN_OUT PROOFS_OUT ISS AUD KID HTU`
 /// writes one ES256 access token bound (cnf.jkt) to a fresh DPoP key to TOKEN_OUT, and COUNT
 /// proofs of that key for `GET HTU` with that token (distinct jti, iat now), one a line, to
@@ -823,27 +826,8 @@ fn mint_dpop(args: &[String]) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let token = format!("{input}.{}", b64(signature.as_ref()));
     std::fs::write(token_out, &token).map_err(|e| format!("{token_out}: {e}"))?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let chunks: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|w| {
-                let (pk, token) = (&pk, &token);
-                s.spawn(move || {
-                    let mut text = String::new();
-                    for n in (w..count).step_by(threads as usize) {
-                        text.push_str(&pk.proof("GET", htu, token, n));
-                        text.push('\n');
-                    }
-                    text
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("minting thread"))
-            .collect()
-    });
-    std::fs::write(proofs_out, chunks.concat()).map_err(|e| format!("{proofs_out}: {e}"))
+    let proofs = lines_on_every_cpu(count, |n| pk.proof("GET", htu, &token, n));
+    std::fs::write(proofs_out, proofs).map_err(|e| format!("{proofs_out}: {e}"))
 }
 
 fn main() {

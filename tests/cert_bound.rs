@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use bytes::Bytes;
+use common::bound::{echo, Gateway as Gw};
 use common::tls::{cert_file, dev_client, dev_roots, pem_certs, pem_key, provider as crypto};
 use common::*;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 const IO: Duration = Duration::from_secs(10);
@@ -41,19 +42,8 @@ auth = "required"
 require_binding = true
 "#;
 
-struct Gw {
-    app: Arc<jwtgate::App>,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
 /// The gateway on TLS with the dev CA as `client_ca` and `client_auth` as given.
 async fn start(issuers: &str, client_auth: &str) -> Gw {
-    let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let upstream = format!("http://{}", up.local_addr().expect("addr"));
-    tokio::spawn(jwtgate::echo::serve(up, std::future::pending()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_keys(dir.path());
     let auth = if client_auth.is_empty() {
         String::new()
     } else {
@@ -65,32 +55,8 @@ async fn start(issuers: &str, client_auth: &str) -> Gw {
         cert_file("server.key").display(),
         cert_file("dev-ca.crt").display(),
     )
-    .replace("{upstream}", &upstream);
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, text).expect("write");
-    let app = Arc::new(jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config: {e}")));
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(jwtgate::run(l, app.clone(), std::future::pending::<()>()));
-    eventually(Duration::from_secs(20), "issuer keys", || async {
-        app.state.load().keys_ready()
-    })
-    .await;
-    Gw {
-        app,
-        addr,
-        _dir: dir,
-    }
-}
-
-impl Gw {
-    fn failures(&self, route: &str, reason: &str) -> u64 {
-        self.app
-            .metrics
-            .auth_failures
-            .with_label_values(&[route, reason])
-            .get()
-    }
+    .replace("{upstream}", &echo().await);
+    Gw::start(&text).await
 }
 
 /// A client trusting the dev CA presenting `identity` (`certs/NAME.crt` and `.key`).
@@ -143,21 +109,9 @@ async fn send(
         .await
         .map_err(|_| "request timed out".to_owned())?
         .map_err(|e| format!("request: {e}"))?;
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    // The TLS handshake of TLS 1.3 finishes before the server checks the certificate: a
-    // refused certificate shows up as a failed request rather than a failed handshake.
-    Ok(Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    // With TLS 1.3 the handshake completes before the server has checked the certificate: a
+    // refused one shows up as a failed request rather than a failed handshake.
+    client::read_answer(res, path).await
 }
 
 async fn bearer(

@@ -7,15 +7,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use aws_lc_rs::digest;
 use bytes::Bytes;
+use common::bound::{echo, Gateway as Gw};
 use common::jwks::Signer;
 use common::*;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 const ROUTES: &str = r#"
 [[route]]
@@ -52,71 +49,31 @@ fn issuer(extra: &str) -> String {
     format!("{}{extra}\n", default_issuer())
 }
 
-/// A running gateway (App on a config file, so metrics are reachable) with an echo upstream.
-struct Gw {
-    app: Arc<jwtgate::App>,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-async fn echo() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(jwtgate::echo::serve(l, std::future::pending()));
-    format!("http://{addr}")
-}
-
 async fn start(config: &str) -> Gw {
     start_on(config, &echo().await).await
 }
 
 async fn start_on(config: &str, upstream: &str) -> Gw {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_keys(dir.path());
-    let path = dir.path().join("gateway.toml");
-    let text = if config.contains("[listen]") {
-        config.to_owned()
-    } else {
-        format!("[listen]\naddr = \"127.0.0.1:0\"\n{config}")
-    };
-    std::fs::write(&path, text.replace("{upstream}", upstream)).expect("write");
-    let app = Arc::new(jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config: {e}")));
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(jwtgate::run(l, app.clone(), std::future::pending::<()>()));
-    Gw {
-        app,
-        addr,
-        _dir: dir,
-    }
+    Gw::start(&config.replace("{upstream}", upstream)).await
 }
 
-impl Gw {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
+async fn send(gw: &Gw, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    client::request(method, &gw.url(path), headers, Bytes::new()).await
+}
 
-    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-        client::request(method, &self.url(path), headers, Bytes::new()).await
+/// `method path` with `Authorization: DPoP token` and, when given, the proof.
+async fn dpop(gw: &Gw, method: &str, path: &str, token: &str, proof: Option<&str>) -> Answer {
+    let auth = format!("DPoP {token}");
+    let mut h = vec![("authorization", auth.as_str())];
+    if let Some(p) = proof {
+        h.push(("dpop", p));
     }
+    send(gw, method, path, &h).await
+}
 
-    /// `method path` with `Authorization: DPoP token` and, when given, the proof.
-    async fn dpop(&self, method: &str, path: &str, token: &str, proof: Option<&str>) -> Answer {
-        let auth = format!("DPoP {token}");
-        let mut h = vec![("authorization", auth.as_str())];
-        if let Some(p) = proof {
-            h.push(("dpop", p));
-        }
-        self.send(method, path, &h).await
-    }
-
-    fn failures(&self, route: &str, reason: &str) -> u64 {
-        self.app
-            .metrics
-            .auth_failures
-            .with_label_values(&[route, reason])
-            .get()
-    }
+async fn get_bearer(gw: &Gw, path: &str, token: &str) -> Answer {
+    let auth = format!("Bearer {token}");
+    send(gw, "GET", path, &[("authorization", &auth)]).await
 }
 
 /// A DPoP client: an EC P-256 key it proves possession of.
@@ -199,14 +156,14 @@ async fn a_bound_token_passes_with_a_proof_and_the_proof_never_reaches_the_upstr
     let gw = start(&format!("{}{ROUTES}", issuer(""))).await;
     let c = DpopClient::new();
     let tok = c.token();
-    let a = gw
-        .dpop(
-            "GET",
-            "/x?q=1",
-            &tok,
-            Some(&c.proof("GET", &gw.url("/x"), &tok)),
-        )
-        .await;
+    let a = dpop(
+        &gw,
+        "GET",
+        "/x?q=1",
+        &tok,
+        Some(&c.proof("GET", &gw.url("/x"), &tok)),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.upstream_header("x-auth-sub"), ["alice"]);
     assert!(
@@ -216,17 +173,17 @@ async fn a_bound_token_passes_with_a_proof_and_the_proof_never_reaches_the_upstr
     );
     assert!(a.upstream_header("authorization").is_empty());
     // POST with its own proof.
-    let a = gw
-        .dpop(
-            "POST",
-            "/x",
-            &tok,
-            Some(&c.proof("POST", &gw.url("/x"), &tok)),
-        )
-        .await;
+    let a = dpop(
+        &gw,
+        "POST",
+        "/x",
+        &tok,
+        Some(&c.proof("POST", &gw.url("/x"), &tok)),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
     // On a route without auth the header is removed too.
-    let a = gw.send("GET", "/open", &[("dpop", "anything")]).await;
+    let a = send(&gw, "GET", "/open", &[("dpop", "anything")]).await;
     assert_eq!(a.status, 200);
     assert!(a.upstream_header("dpop").is_empty());
 }
@@ -238,29 +195,20 @@ async fn a_proof_is_used_once_and_the_cache_never_skips_it() {
     let tok = c.token();
     let htu = gw.url("/r");
     let proof = c.proof("GET", &htu, &tok);
-    assert_eq!(gw.dpop("GET", "/r", &tok, Some(&proof)).await.status, 200);
+    assert_eq!(dpop(&gw, "GET", "/r", &tok, Some(&proof)).await.status, 200);
     let hits = gw.app.metrics.token_cache.with_label_values(&["hit"]).get();
-    let a = gw.dpop("GET", "/r", &tok, Some(&proof)).await;
+    let a = dpop(&gw, "GET", "/r", &tok, Some(&proof)).await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "replayed proof");
     assert_eq!(gw.failures("main", "dpop_replay"), 1);
     // The token itself came from the verified-token cache, and still needed its proof.
     assert!(gw.app.metrics.token_cache.with_label_values(&["hit"]).get() > hits);
-    let a = gw.dpop("GET", "/r", &tok, None).await;
+    let a = dpop(&gw, "GET", "/r", &tok, None).await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "cached token without a proof");
-    let a = gw.get_bearer("/r", &tok).await;
+    let a = get_bearer(&gw, "/r", &tok).await;
     assert_dpop_challenge(&a, "invalid_token", "cached bound token as Bearer");
     // A fresh proof passes again.
-    let a = gw
-        .dpop("GET", "/r", &tok, Some(&c.proof("GET", &htu, &tok)))
-        .await;
+    let a = dpop(&gw, "GET", "/r", &tok, Some(&c.proof("GET", &htu, &tok))).await;
     assert_eq!(a.status, 200, "{}", a.body);
-}
-
-impl Gw {
-    async fn get_bearer(&self, path: &str, token: &str) -> Answer {
-        let auth = format!("Bearer {token}");
-        self.send("GET", path, &[("authorization", &auth)]).await
-    }
 }
 
 #[tokio::test]
@@ -440,7 +388,7 @@ async fn every_proof_check_of_rfc_9449_section_4_3_refuses() {
     ];
     for (case, proof, reason) in &cases {
         let before = gw.failures("main", reason);
-        let a = gw.dpop("GET", "/p", &tok, Some(proof)).await;
+        let a = dpop(&gw, "GET", "/p", &tok, Some(proof)).await;
         assert_dpop_challenge(&a, "invalid_dpop_proof", case);
         assert_eq!(
             gw.failures("main", reason),
@@ -452,7 +400,7 @@ async fn every_proof_check_of_rfc_9449_section_4_3_refuses() {
     // Within the window (60s + the issuer's 30s leeway) either way: accepted.
     for iat in [now() - 80, now() + 80] {
         let p = c.sign(&h, &edit(good_claims(), "iat", Some(json!(iat))));
-        let a = gw.dpop("GET", "/p", &tok, Some(&p)).await;
+        let a = dpop(&gw, "GET", "/p", &tok, Some(&p)).await;
         assert_eq!(a.status, 200, "iat {iat}: {}", a.body);
     }
 }
@@ -473,9 +421,7 @@ async fn htu_is_compared_after_rfc_3986_normalisation() {
         (format!("http://127.0.0.1:{port}/~user"), "/%7euser"),
         (format!("http://127.0.0.1:{port}"), "/"),
     ] {
-        let a = gw
-            .dpop("GET", path, &tok, Some(&c.proof("GET", &htu, &tok)))
-            .await;
+        let a = dpop(&gw, "GET", path, &tok, Some(&c.proof("GET", &htu, &tok))).await;
         assert_eq!(a.status, 200, "htu {htu} for {path}: {}", a.body);
     }
 }
@@ -487,22 +433,22 @@ async fn schemes_and_bindings_that_do_not_match_are_refused() {
     let bound = c.token();
     let plain = token("ES256", &claims());
     // A DPoP-bound token as Bearer.
-    let a = gw.get_bearer("/b", &bound).await;
+    let a = get_bearer(&gw, "/b", &bound).await;
     assert_dpop_challenge(&a, "invalid_token", "bound token as Bearer");
     assert_eq!(gw.failures("main", "binding_mismatch"), 1);
     // An unbound token with the DPoP scheme, even with a good proof.
-    let a = gw
-        .dpop(
-            "GET",
-            "/b",
-            &plain,
-            Some(&c.proof("GET", &gw.url("/b"), &plain)),
-        )
-        .await;
+    let a = dpop(
+        &gw,
+        "GET",
+        "/b",
+        &plain,
+        Some(&c.proof("GET", &gw.url("/b"), &plain)),
+    )
+    .await;
     assert_dpop_challenge(&a, "invalid_token", "unbound token as DPoP");
     assert_eq!(gw.failures("main", "binding_mismatch"), 2);
     // A bound token without any proof.
-    let a = gw.dpop("GET", "/b", &bound, None).await;
+    let a = dpop(&gw, "GET", "/b", &bound, None).await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "no proof");
     // A token refused for itself (expired) with the DPoP scheme: a DPoP challenge, invalid_token.
     let expired = token(
@@ -513,42 +459,42 @@ async fn schemes_and_bindings_that_do_not_match_are_refused() {
             json!({"jkt": c.jkt()}),
         ),
     );
-    let a = gw
-        .dpop(
-            "GET",
-            "/b",
-            &expired,
-            Some(&c.proof("GET", &gw.url("/b"), &expired)),
-        )
-        .await;
+    let a = dpop(
+        &gw,
+        "GET",
+        "/b",
+        &expired,
+        Some(&c.proof("GET", &gw.url("/b"), &expired)),
+    )
+    .await;
     assert_dpop_challenge(&a, "invalid_token", "expired bound token");
     // An unknown confirmation method is never ignored.
     let odd = token("ES256", &with(claims(), "cnf", json!({"kid": "k1"})));
-    let a = gw.get_bearer("/b", &odd).await;
+    let a = get_bearer(&gw, "/b", &odd).await;
     assert_eq!(a.status, 401, "{}", a.body);
     // Plain tokens as Bearer still pass; a plain token on a require_binding route does not.
-    assert_eq!(gw.get_bearer("/b", &plain).await.status, 200);
-    let a = gw.get_bearer("/strict", &plain).await;
+    assert_eq!(get_bearer(&gw, "/b", &plain).await.status, 200);
+    let a = get_bearer(&gw, "/strict", &plain).await;
     assert_invalid(&a, &plain, "unbound token on require_binding");
     assert_eq!(gw.failures("strict", "binding_mismatch"), 1);
-    let a = gw
-        .dpop(
-            "GET",
-            "/strict",
-            &bound,
-            Some(&c.proof("GET", &gw.url("/strict"), &bound)),
-        )
-        .await;
+    let a = dpop(
+        &gw,
+        "GET",
+        "/strict",
+        &bound,
+        Some(&c.proof("GET", &gw.url("/strict"), &bound)),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
     // An unmet requirement with the DPoP scheme: 403 with a DPoP challenge.
-    let a = gw
-        .dpop(
-            "GET",
-            "/scoped",
-            &bound,
-            Some(&c.proof("GET", &gw.url("/scoped"), &bound)),
-        )
-        .await;
+    let a = dpop(
+        &gw,
+        "GET",
+        "/scoped",
+        &bound,
+        Some(&c.proof("GET", &gw.url("/scoped"), &bound)),
+    )
+    .await;
     assert_eq!(a.status, 403, "{}", a.body);
     assert!(a
         .header("www-authenticate")
@@ -596,30 +542,26 @@ async fn nonces_are_demanded_issued_and_accepted_by_any_replica_with_the_key() {
     let c = DpopClient::new();
     let tok = c.token();
     // No nonce: use_dpop_nonce with one to use.
-    let a = one
-        .dpop(
-            "GET",
-            "/n",
-            &tok,
-            Some(&c.proof("GET", &one.url("/n"), &tok)),
-        )
-        .await;
+    let a = dpop(
+        &one,
+        "GET",
+        "/n",
+        &tok,
+        Some(&c.proof("GET", &one.url("/n"), &tok)),
+    )
+    .await;
     assert_dpop_challenge(&a, "use_dpop_nonce", "no nonce");
     let nonce = a.header("dpop-nonce").expect("DPoP-Nonce").to_owned();
     // A made-up nonce: the same.
     let mut claims = DpopClient::claims("GET", &one.url("/n"), &tok);
     claims["nonce"] = json!("made-up");
-    let a = one
-        .dpop("GET", "/n", &tok, Some(&c.sign(&c.header(), &claims)))
-        .await;
+    let a = dpop(&one, "GET", "/n", &tok, Some(&c.sign(&c.header(), &claims))).await;
     assert_dpop_challenge(&a, "use_dpop_nonce", "made-up nonce");
     // The nonce from replica one works on both replicas (no shared state).
     for gw in [&one, &two] {
         let mut claims = DpopClient::claims("GET", &gw.url("/n"), &tok);
         claims["nonce"] = json!(nonce);
-        let a = gw
-            .dpop("GET", "/n", &tok, Some(&c.sign(&c.header(), &claims)))
-            .await;
+        let a = dpop(gw, "GET", "/n", &tok, Some(&c.sign(&c.header(), &claims))).await;
         assert_eq!(a.status, 200, "{}", a.body);
     }
     // A replica with another key refuses it.
@@ -637,9 +579,14 @@ async fn nonces_are_demanded_issued_and_accepted_by_any_replica_with_the_key() {
     .await;
     let mut claims = DpopClient::claims("GET", &other.url("/n"), &tok);
     claims["nonce"] = json!(nonce);
-    let a = other
-        .dpop("GET", "/n", &tok, Some(&c.sign(&c.header(), &claims)))
-        .await;
+    let a = dpop(
+        &other,
+        "GET",
+        "/n",
+        &tok,
+        Some(&c.sign(&c.header(), &claims)),
+    )
+    .await;
     assert_dpop_challenge(&a, "use_dpop_nonce", "nonce of another key");
 }
 
@@ -756,16 +703,6 @@ async fn explain_checks_a_proof_too() {
     assert!(!text.contains(&tok), "explain printed the token");
 }
 
-/// Waits until the gateway has its issuers' keys (a discovery issuer fetches them at start).
-async fn keys_ready(gw: &Gw) {
-    eventually(
-        std::time::Duration::from_secs(20),
-        "issuer keys",
-        || async { gw.app.state.load().keys_ready() },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn a_real_provider_and_client_use_dpop_bound_tokens_through_the_gateway() {
     let provider = common::bound::BoundProvider::start();
@@ -780,7 +717,6 @@ async fn a_real_provider_and_client_use_dpop_bound_tokens_through_the_gateway() 
         )
     ))
     .await;
-    keys_ready(&with_nonce).await;
     // openid-client: token request with DPoP, then two resource requests through the gateway;
     // the first meets use_dpop_nonce and retries with the nonce, as RFC 9449 §8 says.
     let out = provider.client("dpop", &with_nonce.url("/oidc")).await;
@@ -811,28 +747,23 @@ async fn a_real_provider_and_client_use_dpop_bound_tokens_through_the_gateway() 
 
     // Proofs from npm `dpop`, replayed and misused by hand.
     let gw = start(&format!("{}{ROUTES}", provider.issuer_block(""))).await;
-    keys_ready(&gw).await;
     let url = gw.url("/oidc");
     let out = provider.client("dpop-token", &url).await;
     let tok = out["token"].as_str().expect("token");
     let proof = |name: &str| out[name].as_str().expect("proof").to_owned();
-    let a = gw.dpop("GET", "/oidc", tok, Some(&proof("get"))).await;
+    let a = dpop(&gw, "GET", "/oidc", tok, Some(&proof("get"))).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    let a = gw.dpop("GET", "/oidc", tok, Some(&proof("get"))).await;
+    let a = dpop(&gw, "GET", "/oidc", tok, Some(&proof("get"))).await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "replayed provider proof");
     assert_eq!(gw.failures("main", "dpop_replay"), 1);
-    let a = gw.dpop("GET", "/oidc", tok, Some(&proof("post"))).await;
+    let a = dpop(&gw, "GET", "/oidc", tok, Some(&proof("post"))).await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "wrong method");
-    let a = gw
-        .dpop("GET", "/oidc", tok, Some(&proof("other_url")))
-        .await;
+    let a = dpop(&gw, "GET", "/oidc", tok, Some(&proof("other_url"))).await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "wrong URL");
     assert_eq!(gw.failures("main", "dpop_invalid"), 2);
-    let a = gw
-        .dpop("GET", "/oidc", tok, Some(&proof("other_key")))
-        .await;
+    let a = dpop(&gw, "GET", "/oidc", tok, Some(&proof("other_key"))).await;
     assert_dpop_challenge(&a, "invalid_dpop_proof", "wrong key");
-    let a = gw.get_bearer("/oidc", tok).await;
+    let a = get_bearer(&gw, "/oidc", tok).await;
     assert_dpop_challenge(&a, "invalid_token", "provider's bound token as Bearer");
     assert_eq!(gw.failures("main", "binding_mismatch"), 2);
 }

@@ -1,17 +1,82 @@
-//! The real provider and client of sender-constrained tokens: tests/oidc/bound.mjs
-//! (oidc-provider with its dPoP and mTLS features) and tests/oidc/bound_client.mjs
-//! (openid-client and dpop). Both run on node with the npm packages of tests/oidc; a missing
-//! tool fails the test with a message naming what to install.
+//! For the sender-constrained token tests (tests/dpop.rs, tests/cert_bound.rs): a gateway whose
+//! metrics and state the test reads, and the real provider and client of bound tokens:
+//! tests/oidc/bound.mjs (oidc-provider with its dPoP and mTLS features) and
+//! tests/oidc/bound_client.mjs (openid-client and dpop). Both run on node with the npm
+//! packages of tests/oidc; a missing tool fails the test with a message naming what to install.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::tls::CERTS;
 use super::ChildGuard;
+
+/// A gateway `App` on a config file in a temp dir holding the test keys ([`super::write_keys`]).
+pub struct Gateway {
+    pub app: Arc<jwtgate::App>,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway on `config` (a `[listen]` on 127.0.0.1:0 is added when it has none)
+    /// and waits until every issuer a route needs has keys.
+    pub async fn start(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        super::write_keys(dir.path());
+        let path = dir.path().join("gateway.toml");
+        let text = if config.contains("[listen]") {
+            config.to_owned()
+        } else {
+            format!("[listen]\naddr = \"127.0.0.1:0\"\n{config}")
+        };
+        std::fs::write(&path, text).expect("write config");
+        let app = Arc::new(jwtgate::App::load(&path).unwrap_or_else(|e| panic!("config: {e}")));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(jwtgate::run(l, app.clone(), std::future::pending::<()>()));
+        super::eventually(Duration::from_secs(20), "issuer keys", || async {
+            app.state.load().keys_ready()
+        })
+        .await;
+        Gateway {
+            app,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// `http://ADDR/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `jwtgate_auth_failures_total{route, reason}`.
+    pub fn failures(&self, route: &str, reason: &str) -> u64 {
+        self.app
+            .metrics
+            .auth_failures
+            .with_label_values(&[route, reason])
+            .get()
+    }
+}
+
+/// An echo upstream for the rest of the test process; its `http://` URL.
+pub async fn echo() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(jwtgate::echo::serve(l, std::future::pending()));
+    format!("http://{addr}")
+}
 
 /// A node client run not done within this long fails the test.
 const CLIENT_WITHIN: Duration = Duration::from_secs(60);

@@ -27,8 +27,9 @@ import * as readline from 'node:readline';
 import { exportJWK, generateKeyPair } from 'jose';
 import Provider from 'oidc-provider';
 
+import { resourceIndicators } from './resource.mjs';
+
 const SECRET = 'jwtgate-test-secret-that-is-long-enough';
-const RESOURCE = 'urn:jwtgate:api';
 
 const certs = process.argv[2];
 if (!certs) {
@@ -104,23 +105,7 @@ const provider = new Provider(issuer, {
       certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
       certificateSubjectMatches: () => false,
     },
-    resourceIndicators: {
-      enabled: true,
-      defaultResource: () => RESOURCE,
-      useGrantedResource: () => true,
-      getResourceServerInfo: (_ctx, resourceIndicator) => {
-        if (resourceIndicator !== RESOURCE) {
-          throw new Provider.errors.InvalidTarget();
-        }
-        return {
-          scope: 'api:read',
-          audience: 'jwtgate-api',
-          accessTokenTTL: 300,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: 'ES256' } },
-        };
-      },
-    },
+    resourceIndicators: resourceIndicators(Provider),
   },
 });
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));

@@ -23,8 +23,9 @@ import * as path from 'node:path';
 import * as client from 'openid-client';
 import * as DPoP from 'dpop';
 
+import { RESOURCE } from './resource.mjs';
+
 const SECRET = 'jwtgate-test-secret-that-is-long-enough';
-const RESOURCE = 'urn:jwtgate:api';
 
 const [mode, issuer, url, certs] = process.argv.slice(2);
 if (!mode || !issuer || !url || !certs) {
