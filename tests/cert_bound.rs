@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use bytes::Bytes;
-use common::bound::{echo, Gateway as Gw};
+use common::bound::{echo, Gateway as Gw, ROUTES};
 use common::tls::{cert_file, dev_client, dev_roots, pem_certs, pem_key, provider as crypto};
 use common::*;
 use http_body_util::Full;
@@ -24,23 +24,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 const IO: Duration = Duration::from_secs(10);
-
-const ROUTES: &str = r#"
-[[route]]
-name = "main"
-path_prefix = "/"
-upstream = "{upstream}"
-auth = "required"
-[route.claim_headers]
-"X-Auth-Sub" = "sub"
-
-[[route]]
-name = "strict"
-path_prefix = "/strict"
-upstream = "{upstream}"
-auth = "required"
-require_binding = true
-"#;
 
 /// The gateway on TLS with the dev CA as `client_ca` and `client_auth` as given.
 async fn start(issuers: &str, client_auth: &str) -> Gw {

@@ -9,40 +9,10 @@ mod common;
 
 use aws_lc_rs::digest;
 use bytes::Bytes;
-use common::bound::{echo, Gateway as Gw};
+use common::bound::{echo, Gateway as Gw, ROUTES};
 use common::jwks::Signer;
 use common::*;
 use serde_json::{json, Value};
-
-const ROUTES: &str = r#"
-[[route]]
-name = "main"
-path_prefix = "/"
-upstream = "{upstream}"
-auth = "required"
-[route.claim_headers]
-"X-Auth-Sub" = "sub"
-
-[[route]]
-name = "strict"
-path_prefix = "/strict"
-upstream = "{upstream}"
-auth = "required"
-require_binding = true
-
-[[route]]
-name = "scoped"
-path_prefix = "/scoped"
-upstream = "{upstream}"
-auth = "required"
-require = { scope = "admin" }
-
-[[route]]
-name = "open"
-path_prefix = "/open"
-upstream = "{upstream}"
-auth = "none"
-"#;
 
 /// The default issuer with `extra` issuer keys (dpop_*).
 fn issuer(extra: &str) -> String {

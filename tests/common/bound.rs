@@ -16,6 +16,39 @@ use serde_json::Value;
 use super::tls::CERTS;
 use super::ChildGuard;
 
+/// The routes of the bound-token tests (`{upstream}` to be replaced): `main` on `/` with a
+/// claim header, `strict` with `require_binding`, `scoped` requiring scope `admin`, and
+/// `open` without auth.
+pub const ROUTES: &str = r#"
+[[route]]
+name = "main"
+path_prefix = "/"
+upstream = "{upstream}"
+auth = "required"
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+
+[[route]]
+name = "strict"
+path_prefix = "/strict"
+upstream = "{upstream}"
+auth = "required"
+require_binding = true
+
+[[route]]
+name = "scoped"
+path_prefix = "/scoped"
+upstream = "{upstream}"
+auth = "required"
+require = { scope = "admin" }
+
+[[route]]
+name = "open"
+path_prefix = "/open"
+upstream = "{upstream}"
+auth = "none"
+"#;
+
 /// A gateway `App` on a config file in a temp dir holding the test keys ([`super::write_keys`]).
 pub struct Gateway {
     pub app: Arc<jwtgate::App>,
