@@ -201,6 +201,11 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
                 "leeway": humantime::format_duration(i.leeway).to_string(),
                 "refresh": humantime::format_duration(i.refresh).to_string(),
                 "typ": i.typ,
+                // Sender-constrained tokens; the nonce key is named, never shown.
+                "dpop_algorithms": i.dpop.algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                "dpop_max_age": humantime::format_duration(i.dpop.max_age).to_string(),
+                "dpop_nonce": i.dpop.nonce,
+                "dpop_nonce_key_env": i.dpop.nonce_key_env,
             })
         })
         .collect();
@@ -231,6 +236,7 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
                 "token_query": r.token_query,
                 "token_cookie": r.token_cookie,
                 "claim_headers": r.claim_headers.iter().map(|(h, p)| (h.as_str().to_owned(), json!(p.as_str()))).collect::<serde_json::Map<_, _>>(),
+                "require_binding": r.require_binding,
             })
         })
         .collect();
@@ -239,7 +245,7 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
         "file": c.path,
         "listen": {
             "addr": c.listen.addr.to_string(),
-            "tls": c.listen.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key, "client_ca": t.client_ca})),
+            "tls": c.listen.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key, "client_ca": t.client_ca, "client_auth": t.client_ca.as_ref().map(|_| if t.client_auth_optional { "optional" } else { "required" })})),
             "certificates": c.listen.certificates.iter().map(|x| json!({"cert": x.cert, "key": x.key})).collect::<Vec<_>>(),
             "trusted_proxies": c.listen.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "strip_headers": c.listen.strip_headers,
