@@ -17,5 +17,22 @@ elif [ ! -d "$oidc/node_modules" ] || [ "$oidc/package-lock.json" -nt "$oidc/nod
     fi
 fi
 
+# Real components the end-to-end tests drive: Redis (shared state), a headless Chromium and its
+# WebDriver (browser sessions, CORS). Installed from the Debian archive when missing and this
+# runs as root with apt-get; otherwise the tests that need them fail, naming the package.
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "test.sh: installing ${need[*]} (apt-get)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+        echo "test.sh: ${need[*]} missing and cannot be installed here: the tests that need them will fail"
+    fi
+fi
+
 cargo test --locked --all-targets "$@"
 cargo test --locked --doc

@@ -59,6 +59,8 @@ pub struct RestartOnly {
     pub tls: bool,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub token_cache_entries: usize,
+    /// `[redis]` URL, redacted: the store is opened once.
+    pub redis: Option<String>,
 }
 
 impl RestartOnly {
@@ -69,6 +71,7 @@ impl RestartOnly {
             tls: c.listen.tls.is_some(),
             admin_addr: c.admin.as_ref().map(|a| a.addr),
             token_cache_entries: c.limits.token_cache_entries,
+            redis: c.redis.as_ref().map(|r| r.redacted()),
         }
     }
 
@@ -96,6 +99,9 @@ impl RestartOnly {
                 json!(self.token_cache_entries),
                 json!(now.token_cache_entries),
             ));
+        }
+        if now.redis != self.redis {
+            out.push(("redis.url", json!(self.redis), json!(now.redis)));
         }
         out
     }
@@ -265,6 +271,7 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
             "max_connections": l.max_connections,
             "max_concurrent_streams": l.max_concurrent_streams,
         },
+        "redis": c.redis.as_ref().map(|r| json!({"url": r.redacted(), "url_env": r.url_env})),
         "restart_pending": running
             .pending(c)
             .into_iter()

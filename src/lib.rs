@@ -22,6 +22,7 @@ pub mod replay;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod tls;
 
 use std::future::Future;
@@ -109,7 +110,11 @@ pub async fn run<D: Into<Drain>>(
     let ready_task = tokio::spawn(async move { ready.become_ready().await });
     let watcher = app.clone();
     let watch_task = tokio::spawn(async move { reload::watch(watcher).await });
-    let gateway = Arc::new(proxy::Gateway::new(app.state.clone(), app.metrics.clone()));
+    let gateway = Arc::new(proxy::Gateway::new(
+        app.state.clone(),
+        app.metrics.clone(),
+        app.store.clone(),
+    ));
     let (health, state) = (app.health.clone(), app.state.clone());
     server::serve(traffic, gateway, app.tls.clone(), async move {
         let grace = match shutdown.await.into() {
@@ -125,6 +130,15 @@ pub async fn run<D: Into<Drain>>(
     let _ = stop_admin.send(());
 }
 
+/// Why a loaded config could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("[redis]: {0}")]
+    Store(#[from] store::StoreError),
+}
+
 /// Everything a running gateway holds: the live snapshot, certificates, metrics, readiness.
 pub struct App {
     /// The config file, re-read by path on every reload.
@@ -132,6 +146,8 @@ pub struct App {
     pub state: state::Shared,
     pub metrics: Metrics,
     pub tls: Option<Arc<TlsState>>,
+    /// The shared Redis from `[redis]`, opened once at start (a changed URL waits for a restart).
+    pub store: Option<Arc<store::Store>>,
     pub health: Arc<Health>,
     /// The settings only a restart applies, as they were when this process started.
     pub running: admin::RestartOnly,
@@ -147,10 +163,15 @@ impl App {
         snapshot: Snapshot,
         metrics: Metrics,
         config_path: Option<PathBuf>,
-    ) -> Result<App, tls::TlsError> {
+    ) -> Result<App, AppError> {
         let tls = TlsState::new(&snapshot.config.listen)?.map(Arc::new);
+        let store = match &snapshot.config.redis {
+            Some(r) => Some(store::Store::open(r, &metrics)?),
+            None => None,
+        };
         let app = App {
             config_path,
+            store,
             running: admin::RestartOnly::of(&snapshot.config),
             state: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics,
@@ -173,8 +194,13 @@ impl App {
         let before = reload::files_fingerprint(path);
         let snapshot = Snapshot::build_from(Config::load(path)?, None, &metrics)?;
         let tls_loc = snapshot.config.listen.tls_loc;
-        let located = |e: tls::TlsError, snap: &Config| {
-            ConfigErrors(vec![snap.error(tls_loc, format!("[listen] tls: {e}"))])
+        let located = |e: AppError, snap: &Config| match e {
+            AppError::Tls(e) => {
+                ConfigErrors(vec![snap.error(tls_loc, format!("[listen] tls: {e}"))])
+            }
+            AppError::Store(e) => ConfigErrors(vec![
+                snap.error(config::Loc { line: 1, col: 1 }, format!("[redis]: {e}"))
+            ]),
         };
         let config = snapshot.config.clone();
         let app =

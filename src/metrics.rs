@@ -35,6 +35,17 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// Failed accepts (EMFILE and the like), by listener.
     pub accept_errors: IntCounterVec,
+    /// The shared store's metrics, registered by [`Metrics::register_redis`] only where
+    /// `[redis]` is set (a gateway without Redis shows no Redis series to alert on).
+    pub redis: RedisMetrics,
+}
+
+/// `jwtgate_redis_up` and `jwtgate_redis_errors_total{op}`.
+#[derive(Clone)]
+pub struct RedisMetrics {
+    pub up: IntGauge,
+    pub errors: IntCounterVec,
+    registered: std::sync::Arc<std::sync::Once>,
 }
 
 /// The listeners that connection metrics are labelled with.
@@ -216,7 +227,35 @@ impl Metrics {
             token_cache,
             open_connections,
             accept_errors,
+            redis: RedisMetrics {
+                up: IntGauge::new(
+                    "jwtgate_redis_up",
+                    "1 while the last call to the shared Redis succeeded, else 0.",
+                )
+                .expect("valid metric"),
+                errors: IntCounterVec::new(
+                    Opts::new(
+                        "jwtgate_redis_errors_total",
+                        "Failed or timed-out Redis calls, by operation.",
+                    ),
+                    &["op"],
+                )
+                .expect("valid metric"),
+                registered: std::sync::Arc::new(std::sync::Once::new()),
+            },
         }
+    }
+
+    /// Adds the Redis series to the registry (once, however often it is called).
+    pub fn register_redis(&self) {
+        self.redis.registered.call_once(|| {
+            for c in [
+                Box::new(self.redis.up.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(self.redis.errors.clone()),
+            ] {
+                self.registry.register(c).expect("unique metric");
+            }
+        });
     }
 
     /// The Prometheus text exposition of every metric.

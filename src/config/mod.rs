@@ -11,7 +11,8 @@ use std::path::Path;
 pub use locate::{ConfigError, ConfigErrors, Loc};
 pub use types::{
     Admin, AuthMode, CertFiles, ClaimPath, Config, DpopConfig, HostMatch, IssuerConfig, KeySource,
-    Limits, Listen, Requirement, RouteConfig, TlsFiles, Upstream, MIN_HMAC_SECRET_BYTES,
+    Limits, Listen, RedisConfig, Requirement, RouteConfig, TlsFiles, Upstream,
+    MIN_HMAC_SECRET_BYTES,
 };
 
 use locate::{describe_path, locate, segments, Seg};

@@ -18,6 +18,16 @@ pub struct RawConfig {
     pub issuer: Vec<Spanned<RawIssuer>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    pub redis: Option<Spanned<RawRedis>>,
+}
+
+/// `[redis]`: the store replicas share.
+#[derive(Debug, Deserialize)]
+pub struct RawRedis {
+    /// The environment variable holding the URL (it may carry a password).
+    pub url_env: Option<Spanned<String>>,
+    /// The URL itself, for a Redis without a password.
+    pub url: Option<Spanned<String>>,
 }
 
 /// `[listen]`.

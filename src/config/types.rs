@@ -20,6 +20,46 @@ pub struct Config {
     pub limits: Limits,
     pub issuers: Vec<IssuerConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[redis]`: the store replicas share; `None` keeps every shared feature in memory.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `[redis]`, with the URL read from the environment when `url_env` names it.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// The URL in effect. It may hold a password: print [`RedisConfig::redacted`] instead.
+    pub url: String,
+    /// The environment variable the URL came from, if any.
+    pub url_env: Option<String>,
+}
+
+impl RedisConfig {
+    /// The URL with any password replaced by `***`, for `/config` and logs.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// A URL with its userinfo password (`user:password@`) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = rest[..at].split(':').next().unwrap_or("");
+    format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted())
+            .field("url_env", &self.url_env)
+            .finish()
+    }
 }
 
 /// `[listen]`.

@@ -124,16 +124,19 @@ impl Presented<'_> {
         let checked = dpop::check(proof, &issuer.dpop, &request).map_err(refuse)?;
         // Last, so only proofs that passed everything else take room in the cache. While
         // Redis is down each replica remembers on its own (SPEC: logged, counted).
-        let first = replay
-            .first_use(
-                REPLAY_NAMESPACE,
-                &checked.replay_id,
-                checked.until,
-                WhenDown::Local,
-            )
+        let until = u64::try_from(checked.until).unwrap_or(0);
+        let first = match replay
+            .first_use(REPLAY_NAMESPACE, &checked.replay_id, until, WhenDown::Local)
             .await
-            // `Local` never gives up; should it, a proof that cannot be checked is refused.
-            .unwrap_or(false);
+        {
+            Ok(first) => first,
+            // Only a memory cache full of unexpired ids gets here (Redis being down falls back
+            // to memory): a proof that cannot be checked for replay is refused.
+            Err(e) => {
+                tracing::warn!(error = %e, "DPoP proof refused: its jti cannot be checked for replay");
+                false
+            }
+        };
         if !first {
             return Err(refuse(AuthError::DpopReplay));
         }

@@ -23,9 +23,11 @@ use crate::auth::cache::TokenCache;
 use crate::auth::{self, claims};
 use crate::config::AuthMode;
 use crate::metrics::Metrics;
+use crate::replay::ReplayCache;
 use crate::routes::normalize_host;
 use crate::server::ConnInfo;
 use crate::state::{Shared, Snapshot};
+use crate::store::Store;
 use crate::unix_now;
 pub use answer::{ProxyError, UpstreamKind};
 use bearer::Source;
@@ -53,11 +55,13 @@ pub struct Outcome {
 pub struct Gateway {
     pub state: Shared,
     pub metrics: Metrics,
+    /// The shared Redis (`[redis]`), if any.
+    pub store: Option<Arc<Store>>,
+    /// Used-once ids: DPoP proof `jti`s and one-time tokens.
+    pub replay: ReplayCache,
     cache: Option<TokenCache>,
     cache_hits: prometheus::IntCounter,
     cache_misses: prometheus::IntCounter,
-    /// Proof `jti`s seen (DPoP replay).
-    pub replay: Arc<crate::replay::ReplayCache>,
 }
 
 /// Memory budget of the verified-token cache.
@@ -65,13 +69,14 @@ const TOKEN_CACHE_BYTES: u64 = 32 << 20;
 
 impl Gateway {
     /// A gateway reading `state` and recording into `metrics`.
-    pub fn new(state: Shared, metrics: Metrics) -> Gateway {
+    pub fn new(state: Shared, metrics: Metrics, store: Option<Arc<Store>>) -> Gateway {
         let entries = state.load().config.limits.token_cache_entries;
         Gateway {
+            replay: ReplayCache::new(store.clone()),
+            store,
             cache: (entries > 0).then(|| TokenCache::new(entries, TOKEN_CACHE_BYTES)),
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
-            replay: Arc::default(),
             state,
             metrics,
         }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod der;
 pub mod jwks;
 pub mod metrics;
+pub mod redis_server;
 pub mod tls;
 
 use std::future::Future;

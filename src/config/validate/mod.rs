@@ -12,9 +12,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::locate::LineIndex;
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawRedis};
 use super::types::resolve;
-use super::{Config, ConfigError, Loc};
+use super::{Config, ConfigError, Loc, RedisConfig};
 use issuer::IssuerNames;
 
 /// Collects the errors of one config text while building its runtime types.
@@ -104,6 +104,7 @@ impl Validator<'_> {
         // Routes name issuers as written, so they are checked even when an issuer is invalid.
         let issuer_names = IssuerNames::new(&raw.issuer);
         let routes = self.routes(&raw.route, &issuer_names);
+        let redis = raw.redis.as_ref().and_then(|r| self.redis(r));
         let issuers = issuers.into_iter().collect::<Option<Vec<_>>>()?;
         Some(Config {
             path: self.file.clone(),
@@ -112,7 +113,62 @@ impl Validator<'_> {
             limits,
             issuers,
             routes,
+            redis,
         })
+    }
+
+    /// `[redis]`: exactly one of `url_env` and `url`, a URL the Redis client understands.
+    fn redis(&mut self, r: &Spanned<RawRedis>) -> Option<RedisConfig> {
+        let raw = r.get_ref();
+        let (url, url_env, at) = match (&raw.url_env, &raw.url) {
+            (Some(env), None) => {
+                let name = env.get_ref();
+                match std::env::var(name) {
+                    Ok(v) if !v.trim().is_empty() => {
+                        (v.trim().to_owned(), Some(name.clone()), env.span())
+                    }
+                    _ => {
+                        self.error(env, format!("[redis] url_env: the environment variable {name} is not set (it should hold a redis:// or rediss:// URL)"));
+                        return None;
+                    }
+                }
+            }
+            (None, Some(url)) => (url.get_ref().trim().to_owned(), None, url.span()),
+            (Some(_), Some(_)) => {
+                self.error(r, "[redis] sets both url_env and url: keep one".to_owned());
+                return None;
+            }
+            (None, None) => {
+                self.error(
+                    r,
+                    "[redis] needs url_env (the environment variable holding the URL) or url"
+                        .to_owned(),
+                );
+                return None;
+            }
+        };
+        let config = RedisConfig { url, url_env };
+        let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|s| config.url.starts_with(s));
+        let parsed = scheme_ok.then(|| redis::Client::open(config.url.as_str()));
+        match parsed {
+            Some(Ok(_)) => Some(config),
+            Some(Err(e)) => {
+                self.error_at(
+                    at.start,
+                    format!(
+                        "[redis] {:?} is not a usable Redis URL: {e}",
+                        config.redacted()
+                    ),
+                );
+                None
+            }
+            None => {
+                self.error_at(at.start, format!("[redis] {:?} is not a Redis URL: write redis://host:port/db or rediss://... for TLS", config.redacted()));
+                None
+            }
+        }
     }
 
     fn strings(&mut self, list: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<String> {
