@@ -737,3 +737,78 @@ async fn a_real_provider_and_client_use_dpop_bound_tokens_through_the_gateway() 
     assert_dpop_challenge(&a, "invalid_token", "provider's bound token as Bearer");
     assert_eq!(gw.failures("main", "binding_mismatch"), 2);
 }
+
+#[tokio::test]
+async fn a_proof_replayed_to_another_replica_sharing_redis_is_refused() {
+    let mut redis = common::redis_server::RedisServer::start();
+    let upstream = echo().await;
+    let shared = format!("[redis]\nurl = \"{}\"\n{}{ROUTES}", redis.url(), issuer(""));
+    let a = start_on(&shared, &upstream).await;
+    let b = start_on(&shared, &upstream).await;
+    let c = DpopClient::new();
+    let tok = c.token();
+    // Both replicas sit behind one name, as behind a load balancer: the same htu.
+    let host = a.addr.to_string();
+    let via = |gw: &Gw, proof: &str| {
+        let url = gw.url("/r");
+        let (auth, proof, host) = (format!("DPoP {tok}"), proof.to_owned(), host.clone());
+        async move {
+            client::request(
+                "GET",
+                &url,
+                &[
+                    ("host", host.as_str()),
+                    ("authorization", auth.as_str()),
+                    ("dpop", proof.as_str()),
+                ],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+    let htu = format!("http://{host}/r");
+    let proof = c.proof("GET", &htu, &tok);
+    assert_eq!(via(&a, &proof).await.status, 200, "first use on replica a");
+    let replayed = via(&b, &proof).await;
+    assert_dpop_challenge(&replayed, "invalid_dpop_proof", "replayed to replica b");
+    assert_eq!(b.failures("main", "dpop_replay"), 1);
+    // Without the shared store each replica only knows its own proofs.
+    let alone_a = start_on(&format!("{}{ROUTES}", issuer("")), &upstream).await;
+    let alone_b = start_on(&format!("{}{ROUTES}", issuer("")), &upstream).await;
+    let host_alone = alone_a.addr.to_string();
+    let proof = c.proof("GET", &format!("http://{host_alone}/r"), &tok);
+    for gw in [&alone_a, &alone_b] {
+        let auth = format!("DPoP {tok}");
+        let a = client::request(
+            "GET",
+            &gw.url("/r"),
+            &[
+                ("host", host_alone.as_str()),
+                ("authorization", auth.as_str()),
+                ("dpop", proof.as_str()),
+            ],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            a.status, 200,
+            "memory-only replicas do not share: {}",
+            a.body
+        );
+    }
+    // Redis down: DPoP traffic keeps flowing on each replica's memory, replays to the same
+    // replica are still caught.
+    redis.kill();
+    let proof = c.proof("GET", &htu, &tok);
+    assert_eq!(
+        via(&a, &proof).await.status,
+        200,
+        "Redis down: a fresh proof passes"
+    );
+    let again = via(&a, &proof).await;
+    assert_dpop_challenge(
+        &again,
+        "invalid_dpop_proof",
+        "Redis down: a replay to the same replica",
+    );
+}
