@@ -641,41 +641,207 @@ mod mint {
             .to_string()
             .as_bytes());
         let t = now();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let signer = Arc::new(signer);
-        let chunks: Vec<String> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|w| {
-                    let (signer, header) = (signer.clone(), header.clone());
-                    s.spawn(move || {
-                        let rng = SystemRandom::new();
-                        let mut text = String::new();
-                        for n in (w..count).step_by(threads) {
-                            let claims = json!({
-                                "iss": iss, "aud": aud, "sub": format!("user-{n}"),
-                                "iat": t, "exp": t + 7200,
-                            });
-                            let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
-                            let signature = signer.sign(input.as_bytes(), &rng);
-                            text.push_str(&input);
-                            text.push('.');
-                            text.push_str(&b64(&signature));
-                            text.push('\n');
-                        }
-                        text
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("minting thread"))
-                .collect()
+        let text = lines_on_every_cpu(count as u64, |n| {
+            let claims = json!({
+                "iss": iss, "aud": aud, "sub": format!("user-{n}"),
+                "iat": t, "exp": t + 7200,
+            });
+            let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+            let signature = signer.sign(input.as_bytes(), &SystemRandom::new());
+            format!("{input}.{}", b64(&signature))
         });
-        std::fs::write(out, chunks.concat()).map_err(|e| format!("{out}: {e}"))
+        std::fs::write(out, text).map_err(|e| format!("{out}: {e}"))
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// dpop/* (issue 16): the cost of a DPoP request over the same request with a repeated bearer
+// token. `dpop/check` is one proof through `auth::dpop::check` (structure, the proof's key,
+// one ES256 signature, htm/htu/iat/ath); `dpop/handle_repeated_token` is a whole round trip
+// with a repeated DPoP-bound token (a verified-token cache hit) and a fresh proof each time
+// (made outside the measurement). Baselines in the same run: `verify/jwtgate/ES256` and
+// `handle/auth_required/ES256` (repeated bearer) and `handle/auth_required_uncached/ES256`
+// (a bearer token verified in full: one signature).
+// ---------------------------------------------------------------------------------------------
+
+/// A DPoP client key and proofs made with it.
+struct ProofKey {
+    kp: EcdsaKeyPair,
+    jwk: Value,
+    jkt: String,
+}
+
+impl ProofKey {
+    fn new() -> ProofKey {
+        let kp = EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("ec256");
+        let p = kp.public_key().as_ref().to_vec();
+        let (x, y) = (b64(&p[1..33]), b64(&p[33..]));
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let jkt = b64(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref(),
+        );
+        let jwk = json!({ "kty": "EC", "crv": "P-256", "x": x, "y": y });
+        ProofKey { kp, jwk, jkt }
+    }
+
+    fn proof(&self, method: &str, htu: &str, token: &str, n: u64) -> String {
+        let header = json!({ "typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk });
+        let claims = json!({
+            "jti": format!("bench-{n}"), "htm": method, "htu": htu, "iat": now(),
+            "ath": auth::dpop::token_hash(token),
+        });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .kp
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .expect("sign");
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+}
+
+fn bench_dpop(c: &mut Criterion, keys: &Keys) {
+    let pk = ProofKey::new();
+    let token = keys.sign("ES256", &{
+        let mut c = claims();
+        c["cnf"] = json!({ "jkt": pk.jkt });
+        c
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let route = "[[route]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\nauth = \"required\"\n";
+    let snapshot = Snapshot::build(config(dir.path(), keys, route)).expect("snapshot");
+    let dpop = &snapshot.issuers[0].dpop;
+    let htu = "http://127.0.0.1:8080/api/x";
+    let mut g = c.benchmark_group("dpop");
+    let proof = pk.proof("GET", htu, &token, 0);
+    let request = auth::dpop::ProofRequest {
+        method: "GET",
+        htu,
+        access_token: &token,
+        jkt: &pk.jkt,
+        now: now(),
+    };
+    auth::dpop::check(&proof, dpop, &request).expect("bench proof passes");
+    g.bench_function("check/ES256", |b| {
+        b.iter(|| auth::dpop::check(black_box(&proof), dpop, &request).map(|c| c.until))
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = start(&rt, keys, "");
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    let url = format!("{}/api/x", running.gateway);
+    let auth_value = HeaderValue::from_str(&format!("DPoP {token}")).expect("header");
+    let mut n = 0u64;
+    let mut next_proof = || {
+        n += 1;
+        HeaderValue::from_str(&pk.proof("GET", &url, &token, n)).expect("proof header")
+    };
+    let send = |proof: HeaderValue| {
+        let req = http::Request::get(&url)
+            .header(http::header::AUTHORIZATION, auth_value.clone())
+            .header("dpop", proof)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let client = &client;
+        async move {
+            let res = client.request(req).await.expect("gateway answers");
+            let status = res.status();
+            let body = res.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            body.len()
+        }
+    };
+    rt.block_on(send(next_proof()));
+    g.bench_function("handle_repeated_token/ES256", |b| {
+        b.iter_batched(
+            &mut next_proof,
+            |proof| rt.block_on(send(proof)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    drop(client);
+    drop(running);
+}
+
+/// `line(n)` for n in 0..count, one a line, made on every CPU (minting signs a lot).
+fn lines_on_every_cpu(count: u64, line: impl Fn(u64) -> String + Sync) -> String {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|w| {
+                let line = &line;
+                s.spawn(move || {
+                    let mut text = String::new();
+                    for n in (w..count).step_by(threads) {
+                        text.push_str(&line(n));
+                        text.push('\n');
+                    }
+                    text
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("minting thread"))
+            .collect()
+    });
+    chunks.concat()
+}
+
+/// `JWTGATE_BENCH_MINT_DPOP=1 <bench binary> ES256_PKCS8_PEM COUNT TOKEN_OUT PROOFS_OUT ISS AUD KID HTU`
+/// writes one ES256 access token bound (cnf.jkt) to a fresh DPoP key to TOKEN_OUT, and COUNT
+/// proofs of that key for `GET HTU` with that token (distinct jti, iat now), one a line, to
+/// PROOFS_OUT: the DPoP row of benches/load.sh.
+fn mint_dpop(args: &[String]) -> Result<(), String> {
+    let [key, count, token_out, proofs_out, iss, aud, kid, htu] = args else {
+        return Err("usage: JWTGATE_BENCH_MINT_DPOP=1 gateway ES256_KEY COUNT TOKEN_OUT PROOFS_OUT ISS AUD KID HTU".into());
+    };
+    let count: u64 = count.parse().map_err(|e| format!("COUNT: {e}"))?;
+    let pem = std::fs::read(key).map_err(|e| format!("{key}: {e}"))?;
+    let der = pem::parse(pem)
+        .map_err(|e| format!("{key}: {e}"))?
+        .into_contents();
+    let issuer_key = EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+        .map_err(|e| format!("{key}: {e}"))?;
+    let pk = ProofKey::new();
+    let t = now();
+    let claims = json!({
+        "iss": iss, "aud": aud, "sub": "dpop-user", "iat": t, "exp": t + 7200,
+        "cnf": { "jkt": pk.jkt },
+    });
+    let header = json!({ "alg": "ES256", "typ": "JWT", "kid": kid });
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = issuer_key
+        .sign(&SystemRandom::new(), input.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let token = format!("{input}.{}", b64(signature.as_ref()));
+    std::fs::write(token_out, &token).map_err(|e| format!("{token_out}: {e}"))?;
+    let proofs = lines_on_every_cpu(count, |n| pk.proof("GET", htu, &token, n));
+    std::fs::write(proofs_out, proofs).map_err(|e| format!("{proofs_out}: {e}"))
+}
+
 fn main() {
+    if std::env::var_os("JWTGATE_BENCH_MINT_DPOP").is_some() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if let Err(e) = mint_dpop(&args) {
+            eprintln!("mint: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     if std::env::var_os("JWTGATE_BENCH_MINT").is_some() {
         let args: Vec<String> = std::env::args().skip(1).collect();
         if let Err(e) = mint::run(&args) {
@@ -695,6 +861,7 @@ fn main() {
     bench_handle(&mut c, &keys);
     bench_denylist(&mut c, &keys);
     bench_defenses(&mut c, &keys);
+    bench_dpop(&mut c, &keys);
     c.final_summary();
 }
 

@@ -106,6 +106,11 @@ fn step_of(e: &AuthError) -> &'static str {
         AuthError::NoJti | AuthError::Replayed => "one-time",
         AuthError::Anomaly => "anomaly",
         AuthError::Revoked => "revocation",
+        AuthError::DpopInvalid(_)
+        | AuthError::DpopTime { .. }
+        | AuthError::DpopNonce
+        | AuthError::DpopReplay => "dpop",
+        AuthError::BindingMismatch(_) | AuthError::DpopKeyMismatch => "binding",
         AuthError::Malformed(m) => {
             let starts = |p: &[&str]| p.iter().any(|p| m.starts_with(p));
             if starts(&["exp", "nbf", "iat", "a time claim"]) {
@@ -123,7 +128,7 @@ fn step_of(e: &AuthError) -> &'static str {
     }
 }
 
-const STEPS: [&str; 16] = [
+const STEPS: [&str; 18] = [
     "structure",
     "header",
     "issuer",
@@ -136,6 +141,8 @@ const STEPS: [&str; 16] = [
     "subject",
     "anomaly",
     "revocation",
+    "binding",
+    "dpop",
     "requirements",
     "step-up",
     "one-time",
@@ -150,15 +157,17 @@ pub async fn explain(
     host: &str,
     raw_path: &str,
 ) -> Report {
-    explain_with(snap, None, token, method, host, raw_path).await
+    explain_with(snap, None, token, None, method, host, raw_path).await
 }
 
 /// [`explain`], checking the token against `denylist` too (step `revocation`: which entry
-/// revokes it).
+/// revokes it), and for a token sent as `Authorization: DPoP` with the proof `dpop` (every
+/// check of the request path but the replay cache, which a dry run must not fill).
 pub async fn explain_with(
     snap: &Snapshot,
     denylist: Option<&crate::denylist::Denylist>,
     token: Option<&str>,
+    dpop: Option<&str>,
     method: &Method,
     host: &str,
     raw_path: &str,
@@ -300,6 +309,25 @@ pub async fn explain_with(
                         });
                         result = Err(AuthError::Revoked);
                     }
+                }
+            }
+            if let Ok(Some(v)) = &result {
+                let scheme = if snap.config.listen.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let facts = DryRequest {
+                    method,
+                    scheme,
+                    host,
+                    path: raw_path,
+                    token: t,
+                    dpop,
+                };
+                match dry_binding(snap, route, v, &facts, now) {
+                    Ok(step) => report.steps.push(step),
+                    Err(e) => result = Err(e),
                 }
             }
             if let Ok(Some(v)) = &result {
@@ -775,4 +803,82 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     out
+}
+
+/// What [`dry_binding`] knows of the request explained.
+struct DryRequest<'a> {
+    method: &'a Method,
+    scheme: &'a str,
+    host: &'a str,
+    path: &'a str,
+    token: &'a str,
+    dpop: Option<&'a str>,
+}
+
+/// The sender-constraint checks of the request path, without a connection or replay cache:
+/// the token's `cnf`, the proof (when given) and `require_binding`.
+fn dry_binding(
+    snap: &Snapshot,
+    route: &crate::config::RouteConfig,
+    v: &auth::Verified,
+    r: &DryRequest<'_>,
+    now: i64,
+) -> Result<Step, AuthError> {
+    use crate::auth::{binding, dpop};
+    let step = |step: &'static str, result: &'static str, detail: String| Step {
+        step,
+        result,
+        detail,
+    };
+    let cnf = binding::cnf(&v.claims)?;
+    if cnf.is_unbound() {
+        if r.dpop.is_some() {
+            return Err(AuthError::BindingMismatch(
+                "the token is not DPoP-bound (it has no cnf.jkt): send it with the Bearer scheme",
+            ));
+        }
+        if route.require_binding {
+            return Err(AuthError::BindingMismatch(
+                "this route requires a sender-constrained token (cnf: DPoP- or certificate-bound)",
+            ));
+        }
+        return Ok(step(
+            "binding",
+            "pass",
+            "the token is not sender-constrained (no cnf)".into(),
+        ));
+    }
+    if let Some(x5t) = cnf.x5t {
+        return Ok(step(
+            "binding",
+            "skipped",
+            format!("certificate-bound: the connection's client certificate must have the SHA-256 thumbprint {x5t} (a dry run has no connection)"),
+        ));
+    }
+    let Some(jkt) = cnf.jkt else {
+        return Ok(step("binding", "pass", "no binding to check".into()));
+    };
+    let Some(proof) = r.dpop else {
+        return Err(AuthError::DpopInvalid(
+            "the token is DPoP-bound: a request needs Authorization: DPoP and a proof (pass --dpop)",
+        ));
+    };
+    let htu = dpop::request_htu(r.scheme, r.host, r.path.split('?').next().unwrap_or(r.path))
+        .ok_or(AuthError::DpopInvalid(
+            "the request's scheme and host do not form a URI to compare htu with",
+        ))?;
+    let issuer = &snap.issuers[v.issuer];
+    let request = dpop::ProofRequest {
+        method: r.method.as_str(),
+        htu: &htu,
+        access_token: r.token,
+        jkt,
+        now,
+    };
+    dpop::check(proof, &issuer.dpop, &request)?;
+    Ok(step(
+        "dpop",
+        "pass",
+        format!("proof by the key with thumbprint {jkt} (cnf.jkt); typ, alg [{}], htm {}, htu {htu}, iat within {}s, ath; its jti is not recorded by a dry run", issuer.dpop.algs, r.method, issuer.dpop.window_secs),
+    ))
 }

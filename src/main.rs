@@ -61,6 +61,9 @@ enum Command {
         /// The token to check ("-" reads it from standard input); leave out for none.
         #[arg(long)]
         token: Option<String>,
+        /// A DPoP proof: the token is then checked as `Authorization: DPoP` with this proof.
+        #[arg(long)]
+        dpop: Option<String>,
         #[arg(long, default_value = "GET")]
         method: String,
         #[arg(long, default_value = "localhost")]
@@ -109,11 +112,12 @@ fn main() -> ExitCode {
         }
         Command::Explain {
             token,
+            dpop,
             method,
             host,
             json,
             path,
-        } => match commands::explain(&cli.config, token, &method, &host, &path, json) {
+        } => match commands::explain(&cli.config, token, dpop, &method, &host, &path, json) {
             Ok((report, forwarded)) => {
                 print!("{report}");
                 // Exit 0 when the request would be forwarded, 2 when the gateway would refuse it.

@@ -136,9 +136,18 @@ impl Snapshot {
                     IssuerKeys::Static(Arc::new(KeySet::default()))
                 }
             };
+            // Sender-constrained tokens: the DPoP settings and the nonce key, read once here.
+            let mut dpop = crate::auth::dpop::IssuerDpop::new(ic);
+            match crate::auth::dpop::nonce_key(ic) {
+                Ok(key) => dpop.nonce = key,
+                Err(e) => {
+                    errors.push(config.error(ic.source_loc, format!("issuer {:?}: {e}", ic.name)))
+                }
+            }
             issuers.push(Issuer {
                 config: ic.clone(),
                 keys,
+                dpop,
             });
         }
         let clients = match Clients::build(&config, previous.map(|p| &p.clients)) {

@@ -1,8 +1,10 @@
 //! Token verification: a compact JWS against the issuers a route accepts, every check of
 //! SPEC.md "What every request gets", then claim requirements and claim header values.
 
+pub mod binding;
 pub mod cache;
 pub mod claims;
+pub mod dpop;
 pub mod stepup;
 mod strict_json;
 pub mod verify;
@@ -29,11 +31,15 @@ pub enum Reason {
     Replayed,
     Anomaly,
     Revoked,
+    // Sender-constrained tokens.
+    DpopInvalid,
+    DpopReplay,
+    BindingMismatch,
 }
 
 impl Reason {
     /// Every reason, for metric series that exist from the first scrape.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::BadSignature,
@@ -48,6 +54,9 @@ impl Reason {
         Reason::Replayed,
         Reason::Anomaly,
         Reason::Revoked,
+        Reason::DpopInvalid,
+        Reason::DpopReplay,
+        Reason::BindingMismatch,
     ];
 
     /// The label value, as SPEC.md names it.
@@ -67,6 +76,9 @@ impl Reason {
             Reason::Replayed => "replayed",
             Reason::Anomaly => "anomaly",
             Reason::Revoked => "revoked",
+            Reason::DpopInvalid => "dpop_invalid",
+            Reason::DpopReplay => "dpop_replay",
+            Reason::BindingMismatch => "binding_mismatch",
         }
     }
 }
@@ -128,6 +140,21 @@ pub enum AuthError {
     /// A denylist entry refuses the token (SPEC "Revocation").
     #[error("the token has been revoked")]
     Revoked,
+    // Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 certificate-bound).
+    #[error("the DPoP proof is not valid: {0}")]
+    DpopInvalid(&'static str),
+    #[error("the DPoP proof's iat {iat} is outside the accepted window (now {now}, {window}s either way)")]
+    DpopTime { iat: i64, now: i64, window: i64 },
+    #[error("the DPoP proof must carry the nonce the server provides in DPoP-Nonce")]
+    DpopNonce,
+    #[error("the DPoP proof was already used (its jti was seen before)")]
+    DpopReplay,
+    #[error(
+        "the DPoP proof is signed by another key than the one the token is bound to (cnf.jkt)"
+    )]
+    DpopKeyMismatch,
+    #[error("{0}")]
+    BindingMismatch(&'static str),
 }
 
 impl AuthError {
@@ -156,6 +183,11 @@ impl AuthError {
             AuthError::Replayed => Reason::Replayed,
             AuthError::Anomaly => Reason::Anomaly,
             AuthError::Revoked => Reason::Revoked,
+            AuthError::DpopInvalid(_) | AuthError::DpopTime { .. } | AuthError::DpopNonce => {
+                Reason::DpopInvalid
+            }
+            AuthError::DpopReplay => Reason::DpopReplay,
+            AuthError::BindingMismatch(_) | AuthError::DpopKeyMismatch => Reason::BindingMismatch,
         }
     }
 }

@@ -11,6 +11,7 @@ use super::{with_loaded, CommandError};
 pub fn explain(
     config: &Path,
     token: Option<String>,
+    dpop: Option<String>,
     method: &str,
     host: &str,
     path: &str,
@@ -58,6 +59,7 @@ pub fn explain(
             &snap,
             Some(&denylist),
             token.as_deref(),
+            dpop.as_deref(),
             &method,
             host,
             path,

@@ -11,8 +11,8 @@ use std::path::Path;
 pub use locate::{ConfigError, ConfigErrors, Loc};
 pub use types::{
     Admin, AnomalyAction, AnomalyConfig, AuthMode, CertFiles, ClaimPath, Config, DenylistConfig,
-    HostMatch, IssuerConfig, KeySource, Limits, Listen, RedisConfig, Requirement, RouteConfig,
-    TlsFiles, Upstream, MIN_HMAC_SECRET_BYTES,
+    DpopConfig, HostMatch, IssuerConfig, KeySource, Limits, Listen, RedisConfig, Requirement,
+    RouteConfig, TlsFiles, Upstream, MIN_HMAC_SECRET_BYTES,
 };
 
 use locate::{describe_path, locate, segments, Seg};

@@ -62,6 +62,8 @@ pub struct RawTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
     pub client_ca: Option<Spanned<String>>,
+    /// `"required"` (the default with `client_ca`) or `"optional"`.
+    pub client_auth: Option<Spanned<String>>,
 }
 
 /// `[[listen.certificates]]`: more certificates chosen by SNI.
@@ -109,6 +111,11 @@ pub struct RawIssuer {
     pub leeway: Option<Spanned<String>>,
     pub refresh: Option<Spanned<String>>,
     pub typ: Option<Spanned<Vec<Spanned<String>>>>,
+    // Sender-constrained tokens.
+    pub dpop_algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub dpop_max_age: Option<Spanned<String>>,
+    pub dpop_nonce: Option<Spanned<bool>>,
+    pub dpop_nonce_key_env: Option<Spanned<String>>,
 }
 
 /// One `[[route]]`.
@@ -140,6 +147,7 @@ pub struct RawRoute {
     pub one_time: Option<Spanned<bool>>,
     /// Headers set on every answer of the route.
     pub response_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub require_binding: Option<Spanned<bool>>,
 }
 
 /// A claim requirement: one value or a list, every one required.

@@ -99,6 +99,9 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// `client_auth = "optional"`: with `client_ca`, a client may also connect without a
+    /// certificate (certificate-bound and plain tokens share the port).
+    pub client_auth_optional: bool,
 }
 
 /// A certificate and its key.
@@ -179,6 +182,32 @@ pub struct IssuerConfig {
     pub refresh: Duration,
     /// Accepted `typ` values, compared case-insensitively; an absent `typ` is always accepted.
     pub typ: Vec<String>,
+    /// Sender-constrained tokens: how this issuer's DPoP proofs are checked.
+    pub dpop: DpopConfig,
+}
+
+/// `dpop_*` keys of an `[[issuer]]` (SPEC "Sender-constrained tokens").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopConfig {
+    /// Proof algorithms accepted (asymmetric only).
+    pub algorithms: Vec<Alg>,
+    /// The proof `iat` window, past and future, on top of the issuer's leeway.
+    pub max_age: Duration,
+    /// True: proofs must carry a server nonce (`DPoP-Nonce`).
+    pub nonce: bool,
+    /// The environment variable holding the nonce HMAC key.
+    pub nonce_key_env: String,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        DpopConfig {
+            algorithms: vec![Alg::ES256, Alg::ES384, Alg::EdDSA, Alg::PS256],
+            max_age: Duration::from_secs(60),
+            nonce: false,
+            nonce_key_env: "JWTGATE_DPOP_NONCE_KEY".into(),
+        }
+    }
 }
 
 /// `auth = required | optional | none`.
@@ -267,6 +296,8 @@ pub struct RouteConfig {
     pub token_query: Option<String>,
     pub token_cookie: Option<String>,
     pub claim_headers: Vec<(HeaderName, ClaimPath)>,
+    /// True: tokens without `cnf` (neither DPoP- nor certificate-bound) are refused.
+    pub require_binding: bool,
     /// Where the route is written, for warnings.
     pub loc: Loc,
     // Step-up, one-time tokens, security headers (SPEC "Step-up, one-time tokens, theft

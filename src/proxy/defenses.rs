@@ -114,4 +114,4 @@ impl Gateway {
 /// `Retry-After` of a `one_time` route while the replay cache cannot decide: the store's
 /// calls are bounded to half a second and it reconnects by itself, so a second is a fair
 /// first retry.
-const REPLAY_RETRY_AFTER_SECS: u64 = 1;
+pub(super) const REPLAY_RETRY_AFTER_SECS: u64 = 1;

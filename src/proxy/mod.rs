@@ -5,6 +5,7 @@ pub mod answer;
 pub mod bearer;
 pub mod body;
 mod defenses;
+pub mod dpop;
 pub mod headers;
 pub mod pool;
 pub mod upstream;
@@ -128,7 +129,7 @@ impl Gateway {
         let mut res = match result {
             Ok(res) => res.map(Either::Right),
             Err(e) => {
-                if let ProxyError::Auth(a) = &e {
+                if let Some(a) = e.auth_error() {
                     rec.outcome.auth = a.reason().as_str();
                 }
                 if let ProxyError::Upstream { kind } = &e {
@@ -193,18 +194,42 @@ impl Gateway {
         pq.push_str(path);
 
         // Token: found, verified, checked against the route's requirements.
+        // Sender-constrained tokens: the proof is taken out on every route (it never reaches
+        // the upstream), and a token's binding is checked on every request, cache hit or not.
+        let proof = dpop::take_proof(&mut parts.headers)?;
         let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
+        let mut fresh_nonce = None;
         let verified = match (route.auth, &found) {
             (AuthMode::None, _) => None,
             (AuthMode::Required, None) => return Err(auth::AuthError::Missing.into()),
             (AuthMode::Optional, None) => None,
-            (_, Some((token, _))) => {
-                let v = self.verify(snap, token, &route.issuers).await?;
-                self.check_denylist(snap, &v)?;
+            (_, Some((token, source))) => {
+                let presented = dpop::Presented {
+                    parts: &parts,
+                    conn,
+                    host: host_value.as_ref(),
+                    token,
+                    source: *source,
+                    proof: proof.as_ref(),
+                };
+                // A refusal of a DPoP request is a DPoP challenge (RFC 9449 §7.1).
+                let challenge = |e: ProxyError| presented.challenge(e, snap, route);
+                let v = self
+                    .verify(snap, token, &route.issuers)
+                    .await
+                    .map_err(challenge)?;
+                self.check_denylist(snap, &v).map_err(challenge)?;
                 let now = unix_now();
-                self.check_anomaly(snap, &v, token, conn, &parts.headers, now)?;
-                claims::check_requirements(&v.claims, &route.require)?;
-                self.check_route_defenses(snap, route, &v, now).await?;
+                self.check_anomaly(snap, &v, token, conn, &parts.headers, now)
+                    .map_err(challenge)?;
+                fresh_nonce = presented
+                    .check_binding(&self.replay, snap, route, &v)
+                    .await?;
+                claims::check_requirements(&v.claims, &route.require)
+                    .map_err(|e| challenge(e.into()))?;
+                self.check_route_defenses(snap, route, &v, now)
+                    .await
+                    .map_err(challenge)?;
                 Some(v)
             }
         };
@@ -299,6 +324,10 @@ impl Gateway {
             return Ok(res);
         }
         headers::remove_connection_listed(res.headers_mut());
+        if let Some(n) = fresh_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            // RFC 9449 §8.2: the next nonce, before the one the client holds expires.
+            res.headers_mut().insert(dpop::DPOP_NONCE.clone(), n);
+        }
         Ok(res)
     }
 }

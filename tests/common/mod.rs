@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod bound;
 pub mod client;
 pub mod der;
 pub mod jwks;

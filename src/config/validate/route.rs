@@ -31,6 +31,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-request-id",
     "traceparent",
     "tracestate",
+    "dpop",
 ];
 
 /// Why a claim header may not be called `name` (lower case), or `None` when it may.
@@ -311,6 +312,7 @@ impl Validator<'_> {
             token_query,
             token_cookie,
             claim_headers,
+            require_binding: r.require_binding.as_ref().is_some_and(|b| *b.get_ref()),
             loc,
             step_up: defenses.step_up,
             one_time: defenses.one_time,
