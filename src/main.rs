@@ -61,6 +61,9 @@ enum Command {
         /// The token to check ("-" reads it from standard input); leave out for none.
         #[arg(long)]
         token: Option<String>,
+        /// A DPoP proof: the token is then checked as `Authorization: DPoP` with this proof.
+        #[arg(long)]
+        dpop: Option<String>,
         #[arg(long, default_value = "GET")]
         method: String,
         #[arg(long, default_value = "localhost")]
@@ -73,6 +76,9 @@ enum Command {
     },
     /// Print the JWKS of the [assertion] keys (the public keys backends verify assertions with).
     AssertionJwks,
+    /// Revoke a token (--jti), a subject's tokens (--sub) or an IdP session (--sid), or list
+    /// every entry in effect (--list). Writes to Redis with [redis], else to the [denylist] file.
+    Revoke(commands::RevokeArgs),
     /// Run the shipped config with a built-in echo upstream and print a curl command to try.
     Demo,
     /// Exit 0 when the running gateway's admin listener reports ready (for exec probes).
@@ -101,6 +107,7 @@ fn main() -> ExitCode {
         ),
         Command::Check => print_or_fail(commands::check(&cli.config)),
         Command::AssertionJwks => print_or_fail(commands::assertion_jwks(&cli.config)),
+        Command::Revoke(args) => print_or_fail(commands::revoke(&cli.config, args)),
         Command::Run => serve(&cli, false),
         Command::Demo => serve(&cli, true),
         Command::Healthcheck { addr, live } => {
@@ -108,11 +115,12 @@ fn main() -> ExitCode {
         }
         Command::Explain {
             token,
+            dpop,
             method,
             host,
             json,
             path,
-        } => match commands::explain(&cli.config, token, &method, &host, &path, json) {
+        } => match commands::explain(&cli.config, token, dpop, &method, &host, &path, json) {
             Ok((report, forwarded)) => {
                 print!("{report}");
                 // Exit 0 when the request would be forwarded, 2 when the gateway would refuse it.

@@ -34,6 +34,51 @@ pub struct Snapshot {
     pub limiters: Vec<Option<Arc<crate::ratelimit::RouteLimiter>>>,
     /// The GCRA states of every route's limiter, one bounded store for the process.
     pub rate_store: crate::ratelimit::BoundedStore,
+    /// Per route, its metric series resolved once (index = route index).
+    pub route_metrics: Vec<RouteMetrics>,
+}
+
+/// A route's per-request series, resolved when the snapshot is built, so recording a request
+/// hashes no label values (a `with_label_values` lookup hashes every label and takes a lock).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub duration: prometheus::Histogram,
+    /// `jwtgate_requests_total` for the codes answered most: the gateway's own and the
+    /// upstream's common successes, each created on its first answer (an upstream's codes
+    /// appear only once answered).
+    codes: [(u16, std::sync::OnceLock<prometheus::IntCounter>); 14],
+}
+
+/// The status codes whose series [`RouteMetrics`] keeps a handle to.
+const HOT_CODES: [u16; 14] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504, 302,
+];
+
+impl RouteMetrics {
+    fn new(route: &str, metrics: &Metrics) -> RouteMetrics {
+        RouteMetrics {
+            duration: metrics.request_duration.with_label_values(&[route]),
+            codes: HOT_CODES.map(|c| (c, std::sync::OnceLock::new())),
+        }
+    }
+
+    /// Counts one answer of `route` with `status`.
+    pub fn count(&self, metrics: &Metrics, route: &str, status: http::StatusCode) {
+        let code = status.as_u16();
+        match self.codes.iter().find(|(c, _)| *c == code) {
+            Some((_, handle)) => handle
+                .get_or_init(|| {
+                    metrics
+                        .requests
+                        .with_label_values(&[route, status.as_str()])
+                })
+                .inc(),
+            None => metrics
+                .requests
+                .with_label_values(&[route, status.as_str()])
+                .inc(),
+        }
+    }
 }
 
 /// The `kind` label values of `jwtgate_upstream_errors_total`.
@@ -97,9 +142,18 @@ impl Snapshot {
                     IssuerKeys::Static(Arc::new(KeySet::default()))
                 }
             };
+            // Sender-constrained tokens: the DPoP settings and the nonce key, read once here.
+            let mut dpop = crate::auth::dpop::IssuerDpop::new(ic);
+            match crate::auth::dpop::nonce_key(ic) {
+                Ok(key) => dpop.nonce = key,
+                Err(e) => {
+                    errors.push(config.error(ic.source_loc, format!("issuer {:?}: {e}", ic.name)))
+                }
+            }
             issuers.push(Issuer {
                 config: ic.clone(),
                 keys,
+                dpop,
             });
         }
         let clients = match Clients::build(&config, previous.map(|p| &p.clients)) {
@@ -150,6 +204,11 @@ impl Snapshot {
         }
         let table = RouteTable::new(&config.routes);
         let headers = HeaderPlan::new(&config);
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| RouteMetrics::new(&r.name, metrics))
+            .collect();
         Ok(Snapshot {
             config,
             issuers,
@@ -161,6 +220,7 @@ impl Snapshot {
             assertion,
             limiters,
             rate_store,
+            route_metrics,
         })
     }
 
@@ -194,6 +254,12 @@ impl Snapshot {
             metrics.config_reloads.with_label_values(&[result]);
             if self.config.listen.tls.is_some() {
                 metrics.tls_reloads.with_label_values(&[result]);
+            }
+        }
+        // Theft signals (issue 20): per issuer from the first scrape once `[anomaly]` is set.
+        if self.config.anomaly.is_some() {
+            for i in &self.issuers {
+                metrics.token_anomalies.with_label_values(&[&i.config.name]);
             }
         }
         for r in &self.config.routes {
@@ -245,6 +311,7 @@ impl Snapshot {
                 let _ = metrics
                     .key_refresh_last_success
                     .remove_label_values(&[name]);
+                let _ = metrics.token_anomalies.remove_label_values(&[name]);
                 for result in ["success", "failure"] {
                     let _ = metrics.key_refresh.remove_label_values(&[name, result]);
                 }

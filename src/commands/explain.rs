@@ -1,6 +1,7 @@
 //! `jwtgate explain`: a dry run of one request against the loaded config.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{with_loaded, CommandError};
@@ -10,6 +11,7 @@ use super::{with_loaded, CommandError};
 pub fn explain(
     config: &Path,
     token: Option<String>,
+    dpop: Option<String>,
     method: &str,
     host: &str,
     path: &str,
@@ -36,7 +38,33 @@ pub fn explain(
         for r in snap.remote_keys() {
             r.first_attempt(Duration::from_secs(5)).await;
         }
-        let report = crate::explain::explain(&snap, token.as_deref(), &method, host, path).await;
+        // Every denylist entry in effect (file and Redis), read once: which one revokes it.
+        let metrics = crate::metrics::Metrics::new();
+        let store = match &snap.config.redis {
+            Some(r) => Some(
+                crate::store::Store::open(r, &metrics)
+                    .map_err(|e| CommandError::command("explain", format!("[redis]: {e}")))?,
+            ),
+            None => None,
+        };
+        let denylist = Arc::new(
+            crate::denylist::Denylist::new(Arc::new(arc_swap::ArcSwap::new(snap.clone())), metrics)
+                .with_store(store),
+        );
+        denylist
+            .load_once()
+            .await
+            .map_err(|e| CommandError::command("explain", e.to_string()))?;
+        let report = crate::explain::explain_with(
+            &snap,
+            Some(&denylist),
+            token.as_deref(),
+            dpop.as_deref(),
+            &method,
+            host,
+            path,
+        )
+        .await;
         let text = if json {
             let mut s = serde_json::to_string_pretty(&report)
                 .map_err(|e| CommandError::command("explain", e.to_string()))?;

@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod explain;
 mod healthcheck;
+mod revoke;
 mod serve;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use crate::{App, Snapshot};
 pub use check::check;
 pub use explain::explain;
 pub use healthcheck::healthcheck;
+pub use revoke::{revoke, RevokeArgs};
 pub use serve::serve;
 
 /// Why a command failed; its `Display` is what the command prints on stderr.

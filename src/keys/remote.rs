@@ -599,6 +599,7 @@ mod schedule {
             leeway: Duration::ZERO,
             refresh,
             typ: vec![],
+            dpop: Default::default(),
         }
     }
 

@@ -5,7 +5,10 @@ pub mod answer;
 pub mod bearer;
 pub mod body;
 pub mod cors;
+mod defenses;
+pub mod dpop;
 pub mod headers;
+pub mod pool;
 pub mod upstream;
 
 use std::time::Instant;
@@ -33,7 +36,7 @@ pub use answer::{ProxyError, UpstreamKind};
 use bearer::Source;
 
 /// The response body: the gateway's own answer, or the upstream's, streamed.
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, pool::ResponseBody>;
 
 /// What the access log records about one request.
 #[derive(Debug, Default)]
@@ -68,6 +71,10 @@ pub struct Gateway {
     assertions: crate::assertion::AssertionCache,
     /// Rate limits shared through `store`, with the local fallback's outage state.
     shared_limits: crate::ratelimit::SharedLimits,
+    /// `[anomaly]`: where each token was used from (issue 20).
+    anomalies: crate::anomaly::Anomalies,
+    /// Revoked tokens, checked after verification (cache hits included).
+    pub denylist: Arc<crate::denylist::Denylist>,
 }
 
 /// Memory budget of the verified-token cache.
@@ -91,9 +98,20 @@ impl Gateway {
                 ASSERTION_CACHE_BYTES,
             ),
             shared_limits: crate::ratelimit::SharedLimits::default(),
+            anomalies: crate::anomaly::Anomalies::new(metrics.token_anomalies.clone()),
+            denylist: Arc::new(crate::denylist::Denylist::new(
+                state.clone(),
+                metrics.clone(),
+            )),
             state,
             metrics,
         }
+    }
+
+    /// This gateway reading `denylist` (the app's, followed while serving).
+    pub fn with_denylist(mut self, denylist: Arc<crate::denylist::Denylist>) -> Gateway {
+        self.denylist = denylist;
+        self
     }
 
     /// Answers one request, never with an error: failures become their answer, and every
@@ -128,7 +146,7 @@ impl Gateway {
         let mut res = match result {
             Ok(res) => res,
             Err(e) => {
-                if let ProxyError::Auth(a) = &e {
+                if let Some(a) = e.auth_error() {
                     rec.outcome.auth = a.reason().as_str();
                 }
                 if let ProxyError::Upstream { kind } = &e {
@@ -149,6 +167,10 @@ impl Gateway {
         }
         res.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), rec.request_id.clone());
+        // Every answer of a route, the gateway's own included; none before a route is chosen.
+        if let Some(route) = rec.outcome.route.map(|i| &snapshot.config.routes[i]) {
+            defenses::apply_response_headers(route, res.headers_mut());
+        }
         rec.status = Some(res.status());
         res
     }
@@ -223,18 +245,50 @@ impl Gateway {
         pq.push_str(path);
 
         // Token: found, verified, checked against the route's requirements.
+        // Sender-constrained tokens: the proof is taken out on every route (it never reaches
+        // the upstream), and a token's binding is checked on every request, cache hit or not.
+        let proof = dpop::take_proof(&mut parts.headers)?;
         let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
-        let verified = match (route.auth, &found) {
-            (AuthMode::None, _) => Ok(None),
-            (AuthMode::Required, None) => Err(auth::AuthError::Missing.into()),
-            (AuthMode::Optional, None) => Ok(None),
-            (_, Some((token, _))) => match self.verify(snap, token, &route.issuers).await {
-                Ok(v) => claims::check_requirements(&v.claims, &route.require)
-                    .map(|()| Some(v))
-                    .map_err(ProxyError::from),
-                Err(e) => Err(e),
-            },
-        };
+        let mut fresh_nonce = None;
+        // Everything but the rate limit and one_time, as one result: the limit is decided
+        // before a failure is answered (failed attempts count too), one_time after it (a
+        // refused request never uses up its jti).
+        let now = unix_now();
+        let verified: Result<Option<auth::Verified>, ProxyError> = async {
+            match (route.auth, &found) {
+                (AuthMode::None, _) => Ok(None),
+                (AuthMode::Required, None) => Err(auth::AuthError::Missing.into()),
+                (AuthMode::Optional, None) => Ok(None),
+                (_, Some((token, source))) => {
+                    let presented = dpop::Presented {
+                        parts: &parts,
+                        conn,
+                        host: host_value.as_ref(),
+                        token,
+                        source: *source,
+                        proof: proof.as_ref(),
+                    };
+                    // A refusal of a DPoP request is a DPoP challenge (RFC 9449 §7.1).
+                    let challenge = |e: ProxyError| presented.challenge(e, snap, route);
+                    let v = self
+                        .verify(snap, token, &route.issuers)
+                        .await
+                        .map_err(challenge)?;
+                    self.check_denylist(snap, &v).map_err(challenge)?;
+                    self.check_anomaly(snap, &v, token, conn, &parts.headers, now)
+                        .map_err(challenge)?;
+                    fresh_nonce = presented
+                        .check_binding(&self.replay, snap, route, &v)
+                        .await?;
+                    claims::check_requirements(&v.claims, &route.require)
+                        .map_err(|e| challenge(e.into()))?;
+                    self.check_step_up(snap, route, &v, now)
+                        .map_err(challenge)?;
+                    Ok(Some(v))
+                }
+            }
+        }
+        .await;
         // Rate limit, before an auth failure is answered: requests without a valid token are
         // limited too, by client address.
         if let Some(limiter) = snap.limiters.get(idx).and_then(Option::as_ref) {
@@ -270,6 +324,11 @@ impl Gateway {
             }
         }
         let verified = verified?;
+        if let (Some(v), Some((_, source))) = (&verified, &found) {
+            self.check_one_time(snap, route, v)
+                .await
+                .map_err(|e| dpop::challenge(*source, e, snap, route))?;
+        }
         let mut claim_values = Vec::with_capacity(route.claim_headers.len());
         if let Some(v) = &verified {
             outcome.auth = "ok";
@@ -358,7 +417,7 @@ impl Gateway {
                 ));
             }
             Ok(Err(e)) => {
-                let kind = upstream::classify(&e);
+                let kind = e.kind();
                 tracing::warn!(route = %route.name, error = %e, "upstream request failed");
                 return Err(ProxyError::Upstream { kind });
             }
@@ -374,6 +433,10 @@ impl Gateway {
             return Ok(res.map(Either::Right));
         }
         headers::remove_connection_listed(res.headers_mut());
+        if let Some(n) = fresh_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            // RFC 9449 §8.2: the next nonce, before the one the client holds expires.
+            res.headers_mut().insert(dpop::DPOP_NONCE.clone(), n);
+        }
         Ok(res.map(Either::Right))
     }
 }
@@ -477,12 +540,20 @@ impl Drop for Record<'_> {
         if let Some(kind) = o.upstream_error {
             m.upstream_errors.with_label_values(&[route, kind]).inc();
         }
-        m.requests
-            .with_label_values(&[route, status.as_str()])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        match o.route.and_then(|i| self.snapshot.route_metrics.get(i)) {
+            Some(rm) => {
+                rm.count(m, route, status);
+                rm.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                m.requests
+                    .with_label_values(&[route, status.as_str()])
+                    .inc();
+                m.request_duration
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         crate::logging::access(&crate::logging::AccessLine {
             request_id: self.request_id.to_str().unwrap_or(""),
             client: self.conn.peer_ip.to_str().unwrap_or_default(),
@@ -564,6 +635,23 @@ impl Gateway {
             );
         }
         Ok(verified)
+    }
+}
+
+impl Gateway {
+    /// Revocation, after verification: a Redis-fed copy older than `max_staleness` refuses
+    /// with 503 (revoked tokens cannot be ruled out), an entry that covers the token with 401.
+    fn check_denylist(&self, snap: &Snapshot, v: &auth::Verified) -> Result<(), ProxyError> {
+        if let Some(max) = snap.config.denylist.as_ref().and_then(|d| d.max_staleness) {
+            if let Some(retry_after_secs) = self.denylist.stale(max) {
+                return Err(ProxyError::DenylistStale { retry_after_secs });
+            }
+        }
+        let issuer = &snap.issuers[v.issuer].config.name;
+        match self.denylist.check_claims(issuer, &v.claims) {
+            Some(_) => Err(auth::AuthError::Revoked.into()),
+            None => Ok(()),
+        }
     }
 }
 

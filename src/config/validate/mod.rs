@@ -1,6 +1,8 @@
 //! Raw config to runtime types. Every problem is collected with its position rather than
 //! returned at the first, so one run of `jwtgate check` lists them all.
 
+mod defenses;
+mod denylist;
 mod edge;
 mod issuer;
 mod listen;
@@ -107,7 +109,12 @@ impl Validator<'_> {
         let routes = self.routes(&raw.route, &issuer_names);
         let assertion = raw.assertion.as_ref().and_then(|a| self.assertion(a));
         self.check_edge(&raw, &routes, assertion.as_ref());
+        let anomaly = raw.anomaly.as_ref().map(|a| self.anomaly(a));
         let redis = raw.redis.as_ref().and_then(|r| self.redis(r));
+        let denylist = raw
+            .denylist
+            .as_ref()
+            .map(|d| self.denylist(d, raw.redis.is_some()));
         let issuers = issuers.into_iter().collect::<Option<Vec<_>>>()?;
         Some(Config {
             path: self.file.clone(),
@@ -117,7 +124,9 @@ impl Validator<'_> {
             issuers,
             routes,
             assertion,
+            anomaly,
             redis,
+            denylist,
         })
     }
 
