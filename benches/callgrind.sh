@@ -5,6 +5,7 @@
 # deciding whether a change to the request path helps, and for finding where the time goes.
 #
 #   benches/callgrind.sh [--requests N] [--path /open/x] [--token-alg RS256] [--no-access-log]
+#                        [--binary PATH]
 #
 # It builds jwtgate with line tables (cargo, target/callgrind), starts an nginx backend (the
 # one benches/load.sh uses) and jwtgate under callgrind on 127.0.0.1, sends 200 warm-up
@@ -12,7 +13,9 @@
 # instructions per request with the 25 most costly functions (inclusive). With --token-alg,
 # the requests carry one token of that algorithm on a `required` route (served from the
 # verified-token cache after the first). The profile of the measured requests stays in
-# target/callgrind/profile for callgrind_annotate or kcachegrind. Everything it starts is stopped on exit, by PID.
+# target/callgrind/profile for callgrind_annotate or kcachegrind. --binary PATH measures that
+# jwtgate build instead (say, an earlier commit's release binary, to compare; the counts are
+# the same without line tables, only the function names lose their lines). Everything it starts is stopped on exit, by PID.
 # Needs valgrind, nginx, python3, curl, openssl (apt-get installs valgrind and nginx).
 set -euo pipefail
 
@@ -23,6 +26,7 @@ REQUESTS=3000
 REQ_PATH=/open/x
 ALG=""
 LOG="info"
+BINARY=""
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -30,6 +34,7 @@ while [[ $# -gt 0 ]]; do
         --path) REQ_PATH="$2"; shift ;;
         --token-alg) ALG="$2"; REQ_PATH=/api/x; shift ;;
         --no-access-log) LOG="info,access=off" ;;
+        --binary) BINARY="$2"; shift ;;
         -h|--help) sed -n '2,/^set -euo/{/^#/p}' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "callgrind.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -48,10 +53,15 @@ trap stop_started EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$WORK/nginx-tmp"
-log "building jwtgate with line tables (target/callgrind)"
-CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --bin jwtgate \
-    --target-dir "$WORK/target" >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; die "build failed"; }
-JWTGATE="$WORK/target/release/jwtgate"
+if [[ -n $BINARY ]]; then
+    JWTGATE="$BINARY"
+    [[ -x $JWTGATE ]] || die "--binary $BINARY is not an executable"
+else
+    log "building jwtgate with line tables (target/callgrind)"
+    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --bin jwtgate \
+        --target-dir "$WORK/target" >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; die "build failed"; }
+    JWTGATE="$WORK/target/release/jwtgate"
+fi
 
 P_BACKEND=$BASE P_GW=$((BASE + 1)) P_ADMIN=$((BASE + 2))
 # The backend config is load.sh's; it wants a certificate for its TLS port.

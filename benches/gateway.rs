@@ -450,6 +450,8 @@ fn start(rt: &tokio::runtime::Runtime, keys: &Keys, limits: &str) -> Running {
         let dir = tempfile::tempdir().expect("tempdir");
         let up = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
         let echo = format!("http://{}", up.local_addr().expect("addr"));
+        // `limits` may hold more routes to the same echo upstream.
+        let limits = limits.replace("{echo}", &echo);
         let (stop_echo, echo_stopped) = oneshot::channel::<()>();
         tokio::spawn(jwtgate::echo::serve(up, async move {
             let _ = echo_stopped.await;
@@ -642,41 +644,207 @@ mod mint {
             .to_string()
             .as_bytes());
         let t = now();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let signer = Arc::new(signer);
-        let chunks: Vec<String> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|w| {
-                    let (signer, header) = (signer.clone(), header.clone());
-                    s.spawn(move || {
-                        let rng = SystemRandom::new();
-                        let mut text = String::new();
-                        for n in (w..count).step_by(threads) {
-                            let claims = json!({
-                                "iss": iss, "aud": aud, "sub": format!("user-{n}"),
-                                "iat": t, "exp": t + 7200,
-                            });
-                            let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
-                            let signature = signer.sign(input.as_bytes(), &rng);
-                            text.push_str(&input);
-                            text.push('.');
-                            text.push_str(&b64(&signature));
-                            text.push('\n');
-                        }
-                        text
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("minting thread"))
-                .collect()
+        let text = lines_on_every_cpu(count as u64, |n| {
+            let claims = json!({
+                "iss": iss, "aud": aud, "sub": format!("user-{n}"),
+                "iat": t, "exp": t + 7200,
+            });
+            let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+            let signature = signer.sign(input.as_bytes(), &SystemRandom::new());
+            format!("{input}.{}", b64(&signature))
         });
-        std::fs::write(out, chunks.concat()).map_err(|e| format!("{out}: {e}"))
+        std::fs::write(out, text).map_err(|e| format!("{out}: {e}"))
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// dpop/* (issue 16): the cost of a DPoP request over the same request with a repeated bearer
+// token. `dpop/check` is one proof through `auth::dpop::check` (structure, the proof's key,
+// one ES256 signature, htm/htu/iat/ath); `dpop/handle_repeated_token` is a whole round trip
+// with a repeated DPoP-bound token (a verified-token cache hit) and a fresh proof each time
+// (made outside the measurement). Baselines in the same run: `verify/jwtgate/ES256` and
+// `handle/auth_required/ES256` (repeated bearer) and `handle/auth_required_uncached/ES256`
+// (a bearer token verified in full: one signature).
+// ---------------------------------------------------------------------------------------------
+
+/// A DPoP client key and proofs made with it.
+struct ProofKey {
+    kp: EcdsaKeyPair,
+    jwk: Value,
+    jkt: String,
+}
+
+impl ProofKey {
+    fn new() -> ProofKey {
+        let kp = EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("ec256");
+        let p = kp.public_key().as_ref().to_vec();
+        let (x, y) = (b64(&p[1..33]), b64(&p[33..]));
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let jkt = b64(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref(),
+        );
+        let jwk = json!({ "kty": "EC", "crv": "P-256", "x": x, "y": y });
+        ProofKey { kp, jwk, jkt }
+    }
+
+    fn proof(&self, method: &str, htu: &str, token: &str, n: u64) -> String {
+        let header = json!({ "typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk });
+        let claims = json!({
+            "jti": format!("bench-{n}"), "htm": method, "htu": htu, "iat": now(),
+            "ath": auth::dpop::token_hash(token),
+        });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .kp
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .expect("sign");
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+}
+
+fn bench_dpop(c: &mut Criterion, keys: &Keys) {
+    let pk = ProofKey::new();
+    let token = keys.sign("ES256", &{
+        let mut c = claims();
+        c["cnf"] = json!({ "jkt": pk.jkt });
+        c
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let route = "[[route]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\nauth = \"required\"\n";
+    let snapshot = Snapshot::build(config(dir.path(), keys, route)).expect("snapshot");
+    let dpop = &snapshot.issuers[0].dpop;
+    let htu = "http://127.0.0.1:8080/api/x";
+    let mut g = c.benchmark_group("dpop");
+    let proof = pk.proof("GET", htu, &token, 0);
+    let request = auth::dpop::ProofRequest {
+        method: "GET",
+        htu,
+        access_token: &token,
+        jkt: &pk.jkt,
+        now: now(),
+    };
+    auth::dpop::check(&proof, dpop, &request).expect("bench proof passes");
+    g.bench_function("check/ES256", |b| {
+        b.iter(|| auth::dpop::check(black_box(&proof), dpop, &request).map(|c| c.until))
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = start(&rt, keys, "");
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    let url = format!("{}/api/x", running.gateway);
+    let auth_value = HeaderValue::from_str(&format!("DPoP {token}")).expect("header");
+    let mut n = 0u64;
+    let mut next_proof = || {
+        n += 1;
+        HeaderValue::from_str(&pk.proof("GET", &url, &token, n)).expect("proof header")
+    };
+    let send = |proof: HeaderValue| {
+        let req = http::Request::get(&url)
+            .header(http::header::AUTHORIZATION, auth_value.clone())
+            .header("dpop", proof)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let client = &client;
+        async move {
+            let res = client.request(req).await.expect("gateway answers");
+            let status = res.status();
+            let body = res.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            body.len()
+        }
+    };
+    rt.block_on(send(next_proof()));
+    g.bench_function("handle_repeated_token/ES256", |b| {
+        b.iter_batched(
+            &mut next_proof,
+            |proof| rt.block_on(send(proof)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    drop(client);
+    drop(running);
+}
+
+/// `line(n)` for n in 0..count, one a line, made on every CPU (minting signs a lot).
+fn lines_on_every_cpu(count: u64, line: impl Fn(u64) -> String + Sync) -> String {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|w| {
+                let line = &line;
+                s.spawn(move || {
+                    let mut text = String::new();
+                    for n in (w..count).step_by(threads) {
+                        text.push_str(&line(n));
+                        text.push('\n');
+                    }
+                    text
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("minting thread"))
+            .collect()
+    });
+    chunks.concat()
+}
+
+/// `JWTGATE_BENCH_MINT_DPOP=1 <bench binary> ES256_PKCS8_PEM COUNT TOKEN_OUT PROOFS_OUT ISS AUD KID HTU`
+/// writes one ES256 access token bound (cnf.jkt) to a fresh DPoP key to TOKEN_OUT, and COUNT
+/// proofs of that key for `GET HTU` with that token (distinct jti, iat now), one a line, to
+/// PROOFS_OUT: the DPoP row of benches/load.sh.
+fn mint_dpop(args: &[String]) -> Result<(), String> {
+    let [key, count, token_out, proofs_out, iss, aud, kid, htu] = args else {
+        return Err("usage: JWTGATE_BENCH_MINT_DPOP=1 gateway ES256_KEY COUNT TOKEN_OUT PROOFS_OUT ISS AUD KID HTU".into());
+    };
+    let count: u64 = count.parse().map_err(|e| format!("COUNT: {e}"))?;
+    let pem = std::fs::read(key).map_err(|e| format!("{key}: {e}"))?;
+    let der = pem::parse(pem)
+        .map_err(|e| format!("{key}: {e}"))?
+        .into_contents();
+    let issuer_key = EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+        .map_err(|e| format!("{key}: {e}"))?;
+    let pk = ProofKey::new();
+    let t = now();
+    let claims = json!({
+        "iss": iss, "aud": aud, "sub": "dpop-user", "iat": t, "exp": t + 7200,
+        "cnf": { "jkt": pk.jkt },
+    });
+    let header = json!({ "alg": "ES256", "typ": "JWT", "kid": kid });
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = issuer_key
+        .sign(&SystemRandom::new(), input.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let token = format!("{input}.{}", b64(signature.as_ref()));
+    std::fs::write(token_out, &token).map_err(|e| format!("{token_out}: {e}"))?;
+    let proofs = lines_on_every_cpu(count, |n| pk.proof("GET", htu, &token, n));
+    std::fs::write(proofs_out, proofs).map_err(|e| format!("{proofs_out}: {e}"))
+}
+
 fn main() {
+    if std::env::var_os("JWTGATE_BENCH_MINT_DPOP").is_some() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if let Err(e) = mint_dpop(&args) {
+            eprintln!("mint: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     if std::env::var_os("JWTGATE_BENCH_MINT").is_some() {
         let args: Vec<String> = std::env::args().skip(1).collect();
         if let Err(e) = mint::run(&args) {
@@ -694,8 +862,412 @@ fn main() {
     bench_routes(&mut c, &keys);
     bench_headers(&mut c, &keys);
     bench_handle(&mut c, &keys);
+    bench_edge(&mut c, &keys);
+    bench_denylist(&mut c, &keys);
+    bench_defenses(&mut c, &keys);
+    bench_dpop(&mut c, &keys);
     bench_session(&mut c, &keys);
     c.final_summary();
+}
+
+// ---------------------------------------------------------------------------------------------
+// denylist/* (issue 14): the revocation lookup on the request path, empty and with 1,000,000
+// entries; and the repeated-token round trip through a gateway holding them, next to
+// handle/auth_required/ES256 measured in the same run. Prints the index's memory per entry.
+// ---------------------------------------------------------------------------------------------
+
+/// Entries of the large denylist under `cargo bench`: 900,000 jti, 50,000 sub and 50,000
+/// sid, ids of 36 bytes (a UUID's length). `cargo test --benches` runs each row once as a
+/// smoke test, with 10,000.
+fn denylist_entries() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        1_000_000
+    } else {
+        10_000
+    }
+}
+
+fn denylist_line(n: usize, until: i64) -> String {
+    let (kind, extra) = match n % 20 {
+        0 => ("sub", format!(r#","before":{}"#, until - 7200)),
+        1 => ("sid", String::new()),
+        _ => ("jti", String::new()),
+    };
+    format!(r#"{{"issuer":"bench","{kind}":"{n:036}"{extra},"until":{until}}}"#)
+}
+
+/// The process's resident memory in bytes (Linux; 0 elsewhere).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn bench_denylist(c: &mut Criterion, keys: &Keys) {
+    use jwtgate::denylist::{Entry, Index, Layer};
+    let until = now() + 86_400;
+    let entries = denylist_entries();
+    let before = rss_bytes();
+    let mut layer = Layer::default();
+    let mut key_text = 0;
+    for n in 0..entries {
+        let e = Entry::parse(&denylist_line(n, until)).expect("entry");
+        key_text += e.id.len();
+        layer.insert(&e);
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    eprintln!(
+        "denylist memory: {entries} entries, resident growth {} MiB, {:.0} bytes per entry beyond the key text ({} bytes each)",
+        grown >> 20,
+        (grown as f64 - key_text as f64) / entries as f64,
+        key_text / entries
+    );
+    let leeway = Arc::new(vec![("bench".into(), 0)]);
+    let full = Index {
+        base: Arc::new(layer),
+        leeway: leeway.clone(),
+        ..Index::default()
+    }
+    .with_layers();
+    let empty = Index {
+        leeway,
+        ..Index::default()
+    }
+    .with_layers();
+    let mut claims = claims();
+    claims["jti"] = json!(format!("{:036}", entries + 1));
+    claims["sid"] = json!(format!("{:036}", entries + 3));
+    let claims: Map<String, Value> = claims.as_object().cloned().expect("object");
+    let t = now() as u64;
+    let mut g = c.benchmark_group("denylist");
+    g.bench_function("lookup_empty", |b| {
+        b.iter(|| black_box(empty.check(black_box("bench"), black_box(&claims), t)))
+    });
+    g.bench_function("lookup_1m_entries", |b| {
+        b.iter(|| black_box(full.check(black_box("bench"), black_box(&claims), t)))
+    });
+    drop(full);
+
+    // The round trip: the plain gateway and one whose [denylist] file holds the 1M entries.
+    let files = tempfile::tempdir().expect("tempdir");
+    let path = files.path().join("deny-1m.jsonl");
+    let mut text = String::with_capacity(entries * 100);
+    for n in 0..entries {
+        text.push_str(&denylist_line(n, until));
+        text.push('\n');
+    }
+    std::fs::write(&path, text).expect("write denylist");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let plain = start(&rt, keys, "");
+    let denied = start(
+        &rt,
+        keys,
+        &format!("[denylist]\nfile = {:?}\n", path.display().to_string()),
+    );
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    // Loaded once a token the file revokes is refused.
+    let mut revoked = self::claims();
+    revoked["jti"] = json!(format!("{:036}", 2));
+    let probe =
+        HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &revoked))).expect("bearer");
+    let loaded_by = std::time::Instant::now() + Duration::from_secs(60);
+    rt.block_on(async {
+        loop {
+            let req = http::Request::get(format!("{}/api/x", denied.gateway))
+                .header(http::header::AUTHORIZATION, probe.clone())
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let res = client.request(req).await.expect("gateway answers");
+            let status = res.status();
+            let _ = res.into_body().collect().await;
+            if status == 401 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < loaded_by,
+                "the 1M-entry denylist did not load within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &self::claims())))
+        .expect("bearer");
+    for (name, base) in [
+        ("round_trip_empty/ES256", &plain.gateway),
+        ("round_trip_1m_entries/ES256", &denied.gateway),
+    ] {
+        let url = format!("{base}/api/x");
+        rt.block_on(round_trip(&client, &url, Some(&bearer)));
+        g.bench_function(name, |b| {
+            b.iter(|| rt.block_on(round_trip(&client, &url, Some(&bearer))))
+        });
+    }
+    g.finish();
+    drop(client);
+    drop(plain);
+    drop(denied);
+}
+
+// ---------------------------------------------------------------------------------------------
+// defenses/*: step-up, theft signals, response headers (issue 20)
+// ---------------------------------------------------------------------------------------------
+
+/// What issue 20's defenses add to a request. `defenses/handle/*` are whole round trips like
+/// `handle/*`, with a repeated ES256 token (served from the verified-token cache, so the
+/// difference is the defense, not the signature): `baseline` is a plain `required` route,
+/// `step_up` one with `max_auth_age` and `acr_values`, `response_headers` one setting three
+/// headers on the answer, and `anomaly` the baseline route on a second gateway with
+/// `[anomaly]` (every verified token's address tracked). `handle/one_time` sends a new HS256
+/// token (own `jti`) each time to a `one_time` route, against `handle/unique_baseline`, the
+/// same to the plain route. `defenses/check/*` are the checks
+/// alone: `StepUp::check` and `Anomalies::observe` for a token already tracked.
+fn bench_defenses(c: &mut Criterion, keys: &Keys) {
+    use jwtgate::anomaly::{Anomalies, Sighting};
+    use jwtgate::auth::stepup::StepUp;
+    use jwtgate::config::{AnomalyAction, AnomalyConfig};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let routes = r#"
+[[route]]
+name = "stepup"
+path_prefix = "/stepup"
+upstream = "{echo}"
+auth = "required"
+max_auth_age = "1h"
+acr_values = ["mfa", "phr"]
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+"X-Auth-Roles" = "/realm_access/roles"
+
+[[route]]
+name = "once"
+path_prefix = "/once"
+upstream = "{echo}"
+auth = "required"
+one_time = true
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+"X-Auth-Roles" = "/realm_access/roles"
+
+[[route]]
+name = "secure"
+path_prefix = "/secure"
+upstream = "{echo}"
+auth = "required"
+response_headers = { "Strict-Transport-Security" = "max-age=31536000", "Content-Security-Policy" = "default-src 'self'", "X-Content-Type-Options" = "nosniff" }
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+"X-Auth-Roles" = "/realm_access/roles"
+"#;
+    let plain = start(&rt, keys, routes);
+    let watched = start(&rt, keys, "[anomaly]\nmax_addresses = 3\n");
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    let mut stepped = claims();
+    stepped["auth_time"] = json!(now());
+    stepped["acr"] = json!("mfa");
+    let bearer =
+        HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &stepped))).expect("bearer");
+    let cases = [
+        ("baseline", format!("{}/api/x", plain.gateway)),
+        ("step_up", format!("{}/stepup/x", plain.gateway)),
+        ("response_headers", format!("{}/secure/x", plain.gateway)),
+        ("anomaly", format!("{}/api/x", watched.gateway)),
+    ];
+    let mut g = c.benchmark_group("defenses");
+    for (name, url) in &cases {
+        rt.block_on(round_trip(&client, url, Some(&bearer)));
+        g.bench_function(format!("handle/{name}"), |b| {
+            b.iter(|| rt.block_on(round_trip(&client, url, Some(&bearer))))
+        });
+    }
+    // One-time tokens: every request a new HS256 token with its own jti (minted in the loop,
+    // in both cases), to the plain route and to the `one_time` route (the in-memory replay
+    // cache: one SHA-256 and a sharded map insert).
+    let next = std::cell::Cell::new(0u64);
+    let fresh = || {
+        next.set(next.get() + 1);
+        let mut c = claims();
+        c["jti"] = json!(format!("bench-{}", next.get()));
+        HeaderValue::from_str(&format!("Bearer {}", keys.sign("HS256", &c))).expect("bearer")
+    };
+    for (name, path) in [("unique_baseline", "/api/x"), ("one_time", "/once/x")] {
+        let url = format!("{}{path}", plain.gateway);
+        rt.block_on(round_trip(&client, &url, Some(&fresh())));
+        g.bench_function(format!("handle/{name}"), |b| {
+            b.iter(|| rt.block_on(round_trip(&client, &url, Some(&fresh()))))
+        });
+    }
+
+    let step_up = StepUp::new(
+        Some(Duration::from_secs(3600)),
+        vec!["mfa".into(), "phr".into()],
+    )
+    .expect("step-up");
+    let map = stepped.as_object().cloned().expect("claims object");
+    g.bench_function("check/step_up", |b| {
+        b.iter(|| black_box(step_up.check(black_box(&map), Duration::from_secs(30), now())))
+    });
+    let anomalies = Anomalies::new(
+        prometheus::IntCounterVec::new(prometheus::Opts::new("bench", "bench"), &["issuer"])
+            .expect("counter"),
+    );
+    let cfg = AnomalyConfig {
+        max_addresses: 3,
+        window: Duration::from_secs(600),
+        action: AnomalyAction::Log,
+    };
+    let token = keys.sign("ES256", &stepped);
+    let sighting = Sighting {
+        token: &token,
+        addr: std::net::IpAddr::from([198, 51, 100, 7]),
+        until: now() + 3600,
+        issuer: "bench",
+        jti: None,
+        sub: Some("alice"),
+    };
+    g.bench_function("check/anomaly_observe", |b| {
+        b.iter(|| black_box(anomalies.observe(&cfg, black_box(&sighting), now())))
+    });
+    g.finish();
+    drop(client);
+    drop(plain);
+    drop(watched);
+}
+
+// ---------------------------------------------------------------------------------------------
+// edge/*: identity assertions and rate limits (issue 17)
+// ---------------------------------------------------------------------------------------------
+
+/// `edge/*`: one gateway with three `required` routes that differ only in what issue 17 adds,
+/// the same repeated ES256 token on each (so verification is a token-cache hit everywhere):
+/// `baseline` (claim headers only), `assertion` (`assertion = true`: a cached assertion per
+/// request after the first) and `rate_limit` (`[route.rate_limit]` keyed by `sub`, a rate the
+/// bench never reaches). Then the pieces alone: `assertion_sign` (a new ES256 assertion) and
+/// `rate_limit_check` (one GCRA decision). `edge/rate_limit_keys_1m` reports the resident
+/// memory that 1,000,000 distinct keys add (printed, not timed).
+fn bench_edge(c: &mut Criterion, keys: &Keys) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signing = EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("ec");
+    std::fs::write(
+        dir.path().join("assertion.pem"),
+        pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            signing.to_pkcs8v1().expect("pkcs8").as_ref().to_vec(),
+        )),
+    )
+    .expect("write assertion key");
+    let (gateway, _stop) = rt.block_on(async {
+        let up = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let echo = format!("http://{}", up.local_addr().expect("addr"));
+        let (stop_echo, echo_stopped) = oneshot::channel::<()>();
+        tokio::spawn(jwtgate::echo::serve(up, async move {
+            let _ = echo_stopped.await;
+        }));
+        let route = |name: &str, extra: &str| {
+            format!(
+                "\n[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"{echo}\"\nauth = \"required\"\n{extra}[route.claim_headers]\n\"X-Auth-Sub\" = \"sub\"\n\"X-Auth-Email\" = \"email\"\n\"X-Auth-Roles\" = \"/realm_access/roles\"\n"
+            )
+        };
+        let body = format!(
+            "[assertion]\nkeys = [\"assertion.pem\"]\nissuer = \"https://jwtgate.bench\"\n{}{}{}[route.rate_limit]\nkey = \"sub\"\nrate = \"1000000000/s\"\nburst = 1000000\n",
+            route("baseline", ""),
+            route("assertion", "assertion = true\n"),
+            route("rate_limit", ""),
+        );
+        let metrics = jwtgate::metrics::Metrics::new();
+        let snapshot = Snapshot::build_from(config(dir.path(), keys, &body), None, &metrics)
+            .expect("snapshot");
+        let app = Arc::new(jwtgate::App::new(snapshot, metrics, None).expect("gateway starts"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let gateway = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop_gw, gw_stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            jwtgate::run(listener, app, async move {
+                let _ = gw_stopped.await;
+            })
+            .await;
+        });
+        (gateway, vec![stop_echo, stop_gw])
+    });
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(300))
+        .build_http();
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", keys.sign("ES256", &claims())))
+        .expect("bearer");
+    let mut g = c.benchmark_group("edge");
+    for name in ["baseline", "assertion", "rate_limit"] {
+        let url = format!("{gateway}/{name}/x");
+        rt.block_on(round_trip(&client, &url, Some(&bearer)));
+        g.bench_function(format!("{name}/ES256"), |b| {
+            b.iter(|| rt.block_on(round_trip(&client, &url, Some(&bearer))))
+        });
+    }
+
+    let cfg = config(dir.path(), keys, "[assertion]\nkeys = [\"assertion.pem\"]\nissuer = \"https://jwtgate.bench\"\n[[route]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"required\"\nassertion = true\n[route.claim_headers]\n\"X-Auth-Email\" = \"email\"\n");
+    let signer = jwtgate::assertion::Signer::load(cfg.assertion.as_ref().expect("[assertion]"))
+        .expect("assertion key");
+    let route = cfg.routes[0].assertion.clone().expect("assertion route");
+    let verified: Map<String, Value> = match claims() {
+        Value::Object(m) => m,
+        _ => unreachable!("claims() is an object"),
+    };
+    g.bench_function("assertion_sign/ES256", |b| {
+        b.iter(|| black_box(signer.sign(&route, &verified, now())))
+    });
+
+    let limit = jwtgate::config::RateLimit {
+        key: jwtgate::config::ClaimPath::Name("sub".into()),
+        interval: Duration::from_nanos(1),
+        burst: 1_000_000,
+        rate: "1000000000/s".into(),
+    };
+    let store = jwtgate::ratelimit::BoundedStore::new(jwtgate::ratelimit::MAX_KEYS);
+    let limiter = jwtgate::ratelimit::RouteLimiter::new("bench", &limit, &store);
+    let alice = Value::from("alice");
+    g.bench_function("rate_limit_check", |b| {
+        b.iter(|| black_box(limiter.check_local(jwtgate::ratelimit::LimitKey::Claim(&alice))))
+    });
+    g.finish();
+
+    // Memory: 1,000,000 distinct client addresses, then as many more (the store stays at its
+    // bound; the least recently used keys are dropped).
+    let before = rss_bytes();
+    for n in 0..2_000_000u32 {
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(n));
+        black_box(limiter.check_local(jwtgate::ratelimit::LimitKey::Addr(ip)));
+        if n == 999_999 {
+            println!(
+                "edge/rate_limit_keys_1m: {} keys, resident memory +{:.1} MiB",
+                store.len(),
+                (rss_bytes().saturating_sub(before)) as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    println!(
+        "edge/rate_limit_keys_2m_offered: {} keys kept (bound {}), resident memory +{:.1} MiB",
+        store.len(),
+        jwtgate::ratelimit::MAX_KEYS,
+        (rss_bytes().saturating_sub(before)) as f64 / (1 << 20) as f64
+    );
+    drop(client);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -438,3 +438,160 @@ tokens=$TOKENS
 access_log=$ACCESS_LOG_NOTE
 EOF
 python3 "$HERE/report.py" "$WORK" | tee "$WORK/report.txt"
+
+# --- issue 17: identity assertions and rate limits, on vs off ----------------------------------
+# One more jwtgate, three `required` routes that differ only in what issue 17 adds, driven with
+# the same repeated ES256 token (a verified-token cache hit on each): /base (claim headers
+# only), /assert (`assertion = true`, an ES256 key from openssl; the assertion is reused per
+# token) and /limited (`[route.rate_limit]` by sub, a rate wrk never reaches). Targets: CPU
+# per request within 10% (assertion) and 5% (rate limit) of /base. Rows go to results.tsv
+# (server edge-off, edge-assertion, edge-ratelimit) and edge.txt.
+P_EDGE=$((BASE + 50)) P_EDGE_ADMIN=$((BASE + 51))
+for p in "$P_EDGE" "$P_EDGE_ADMIN"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use; set BENCH_PORT_BASE"; fi
+done
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/assertion.key" 2>/dev/null
+edge_route() { # edge_route NAME EXTRA
+    printf '\n[[route]]\nname = "%s"\npath_prefix = "/%s"\nupstream = "http://127.0.0.1:%s"\nauth = "required"\n%s[route.claim_headers]\n"X-Auth-Sub" = "sub"\n' \
+        "$1" "$1" "$P_BACKEND" "$2"
+}
+{
+    printf '[listen]\naddr = "127.0.0.1:%s"\n[admin]\naddr = "127.0.0.1:%s"\n' "$P_EDGE" "$P_EDGE_ADMIN"
+    printf '[assertion]\nkeys = ["assertion.key"]\nissuer = "https://jwtgate.load.bench"\n'
+    printf '[[issuer]]\nname = "es256"\nissuer = "%ses256"\naudiences = ["%s"]\nalgorithms = ["ES256"]\nkeys = ["es256.pem"]\n' "$ISS" "$AUD"
+    edge_route base ""
+    edge_route assert $'assertion = true\n'
+    edge_route limited ""
+    printf '[route.rate_limit]\nkey = "sub"\nrate = "1000000/s"\nburst = 1000000\n'
+} >"$WORK/jwtgate-edge.toml"
+"$JWTGATE" check --config "$WORK/jwtgate-edge.toml" >"$WORK/jwtgate-edge-check.log" 2>&1 \
+    || { cat "$WORK/jwtgate-edge-check.log"; die "jwtgate check failed on $WORK/jwtgate-edge.toml"; }
+start_jwtgate jwtgate-edge "$WORK/jwtgate-edge.toml" "$P_EDGE_ADMIN"
+PID_EDGE=$LAST_PID
+for path in base assert limited; do
+    check_status 200 "http://127.0.0.1:$P_EDGE/$path/bench" "$WORK/token-ES256.txt"
+done
+log "issue 17 rows ($DUR s each, $CONNS connections, repeated ES256 token), twice in alternation"
+for round in 1 2; do
+    run tp plain edge-off ES256 repeated "$P_EDGE" /base/bench "$PID_EDGE" "$P_EDGE_ADMIN"
+    run tp plain edge-assertion ES256 repeated "$P_EDGE" /assert/bench "$PID_EDGE" "$P_EDGE_ADMIN"
+    run tp plain edge-ratelimit ES256 repeated "$P_EDGE" /limited/bench "$PID_EDGE" "$P_EDGE_ADMIN"
+done
+awk -F'\t' '
+    $3 ~ /^edge-/ { cpu[$3] += $9; rps[$3] += $6; n[$3]++ }
+    END {
+        base = cpu["edge-off"] / n["edge-off"]
+        printf "issue 17 rows (mean of %d runs each; CPU per request of the pinned jwtgate)\n", n["edge-off"]
+        printf "%-16s %10s %12s %8s %8s\n", "case", "rps", "cpu us/req", "ratio", "target"
+        split("edge-off edge-assertion edge-ratelimit", order, " ")
+        split("- 1.10 1.05", target, " ")
+        for (i = 1; i <= 3; i++) {
+            s = order[i]; c = cpu[s] / n[s]; r = c / base
+            verdict = (target[i] == "-") ? "" : (r <= target[i] ? "  met" : "  NOT met")
+            printf "%-16s %10.0f %12.2f %7.3fx %8s%s\n", s, rps[s] / n[s], c, r, target[i], verdict
+        }
+    }' "$RESULTS" | tee "$WORK/edge.txt"
+# --- issue 14: a 1,000,000-entry denylist on the hot path ------------------------------------
+# The repeated-token rows once more, back to back in this run: the plain jwtgate, then one
+# whose [denylist] file holds 1,000,000 entries (900,000 jti, 50,000 sub, 50,000 sid; none
+# matches the benchmark's tokens, so every request is looked up and passes). Prints CPU per
+# request of both and the ratio, the time to /readyz with the file (its load gates
+# readiness), and the resident memory the entries add.
+P_GW_DENY=$((BASE + 42)) P_GW_DENY_ADMIN=$((BASE + 43))
+for p in "$P_GW_DENY" "$P_GW_DENY_ADMIN"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use; set BENCH_PORT_BASE"; fi
+done
+log "denylist: writing 1,000,000 entries"
+python3 - "$WORK/deny-1m.jsonl" <<'PY'
+import sys, time
+until = int(time.time()) + 86400
+with open(sys.argv[1], "w") as f:
+    for n in range(1_000_000):
+        kind = "sub" if n % 20 == 0 else "sid" if n % 20 == 1 else "jti"
+        before = f',"before":{until - 7200}' if kind == "sub" else ""
+        f.write(f'{{"issuer":"es256","{kind}":"{n:036d}"{before},"until":{until}}}\n')
+PY
+render "$HERE/jwtgate.toml.tmpl" "$WORK/jwtgate-deny.toml" "${COMMON[@]}" PORT "$P_GW_DENY" ADMIN "$P_GW_DENY_ADMIN" TLS "" \
+    LIMITS $'[denylist]\nfile = "deny-1m.jsonl"'
+deny_start=$(date +%s.%N)
+start_jwtgate jwtgate-deny "$WORK/jwtgate-deny.toml" "$P_GW_DENY_ADMIN"
+PID_GW_DENY=$LAST_PID
+until curl -sf -o /dev/null "http://127.0.0.1:$P_GW_DENY_ADMIN/readyz"; do sleep 0.05; done
+deny_ready=$(awk -v a="$deny_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+check_status 200 "http://127.0.0.1:$P_GW_DENY/api/bench" "$WORK/token-ES256.txt"
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+log "denylist: repeated-token runs, plain jwtgate vs 1,000,000 entries ($DUR s each)"
+for alg in HS256 ES256; do
+    run tp plain jwtgate "$alg" repeated "$P_GW" /api/bench "$PID_GW" "$P_GW_ADMIN"
+    run tp plain jwtgate-deny1m "$alg" repeated "$P_GW_DENY" /api/bench "$PID_GW_DENY" "$P_GW_DENY_ADMIN"
+done
+python3 - "$RESULTS" "$deny_ready" "$(rss_kib "$PID_GW")" "$(rss_kib "$PID_GW_DENY")" <<'PY' | tee -a "$WORK/report.txt"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+print("\ndenylist with 1,000,000 entries (issue 14), plain HTTP, repeated token, same run:")
+for alg in ("HS256", "ES256"):
+    pick = lambda server: [r for r in rows if r["kind"] == "tp" and r["tls"] == "plain"
+                           and r["server"] == server and r["auth"] == alg and r["tokens"] == "repeated"][-1]
+    base, deny = pick("jwtgate"), pick("jwtgate-deny1m")
+    print(f"  {alg}: CPU per request {float(base['cpu_us']):.2f} -> {float(deny['cpu_us']):.2f} us "
+          f"(ratio {float(deny['cpu_us']) / float(base['cpu_us']):.3f}), "
+          f"rps {float(base['rps']):.0f} -> {float(deny['rps']):.0f}")
+ready, rss_plain, rss_deny = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+print(f"  start to /readyz with the file: {ready:.2f} s")
+print(f"  resident memory: {rss_plain / 1024:.1f} -> {rss_deny / 1024:.1f} MiB "
+      f"({(rss_deny - rss_plain) * 1024 / 1e6:.0f} bytes per entry, key text of 36 bytes included)")
+PY
+# --- DPoP (issue 16) -----------------------------------------------------------------------
+# A DPoP request against the same request with a repeated bearer token, back to back on the
+# plain jwtgate instance (ES256): one DPoP-bound token (a verified-token cache hit) and a fresh
+# proof per request, minted beforehand. Target: the extra CPU per request is at most one
+# signature verification, which the unique-token ES256 row above measures (a full verification
+# per request). The growth of jwtgate's RSS over the DPoP run, per proof remembered, sizes the
+# replay cache (target: one minute at 20,000 requests a second within 64 MiB).
+DPOP_DUR=$(( DUR < 5 ? DUR : 5 ))
+DPOP_PROOFS=${DPOP_PROOFS:-200000}
+DPOP_URL="http://127.0.0.1:$P_GW/api/bench"
+log "DPoP: minting one bound ES256 token and $DPOP_PROOFS proofs"
+JWTGATE_BENCH_MINT_DPOP=1 "$MINT" "$WORK/es256.key" "$DPOP_PROOFS" "$WORK/dpop-token.txt" \
+    "$WORK/dpop-proofs.txt" "${ISS}es256" "$AUD" es256 "$DPOP_URL"
+DPOP_TOKEN=$(cat "$WORK/dpop-token.txt")
+# The last proof (wrk reaches it last, if at all) must pass once and then be a replay.
+last_proof=$(tail -1 "$WORK/dpop-proofs.txt")
+for want in 200 401; do
+    got=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: DPoP $DPOP_TOKEN" -H "DPoP: $last_proof" "$DPOP_URL")
+    [[ $got == "$want" ]] || die "DPoP check: $DPOP_URL answered $got, expected $want"
+done
+dpop_run() { # dpop_run NAME [WRK_ENV...] -> "rps cpu_us requests non2xx"
+    local name="$1" out t0 t1 result
+    shift
+    t0=$(ticks "$PID_GW")
+    out=$("${PIN_CLIENT[@]}" env WRK_THREADS="$THREADS" "$@" wrk -t"$THREADS" -c"$CONNS" --timeout 5s \
+        -s "$HERE/wrk.lua" "${DPOP_HEADER[@]}" -d"${DPOP_DUR}s" "$DPOP_URL" 2>&1) || { echo "$out" >&2; die "wrk failed ($name)"; }
+    t1=$(ticks "$PID_GW")
+    result=$(grep '^RESULT' <<<"$out") || { echo "$out" >&2; die "no result from wrk ($name)"; }
+    sed 's/^RESULT //' <<<"$result" | tr ' ' '\n' | awk -F= -v dt="$((t1 - t0))" -v tck="$CLK_TCK" '
+        { v[$1] = $2 }
+        END { printf "%.1f %.2f %d %d\n", v["requests"] / (v["duration_us"] / 1e6),
+              v["requests"] ? dt / tck * 1e6 / v["requests"] : 0, v["requests"], v["non2xx"] + v["errors"] }'
+}
+DPOP_HEADER=(-H "Authorization: Bearer $(cat "$WORK/token-ES256.txt")")
+read -r b_rps b_cpu _ b_bad <<<"$(dpop_run bearer)"
+DPOP_HEADER=()
+rss0=$(rss_kib "$PID_GW")
+read -r d_rps d_cpu d_req d_bad <<<"$(dpop_run dpop WRK_PROOFS="$WORK/dpop-proofs.txt" WRK_AUTH="DPoP $DPOP_TOKEN")"
+rss1=$(rss_kib "$PID_GW")
+u_cpu=$(awk -F'\t' '$1 == "tp" && $2 == "plain" && $3 == "jwtgate" && $4 == "ES256" && $5 == "unique" { print $9 }' "$RESULTS")
+r_cpu=$(awk -F'\t' '$1 == "tp" && $2 == "plain" && $3 == "jwtgate" && $4 == "ES256" && $5 == "repeated" { print $9 }' "$RESULTS")
+{
+    echo
+    echo "DPoP (issue 16), plain HTTP, ES256, ${DPOP_DUR} s each, back to back on one jwtgate:"
+    printf '  repeated bearer token        %8.0f rps  %6.2f us CPU/request%s\n' "$b_rps" "$b_cpu" "$([[ $b_bad -gt 0 ]] && echo "  !! $b_bad non-2xx/errors")"
+    printf '  DPoP, repeated token + proof %8.0f rps  %6.2f us CPU/request%s\n' "$d_rps" "$d_cpu" "$([[ $d_bad -gt 0 ]] && echo "  !! $d_bad non-2xx/errors (raise DPOP_PROOFS)")"
+    awk -v b="$b_cpu" -v d="$d_cpu" -v u="$u_cpu" -v r="$r_cpu" 'BEGIN {
+        printf "  extra CPU per DPoP request: %.2f us; one signature verification (unique - repeated ES256 rows above): %.2f us; ratio %.2f (target <= 1: at most one extra verification)\n",
+            d - b, u - r, (u - r > 0 ? (d - b) / (u - r) : 0) }'
+    awk -v a="$rss0" -v z="$rss1" -v n="$d_req" 'BEGIN {
+        per = n ? (z - a) * 1024 / n : 0
+        printf "  RSS grew %.1f MiB over %d remembered proofs: %.0f bytes each; one minute at 20,000/s: %.0f MiB (target <= 64 MiB)\n",
+            (z - a) / 1024, n, per, per * 1200000 / 1048576 }'
+} | tee -a "$WORK/report.txt"

@@ -17,6 +17,17 @@ elif [ ! -d "$oidc/node_modules" ] || [ "$oidc/package-lock.json" -nt "$oidc/nod
     fi
 fi
 
+# The identity-assertion tests (tests/assertion.rs) verify with PyJWT, installed in a venv under
+# target/ so nothing is installed system-wide; without python3 those tests fail and say so.
+venv=target/pyjwt-venv
+if ! command -v python3 >/dev/null; then
+    echo "test.sh: python3 is not installed: tests/assertion.rs will fail (install python3 and python3-venv)"
+elif ! "$venv/bin/python" -c "import jwt, cryptography" 2>/dev/null; then
+    echo "test.sh: installing PyJWT for tests/assertion.rs (python3 -m venv $venv; pip install pyjwt[crypto])"
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "pyjwt[crypto]" ||
+        echo "test.sh: installing PyJWT failed: tests/assertion.rs will fail"
+fi
+
 # Real components the end-to-end tests drive: Redis (shared state), a headless Chromium and its
 # WebDriver (browser sessions, CORS). Installed from the Debian archive when missing and this
 # runs as root with apt-get; otherwise the tests that need them fail, naming the package.

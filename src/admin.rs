@@ -167,6 +167,19 @@ impl Admin {
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.metrics.render(),
             ),
+            // The identity-assertion keys, for backends to verify what the gateway signs.
+            "/.well-known/jwks.json" => match &self.state.load().assertion {
+                Some(signer) => {
+                    let mut res = text(StatusCode::OK, "application/jwk-set+json", String::new());
+                    *res.body_mut() = Full::new(signer.jwks());
+                    res
+                }
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "no [assertion] is configured\n".into(),
+                ),
+            },
             "/config" => text(
                 StatusCode::OK,
                 "application/json",
@@ -207,6 +220,11 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
                 "leeway": humantime::format_duration(i.leeway).to_string(),
                 "refresh": humantime::format_duration(i.refresh).to_string(),
                 "typ": i.typ,
+                // Sender-constrained tokens; the nonce key is named, never shown.
+                "dpop_algorithms": i.dpop.algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                "dpop_max_age": humantime::format_duration(i.dpop.max_age).to_string(),
+                "dpop_nonce": i.dpop.nonce,
+                "dpop_nonce_key_env": i.dpop.nonce_key_env,
             })
         })
         .collect();
@@ -233,6 +251,20 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
                 "token_query": r.token_query,
                 "token_cookie": r.token_cookie,
                 "claim_headers": r.claim_headers.iter().map(|(h, p)| (h.as_str().to_owned(), json!(p.as_str()))).collect::<serde_json::Map<_, _>>(),
+                "assertion": r.assertion.as_ref().map(|a| json!({"audience": a.audience, "claims": a.claims})),
+                "cors": r.cors.as_ref().map(|c| json!({
+                    "allow_origins": if c.any_origin { vec!["*".to_owned()] } else { c.allow_origins.clone() },
+                    "allow_methods": c.allow_methods_value.as_ref().and_then(|v| v.to_str().ok()),
+                    "allow_headers": c.allow_headers,
+                    "allow_credentials": c.allow_credentials,
+                    "max_age": c.max_age.as_ref().and_then(|v| v.to_str().ok()),
+                })),
+                "rate_limit": r.rate_limit.as_ref().map(|l| json!({"key": l.key.as_str(), "rate": l.rate, "burst": l.burst})),
+                "max_auth_age": r.step_up.as_ref().and_then(|s| s.max_auth_age).map(|d| humantime::format_duration(d).to_string()),
+                "acr_values": r.step_up.as_ref().map(|s| &s.acr_values).filter(|a| !a.is_empty()),
+                "one_time": r.one_time,
+                "response_headers": r.response_headers.iter().map(|(h, v)| (h.as_str().to_owned(), json!(String::from_utf8_lossy(v.as_bytes())))).collect::<serde_json::Map<_, _>>(),
+                "require_binding": r.require_binding,
             })
         })
         .collect();
@@ -241,7 +273,7 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
         "file": c.path,
         "listen": {
             "addr": c.listen.addr.to_string(),
-            "tls": c.listen.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key, "client_ca": t.client_ca})),
+            "tls": c.listen.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key, "client_ca": t.client_ca, "client_auth": t.client_ca.as_ref().map(|_| if t.client_auth_optional { "optional" } else { "required" })})),
             "certificates": c.listen.certificates.iter().map(|x| json!({"cert": x.cert, "key": x.key})).collect::<Vec<_>>(),
             "trusted_proxies": c.listen.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "strip_headers": c.listen.strip_headers,
@@ -271,5 +303,20 @@ pub fn effective_config(c: &Config, running: &RestartOnly) -> serde_json::Value 
             .collect::<serde_json::Map<_, _>>(),
         "issuers": issuers,
         "routes": routes,
+        "assertion": c.assertion.as_ref().map(|a| json!({
+            "keys": a.keys,
+            "issuer": a.issuer,
+            "ttl": humantime::format_duration(a.ttl).to_string(),
+            "header": a.header.as_str(),
+        })),
+        "anomaly": c.anomaly.as_ref().map(|a| json!({
+            "max_addresses": a.max_addresses,
+            "window": humantime::format_duration(a.window).to_string(),
+            "action": a.action.as_str(),
+        })),
+        "denylist": c.denylist.as_ref().map(|d| json!({
+            "file": d.file,
+            "max_staleness": d.max_staleness.map(|m| humantime::format_duration(m).to_string()),
+        })),
     })
 }

@@ -17,7 +17,8 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// Serves the echo upstream until `shutdown` completes.
 ///
 /// The answer is `{"method", "path", "query", "version", "headers": {name: [values]}, "body"}`.
-/// `?delay_ms=N` delays the answer (for timeout tests); `?status=N` sets its status.
+/// `?delay_ms=N` delays the answer (for timeout tests); `?status=N` sets its status;
+/// `?set-header=name:value` adds a response header (for tests of what the gateway replaces).
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     crate::server::serve_small(
         listener,
@@ -73,5 +74,13 @@ async fn echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
+    if let Some((name, value)) = query_param(query, "set-header").and_then(|h| h.split_once(':')) {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            res.headers_mut().insert(n, v);
+        }
+    }
     res
 }

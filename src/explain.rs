@@ -59,6 +59,8 @@ pub struct Report {
     /// Headers the upstream would receive, in order, when the request is forwarded.
     pub upstream_headers: Vec<(String, String)>,
     pub upstream_url: Option<String>,
+    /// The route's `response_headers`, set on every answer it gives (the gateway's too).
+    pub response_headers: Vec<(String, String)>,
 }
 
 fn fmt_time(t: f64) -> String {
@@ -100,6 +102,15 @@ fn step_of(e: &AuthError) -> &'static str {
         AuthError::WrongAudience => "audience",
         AuthError::UnsafeClaim { .. } => "claim headers",
         AuthError::Insufficient(_) => "requirements",
+        AuthError::StepUp(_) => "step-up",
+        AuthError::NoJti | AuthError::Replayed => "one-time",
+        AuthError::Anomaly => "anomaly",
+        AuthError::Revoked => "revocation",
+        AuthError::DpopInvalid(_)
+        | AuthError::DpopTime { .. }
+        | AuthError::DpopNonce
+        | AuthError::DpopReplay => "dpop",
+        AuthError::BindingMismatch(_) | AuthError::DpopKeyMismatch => "binding",
         AuthError::Malformed(m) => {
             let starts = |p: &[&str]| p.iter().any(|p| m.starts_with(p));
             if starts(&["exp", "nbf", "iat", "a time claim"]) {
@@ -117,7 +128,7 @@ fn step_of(e: &AuthError) -> &'static str {
     }
 }
 
-const STEPS: [&str; 12] = [
+const STEPS: [&str; 18] = [
     "structure",
     "header",
     "issuer",
@@ -128,7 +139,13 @@ const STEPS: [&str; 12] = [
     "time",
     "audience",
     "subject",
+    "anomaly",
+    "revocation",
+    "binding",
+    "dpop",
     "requirements",
+    "step-up",
+    "one-time",
     "claim headers",
 ];
 
@@ -136,6 +153,21 @@ const STEPS: [&str; 12] = [
 pub async fn explain(
     snap: &Snapshot,
     token: Option<&str>,
+    method: &Method,
+    host: &str,
+    raw_path: &str,
+) -> Report {
+    explain_with(snap, None, token, None, method, host, raw_path).await
+}
+
+/// [`explain`], checking the token against `denylist` too (step `revocation`: which entry
+/// revokes it), and for a token sent as `Authorization: DPoP` with the proof `dpop` (every
+/// check of the request path but the replay cache, which a dry run must not fill).
+pub async fn explain_with(
+    snap: &Snapshot,
+    denylist: Option<&crate::denylist::Denylist>,
+    token: Option<&str>,
+    dpop: Option<&str>,
     method: &Method,
     host: &str,
     raw_path: &str,
@@ -157,6 +189,7 @@ pub async fn explain(
         status: 0,
         upstream_headers: Vec::new(),
         upstream_url: None,
+        response_headers: Vec::new(),
     };
     let path = match normalize(raw_path) {
         Ok(p) => p,
@@ -230,6 +263,14 @@ pub async fn explain(
     let route = &routes[idx];
     report.route = Some(route.name.clone());
     report.route_reason = report.routes[idx].why.clone();
+    report.response_headers = route
+        .response_headers
+        .iter()
+        .map(|(n, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_owned(), v)
+        })
+        .collect();
 
     let mut result: Result<Option<auth::Verified>, AuthError> = Ok(None);
     match (route.auth, token) {
@@ -249,6 +290,46 @@ pub async fn explain(
         (_, Some(t)) => {
             describe_token(&mut report.steps, snap, t, &route.issuers, now);
             result = verify(snap, t, &route.issuers, now).await;
+            if let Ok(Some(_)) = &result {
+                anomaly_step(&mut report.steps, snap);
+            }
+            if let (Ok(Some(v)), Some(d)) = (&result, denylist) {
+                let issuer = &snap.issuers[v.issuer].config.name;
+                match d.check_claims(issuer, &v.claims) {
+                    None => report.steps.push(Step {
+                        step: "revocation",
+                        result: "pass",
+                        detail: "no denylist entry covers the token".into(),
+                    }),
+                    Some(r) => {
+                        report.steps.push(Step {
+                            step: "revocation",
+                            result: "fail",
+                            detail: describe_revoked(issuer, &v.claims, &r),
+                        });
+                        result = Err(AuthError::Revoked);
+                    }
+                }
+            }
+            if let Ok(Some(v)) = &result {
+                let scheme = if snap.config.listen.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let facts = DryRequest {
+                    method,
+                    scheme,
+                    host,
+                    path: raw_path,
+                    token: t,
+                    dpop,
+                };
+                match dry_binding(snap, route, v, &facts, now) {
+                    Ok(step) => report.steps.push(step),
+                    Err(e) => result = Err(e),
+                }
+            }
             if let Ok(Some(v)) = &result {
                 match claims::check_requirements(&v.claims, &route.require) {
                     Ok(()) => report.steps.push(Step {
@@ -266,6 +347,11 @@ pub async fn explain(
                         },
                     }),
                     Err(e) => result = Err(e),
+                }
+            }
+            if let Ok(Some(v)) = &result {
+                if let Err(e) = route_defense_steps(&mut report.steps, snap, route, v, now) {
+                    result = Err(e);
                 }
             }
         }
@@ -363,6 +449,19 @@ pub async fn explain(
         },
         claim_values,
     );
+    // The identity assertion is signed per request; explain names what it would carry.
+    if let (Some(a), Some(signer), Some(_)) = (&route.assertion, &snap.assertion, token) {
+        let shown = format!(
+            "<signed {} assertion, kid {}: aud={}, {} s>",
+            crate::assertion::ASSERTION_TYP,
+            signer.kid(),
+            a.audience,
+            signer.ttl_secs()
+        );
+        if let Ok(v) = HeaderValue::from_str(&shown) {
+            h.insert(signer.header.clone(), v);
+        }
+    }
     report.upstream_headers = h
         .iter()
         .map(|(n, v)| {
@@ -389,6 +488,32 @@ pub async fn explain(
     report.status = 200;
     report.outcome = "forwarded to the upstream (its answer is returned)".into();
     report
+}
+
+/// The entry that revokes a token, as `explain` shows it.
+fn describe_revoked(
+    issuer: &str,
+    claims: &serde_json::Map<String, Value>,
+    r: &crate::denylist::Revoked,
+) -> String {
+    use crate::denylist::{fmt_time, Source};
+    let kind = r.kind.as_str();
+    let id = claims.get(kind).and_then(Value::as_str).unwrap_or_default();
+    let mut d = format!("revoked by the entry issuer {issuer:?} {kind} {id:?}");
+    if let Some(b) = r.before() {
+        let _ = write!(d, " before {}", fmt_time(b));
+    }
+    match r.until() {
+        Some(u) => {
+            let _ = write!(d, " until {}", fmt_time(u));
+        }
+        None => d.push_str(" until removed"),
+    }
+    d.push_str(match r.source {
+        Source::File => " (from the [denylist] file)",
+        Source::Shared => " (from Redis)",
+    });
+    d
 }
 
 async fn verify(
@@ -568,6 +693,85 @@ fn describe_token(
     steps.push(pass("subject", format!("sub {}", show(claims.get("sub")))));
 }
 
+/// `[anomaly]`, as settings: the signal needs the live traffic's history, which a dry run
+/// has not got.
+fn anomaly_step(steps: &mut Vec<Step>, snap: &Snapshot) {
+    let detail = match &snap.config.anomaly {
+        None => "no [anomaly] section: client addresses per token are not tracked".to_owned(),
+        Some(a) => format!(
+            "[anomaly] max_addresses = {}, window = {}, action = {:?}: a token seen from more client addresses within the window is counted and logged{} (per replica, from live traffic; a dry run has no history)",
+            a.max_addresses,
+            humantime::format_duration(a.window),
+            a.action.as_str(),
+            if a.action == crate::config::AnomalyAction::Refuse { " and refused until its exp" } else { "" },
+        ),
+    };
+    steps.push(Step {
+        step: "anomaly",
+        result: "skipped",
+        detail,
+    });
+}
+
+/// The route's step-up and one-time steps, by the same check the proxy runs; a dry run
+/// never uses a `jti` up.
+fn route_defense_steps(
+    steps: &mut Vec<Step>,
+    snap: &Snapshot,
+    route: &crate::config::RouteConfig,
+    v: &auth::Verified,
+    now: i64,
+) -> Result<(), AuthError> {
+    let leeway = snap.issuers[v.issuer].config.leeway;
+    if let Some(s) = &route.step_up {
+        let mut wanted = Vec::new();
+        if let Some(age) = s.max_auth_age {
+            let t = v.claims.get("auth_time").and_then(Value::as_f64);
+            wanted.push(format!(
+                "auth_time {} at most {} old (plus leeway {}s)",
+                t.map_or("absent".to_owned(), |t| format!(
+                    "{} ({})",
+                    fmt_time(t),
+                    relative(t, now)
+                )),
+                humantime::format_duration(age),
+                leeway.as_secs()
+            ));
+        }
+        if !s.acr_values.is_empty() {
+            wanted.push(format!(
+                "acr {} one of [{}]",
+                v.claims
+                    .get("acr")
+                    .map_or("absent".to_owned(), Value::to_string),
+                s.acr_values.join(", ")
+            ));
+        }
+        steps.push(Step {
+            step: "step-up",
+            result: "pass",
+            detail: wanted.join("; "),
+        });
+        s.check(&v.claims, leeway, now)
+            .map_err(|f| AuthError::StepUp(Box::new(f)))?;
+    }
+    if route.one_time {
+        let jti = v.claims.get("jti").and_then(Value::as_str);
+        steps.push(Step {
+            step: "one-time",
+            result: "pass",
+            detail: match jti {
+                Some(j) => format!("jti {j:?} passes once: the first request uses it up (the dry run does not), later ones are refused (replayed)"),
+                None => "the route lets each token pass once, by its jti".to_owned(),
+            },
+        });
+        if jti.is_none() {
+            return Err(AuthError::NoJti);
+        }
+    }
+    Ok(())
+}
+
 /// The report as text for people.
 pub fn render_text(r: &Report) -> String {
     let mut out = String::new();
@@ -599,6 +803,12 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     let _ = writeln!(out, "\nanswer: {}", r.outcome);
+    if !r.response_headers.is_empty() {
+        let _ = writeln!(out, "response headers (on every answer of the route):");
+        for (n, v) in &r.response_headers {
+            let _ = writeln!(out, "  {n}: {v}");
+        }
+    }
     if let Some(u) = &r.upstream_url {
         let _ = writeln!(out, "\nupstream request: {} {u}", r.method);
         for (n, v) in &r.upstream_headers {
@@ -606,4 +816,82 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     out
+}
+
+/// What [`dry_binding`] knows of the request explained.
+struct DryRequest<'a> {
+    method: &'a Method,
+    scheme: &'a str,
+    host: &'a str,
+    path: &'a str,
+    token: &'a str,
+    dpop: Option<&'a str>,
+}
+
+/// The sender-constraint checks of the request path, without a connection or replay cache:
+/// the token's `cnf`, the proof (when given) and `require_binding`.
+fn dry_binding(
+    snap: &Snapshot,
+    route: &crate::config::RouteConfig,
+    v: &auth::Verified,
+    r: &DryRequest<'_>,
+    now: i64,
+) -> Result<Step, AuthError> {
+    use crate::auth::{binding, dpop};
+    let step = |step: &'static str, result: &'static str, detail: String| Step {
+        step,
+        result,
+        detail,
+    };
+    let cnf = binding::cnf(&v.claims)?;
+    if cnf.is_unbound() {
+        if r.dpop.is_some() {
+            return Err(AuthError::BindingMismatch(
+                "the token is not DPoP-bound (it has no cnf.jkt): send it with the Bearer scheme",
+            ));
+        }
+        if route.require_binding {
+            return Err(AuthError::BindingMismatch(
+                "this route requires a sender-constrained token (cnf: DPoP- or certificate-bound)",
+            ));
+        }
+        return Ok(step(
+            "binding",
+            "pass",
+            "the token is not sender-constrained (no cnf)".into(),
+        ));
+    }
+    if let Some(x5t) = cnf.x5t {
+        return Ok(step(
+            "binding",
+            "skipped",
+            format!("certificate-bound: the connection's client certificate must have the SHA-256 thumbprint {x5t} (a dry run has no connection)"),
+        ));
+    }
+    let Some(jkt) = cnf.jkt else {
+        return Ok(step("binding", "pass", "no binding to check".into()));
+    };
+    let Some(proof) = r.dpop else {
+        return Err(AuthError::DpopInvalid(
+            "the token is DPoP-bound: a request needs Authorization: DPoP and a proof (pass --dpop)",
+        ));
+    };
+    let htu = dpop::request_htu(r.scheme, r.host, r.path.split('?').next().unwrap_or(r.path))
+        .ok_or(AuthError::DpopInvalid(
+            "the request's scheme and host do not form a URI to compare htu with",
+        ))?;
+    let issuer = &snap.issuers[v.issuer];
+    let request = dpop::ProofRequest {
+        method: r.method.as_str(),
+        htu: &htu,
+        access_token: r.token,
+        jkt,
+        now,
+    };
+    dpop::check(proof, &issuer.dpop, &request)?;
+    Ok(step(
+        "dpop",
+        "pass",
+        format!("proof by the key with thumbprint {jkt} (cnf.jkt); typ, alg [{}], htm {}, htu {htu}, iat within {}s, ath; its jti is not recorded by a dry run", issuer.dpop.algs, r.method, issuer.dpop.window_secs),
+    ))
 }

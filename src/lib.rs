@@ -4,10 +4,13 @@
 
 pub mod admin;
 pub mod alg;
+pub mod anomaly;
+pub mod assertion;
 pub mod auth;
 pub mod check;
 pub mod commands;
 pub mod config;
+pub mod denylist;
 pub mod devtoken;
 pub mod echo;
 pub mod explain;
@@ -17,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod replay;
 pub mod routes;
@@ -111,11 +115,11 @@ pub async fn run<D: Into<Drain>>(
     let ready_task = tokio::spawn(async move { ready.become_ready().await });
     let watcher = app.clone();
     let watch_task = tokio::spawn(async move { reload::watch(watcher).await });
-    let gateway = Arc::new(proxy::Gateway::new(
-        app.state.clone(),
-        app.metrics.clone(),
-        app.store.clone(),
-    ));
+    let denylist_task = tokio::spawn(app.denylist.clone().run());
+    let gateway = Arc::new(
+        proxy::Gateway::new(app.state.clone(), app.metrics.clone(), app.store.clone())
+            .with_denylist(app.denylist.clone()),
+    );
     let (health, state) = (app.health.clone(), app.state.clone());
     server::serve(traffic, gateway, app.tls.clone(), async move {
         let grace = match shutdown.await.into() {
@@ -128,6 +132,7 @@ pub async fn run<D: Into<Drain>>(
     .await;
     ready_task.abort();
     watch_task.abort();
+    denylist_task.abort();
     let _ = stop_admin.send(());
 }
 
@@ -156,6 +161,8 @@ pub struct App {
     /// A hash of the files the running config was loaded from, taken before reading them, so
     /// a change made while loading (or before the watcher starts) is still seen.
     pub(crate) loaded_files: std::sync::atomic::AtomicU64,
+    /// Revoked tokens, subjects and sessions (the file's and Redis's), followed while serving.
+    pub denylist: Arc<denylist::Denylist>,
 }
 
 impl App {
@@ -170,11 +177,15 @@ impl App {
             Some(r) => Some(store::Store::open(r, &metrics)?),
             None => None,
         };
+        let state: state::Shared = Arc::new(ArcSwap::from_pointee(snapshot));
         let app = App {
             config_path,
+            running: admin::RestartOnly::of(&state.load().config),
+            denylist: Arc::new(
+                denylist::Denylist::new(state.clone(), metrics.clone()).with_store(store.clone()),
+            ),
             store,
-            running: admin::RestartOnly::of(&snapshot.config),
-            state: Arc::new(ArcSwap::from_pointee(snapshot)),
+            state,
             metrics,
             tls,
             health: Arc::new(Health::default()),
@@ -326,7 +337,9 @@ impl App {
             r.first_attempt(FIRST_FETCH_WAIT).await;
         }
         loop {
-            if self.state.load().keys_ready() {
+            // The denylist too: a replica that has not loaded every revocation once would let
+            // revoked tokens through.
+            if self.state.load().keys_ready() && self.denylist.ready() {
                 self.health.set_ready();
                 tracing::info!("ready");
                 return;

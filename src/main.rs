@@ -65,6 +65,9 @@ enum Command {
         /// header; opened with [session] cookie_keys_file.
         #[arg(long, conflicts_with = "token")]
         cookie: Option<String>,
+        /// A DPoP proof: the token is then checked as `Authorization: DPoP` with this proof.
+        #[arg(long)]
+        dpop: Option<String>,
         #[arg(long, default_value = "GET")]
         method: String,
         #[arg(long, default_value = "localhost")]
@@ -75,6 +78,11 @@ enum Command {
         /// Request path, with an optional query.
         path: String,
     },
+    /// Print the JWKS of the [assertion] keys (the public keys backends verify assertions with).
+    AssertionJwks,
+    /// Revoke a token (--jti), a subject's tokens (--sub) or an IdP session (--sid), or list
+    /// every entry in effect (--list). Writes to Redis with [redis], else to the [denylist] file.
+    Revoke(commands::RevokeArgs),
     /// Run the shipped config with a built-in echo upstream and print a curl command to try.
     Demo,
     /// Exit 0 when the running gateway's admin listener reports ready (for exec probes).
@@ -102,6 +110,8 @@ fn main() -> ExitCode {
                 .map(|token| token + "\n"),
         ),
         Command::Check => print_or_fail(commands::check(&cli.config)),
+        Command::AssertionJwks => print_or_fail(commands::assertion_jwks(&cli.config)),
+        Command::Revoke(args) => print_or_fail(commands::revoke(&cli.config, args)),
         Command::Run => serve(&cli, false),
         Command::Demo => serve(&cli, true),
         Command::Healthcheck { addr, live } => {
@@ -110,11 +120,23 @@ fn main() -> ExitCode {
         Command::Explain {
             token,
             cookie,
+            dpop,
             method,
             host,
             json,
             path,
-        } => match commands::explain(&cli.config, token, cookie, &method, &host, &path, json) {
+        } => match commands::explain(
+            &cli.config,
+            commands::Credentials {
+                token,
+                cookie,
+                dpop,
+            },
+            &method,
+            &host,
+            &path,
+            json,
+        ) {
             Ok((report, forwarded)) => {
                 print!("{report}");
                 // Exit 0 when the request would be forwarded, 2 when the gateway would refuse it.

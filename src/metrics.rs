@@ -37,9 +37,19 @@ pub struct Metrics {
     pub accept_errors: IntCounterVec,
     /// `jwtgate_sessions_total{event}`: browser session events (login, refresh, logout, ...).
     pub sessions: IntCounterVec,
+    /// Requests refused by a route's rate limit.
+    pub rate_limited: IntCounterVec,
+    /// Token-theft signals (`[anomaly]`), by issuer name.
+    pub token_anomalies: IntCounterVec,
     /// The shared store's metrics, registered by [`Metrics::register_redis`] only where
     /// `[redis]` is set (a gateway without Redis shows no Redis series to alert on).
     pub redis: RedisMetrics,
+    /// Denylist entries held, by kind (jti, sub, sid).
+    pub denylist_entries: IntGaugeVec,
+    /// Seconds since the last successful Redis read of the denylist (0 without Redis).
+    pub denylist_staleness: Gauge,
+    /// Lines of the `[denylist] file` skipped as invalid, as last read.
+    pub denylist_skipped_lines: IntGauge,
 }
 
 /// `jwtgate_redis_up` and `jwtgate_redis_errors_total{op}`.
@@ -177,6 +187,16 @@ impl Metrics {
             "Failed accepts (such as too many open files), by listener (traffic, admin).",
             &["listener"],
         );
+        let rate_limited = counter(
+            "jwtgate_rate_limited_total",
+            "Requests answered 429 by a route's rate limit, by route.",
+            &["route"],
+        );
+        let token_anomalies = counter(
+            "jwtgate_token_anomalies_total",
+            "Tokens seen from more client addresses than [anomaly] max_addresses within its window, by issuer.",
+            &["issuer"],
+        );
         // Both listeners' series exist from the first scrape.
         for l in LISTENERS {
             open_connections.with_label_values(&[l]).set(0);
@@ -190,6 +210,33 @@ impl Metrics {
         for e in crate::session::EVENTS {
             sessions.with_label_values(&[e]).reset();
         }
+        let denylist_entries = IntGaugeVec::new(
+            Opts::new(
+                "jwtgate_denylist_entries",
+                "Denylist entries held, by kind (jti, sub, sid).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(denylist_entries.clone()))
+            .expect("unique metric");
+        let denylist_staleness = Gauge::new(
+            "jwtgate_denylist_staleness_seconds",
+            "Seconds since the last successful Redis read of the denylist (0 without Redis).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(denylist_staleness.clone()))
+            .expect("unique metric");
+        let denylist_skipped_lines = IntGauge::new(
+            "jwtgate_denylist_skipped_lines",
+            "Lines of the [denylist] file skipped as invalid, as last read (each is logged with its number).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(denylist_skipped_lines.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "jwtgate_build_info",
@@ -238,6 +285,11 @@ impl Metrics {
             open_connections,
             accept_errors,
             sessions,
+            rate_limited,
+            token_anomalies,
+            denylist_entries,
+            denylist_staleness,
+            denylist_skipped_lines,
             redis: RedisMetrics {
                 up: IntGauge::new(
                     "jwtgate_redis_up",

@@ -79,6 +79,9 @@ pub struct ConnInfo {
     /// `X-Forwarded-Client-Cert` for that certificate, built once per connection (hash, PEM,
     /// subject) instead of on every request.
     pub client_cert_header: Option<http::HeaderValue>,
+    /// SHA-256 of that certificate's DER, hashed once per connection, for certificate-bound
+    /// tokens (RFC 8705 §3: `cnf.x5t#S256`).
+    pub client_cert_sha256: Option<[u8; 32]>,
 }
 
 impl ConnInfo {
@@ -94,12 +97,16 @@ impl ConnInfo {
         let client_cert_header = client_cert
             .as_ref()
             .and_then(crate::proxy::headers::client_cert_value);
+        let client_cert_sha256 = client_cert
+            .as_ref()
+            .map(|c| crate::auth::binding::cert_thumbprint(c.as_ref()));
         ConnInfo {
             peer,
             peer_ip,
             tls,
             client_cert,
             client_cert_header,
+            client_cert_sha256,
         }
     }
 }

@@ -30,6 +30,57 @@ pub struct Snapshot {
     pub skipped_keys: Vec<String>,
     /// `[session]`'s keyring, client credentials and derived issuers.
     pub session: Option<crate::session::Runtime>,
+    /// `[assertion]`: the signer of identity assertions, with its JWKS.
+    pub assertion: Option<Arc<crate::assertion::Signer>>,
+    /// Per route index: its `[route.rate_limit]`, kept across reloads while unchanged.
+    pub limiters: Vec<Option<Arc<crate::ratelimit::RouteLimiter>>>,
+    /// The GCRA states of every route's limiter, one bounded store for the process.
+    pub rate_store: crate::ratelimit::BoundedStore,
+    /// Per route, its metric series resolved once (index = route index).
+    pub route_metrics: Vec<RouteMetrics>,
+}
+
+/// A route's per-request series, resolved when the snapshot is built, so recording a request
+/// hashes no label values (a `with_label_values` lookup hashes every label and takes a lock).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub duration: prometheus::Histogram,
+    /// `jwtgate_requests_total` for the codes answered most: the gateway's own and the
+    /// upstream's common successes, each created on its first answer (an upstream's codes
+    /// appear only once answered).
+    codes: [(u16, std::sync::OnceLock<prometheus::IntCounter>); 14],
+}
+
+/// The status codes whose series [`RouteMetrics`] keeps a handle to.
+const HOT_CODES: [u16; 14] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504, 302,
+];
+
+impl RouteMetrics {
+    fn new(route: &str, metrics: &Metrics) -> RouteMetrics {
+        RouteMetrics {
+            duration: metrics.request_duration.with_label_values(&[route]),
+            codes: HOT_CODES.map(|c| (c, std::sync::OnceLock::new())),
+        }
+    }
+
+    /// Counts one answer of `route` with `status`.
+    pub fn count(&self, metrics: &Metrics, route: &str, status: http::StatusCode) {
+        let code = status.as_u16();
+        match self.codes.iter().find(|(c, _)| *c == code) {
+            Some((_, handle)) => handle
+                .get_or_init(|| {
+                    metrics
+                        .requests
+                        .with_label_values(&[route, status.as_str()])
+                })
+                .inc(),
+            None => metrics
+                .requests
+                .with_label_values(&[route, status.as_str()])
+                .inc(),
+        }
+    }
 }
 
 /// The `kind` label values of `jwtgate_upstream_errors_total`.
@@ -96,9 +147,18 @@ impl Snapshot {
                     IssuerKeys::Static(Arc::new(KeySet::default()))
                 }
             };
+            // Sender-constrained tokens: the DPoP settings and the nonce key, read once here.
+            let mut dpop = crate::auth::dpop::IssuerDpop::new(ic);
+            match crate::auth::dpop::nonce_key(ic) {
+                Ok(key) => dpop.nonce = key,
+                Err(e) => {
+                    errors.push(config.error(ic.source_loc, format!("issuer {:?}: {e}", ic.name)))
+                }
+            }
             issuers.push(Issuer {
                 config: ic.clone(),
                 keys,
+                dpop,
             });
         }
         let clients = match Clients::build(&config, previous.map(|p| &p.clients)) {
@@ -122,11 +182,49 @@ impl Snapshot {
                 None
             }
         };
+        // Identity assertions and rate limits: keys loaded now (a bad key refuses the config),
+        // limiters of unchanged routes kept with their states.
+        let assertion = config.assertion.as_ref().and_then(|a| {
+            crate::assertion::Signer::load(a)
+                .map(Arc::new)
+                .map_err(|e| errors.push(config.error(a.keys_loc, e.to_string())))
+                .ok()
+        });
+        let rate_store = previous.map_or_else(
+            || crate::ratelimit::BoundedStore::new(crate::ratelimit::MAX_KEYS),
+            |p| p.rate_store.clone(),
+        );
+        let old_limiters: std::collections::HashMap<&str, &Arc<crate::ratelimit::RouteLimiter>> =
+            previous.map_or_else(Default::default, |p| {
+                p.config
+                    .routes
+                    .iter()
+                    .zip(&p.limiters)
+                    .filter_map(|(r, l)| Some((r.name.as_str(), l.as_ref()?)))
+                    .collect()
+            });
+        let limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                let l = r.rate_limit.as_ref()?;
+                Some(match old_limiters.get(r.name.as_str()) {
+                    Some(old) if old.same(l) => Arc::clone(old),
+                    _ => Arc::new(crate::ratelimit::RouteLimiter::new(&r.name, l, &rate_store)),
+                })
+            })
+            .collect();
+        drop(old_limiters);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         let table = RouteTable::new(&config.routes);
         let headers = HeaderPlan::new(&config);
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| RouteMetrics::new(&r.name, metrics))
+            .collect();
         Ok(Snapshot {
             config,
             issuers,
@@ -136,6 +234,10 @@ impl Snapshot {
             generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             skipped_keys,
             session,
+            assertion,
+            limiters,
+            rate_store,
+            route_metrics,
         })
     }
 
@@ -171,6 +273,12 @@ impl Snapshot {
                 metrics.tls_reloads.with_label_values(&[result]);
             }
         }
+        // Theft signals (issue 20): per issuer from the first scrape once `[anomaly]` is set.
+        if self.config.anomaly.is_some() {
+            for i in &self.issuers {
+                metrics.token_anomalies.with_label_values(&[&i.config.name]);
+            }
+        }
         for r in &self.config.routes {
             let route = r.name.as_str();
             metrics.request_duration.with_label_values(&[route]);
@@ -179,6 +287,9 @@ impl Snapshot {
             }
             for kind in UPSTREAM_KINDS {
                 metrics.upstream_errors.with_label_values(&[route, kind]);
+            }
+            if r.rate_limit.is_some() {
+                metrics.rate_limited.with_label_values(&[route]);
             }
             if r.auth != AuthMode::None {
                 for reason in crate::auth::Reason::ALL {
@@ -197,6 +308,7 @@ impl Snapshot {
                 continue;
             }
             let _ = metrics.request_duration.remove_label_values(&[route]);
+            let _ = metrics.rate_limited.remove_label_values(&[route]);
             for code in gateway_codes(old.auth) {
                 let _ = metrics.requests.remove_label_values(&[route, code]);
             }
@@ -216,6 +328,7 @@ impl Snapshot {
                 let _ = metrics
                     .key_refresh_last_success
                     .remove_label_values(&[name]);
+                let _ = metrics.token_anomalies.remove_label_values(&[name]);
                 for result in ["success", "failure"] {
                     let _ = metrics.key_refresh.remove_label_values(&[name, result]);
                 }

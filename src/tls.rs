@@ -214,9 +214,11 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// Builds the server config serving `store`: TLS 1.2 and 1.3, ALPN h2 then http/1.1, and
-/// client certificates required from `client_ca` when set.
+/// client certificates from `client_ca` when set: required, or with `client_auth_optional`
+/// verified when sent and not asked of clients that send none.
 pub fn server_config(
     client_ca: Option<&Path>,
+    client_auth_optional: bool,
     store: Arc<CertStore>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
@@ -226,7 +228,14 @@ pub fn server_config(
     let builder = match client_ca {
         Some(ca) => {
             let roots = ca_roots(ca, &read_file(ca)?)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if client_auth_optional {
+                // A certificate that is sent is still verified against the CA: only its
+                // absence is allowed (RFC 8705 §3 binds tokens to verified certificates).
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier
                 .build()
                 .map_err(|e| TlsError::Setup(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
@@ -256,7 +265,8 @@ impl TlsConfig {
         };
         let certs = Arc::new(store);
         let client_ca = listen.tls.as_ref().and_then(|t| t.client_ca.as_deref());
-        let server = server_config(client_ca, certs.clone())?;
+        let optional = listen.tls.as_ref().is_some_and(|t| t.client_auth_optional);
+        let server = server_config(client_ca, optional, certs.clone())?;
         Ok(Some(TlsConfig { server, certs }))
     }
 }
@@ -321,5 +331,8 @@ fn fingerprint(listen: &Listen) -> std::io::Result<u64> {
     for c in &listen.certificates {
         paths.extend([c.cert.clone(), c.key.clone()]);
     }
-    crate::reload::known_fingerprint(&paths)
+    // `client_auth` lives in the config, not in a file: folded in so a reload that changes
+    // it builds a new TLS config too.
+    let optional = listen.tls.as_ref().is_some_and(|t| t.client_auth_optional);
+    crate::reload::known_fingerprint(&paths).map(|f| f ^ u64::from(optional))
 }

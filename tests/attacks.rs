@@ -1646,7 +1646,6 @@ async fn authorization_scheme_variants_get_deterministic_answers() {
         (format!("Bearerx {t}"), Want::Missing, "Bearerx scheme"),
         (format!("Token {t}"), Want::Missing, "Token scheme"),
         (format!("JWT {t}"), Want::Missing, "JWT scheme"),
-        (format!("DPoP {t}"), Want::Missing, "DPoP scheme"),
         (t.clone(), Want::Missing, "the bare token"),
         (String::new(), Want::Missing, "empty header"),
     ];
@@ -1665,6 +1664,21 @@ async fn authorization_scheme_variants_get_deterministic_answers() {
         }
         assert!(!a.body.contains(&t), "{case}: token echoed");
     }
+    // `DPoP` is a scheme the gateway reads (SPEC "Sender-constrained tokens"): a token that is
+    // not DPoP-bound sent with it is refused with a DPoP challenge.
+    let a = h
+        .get("/t", &[("authorization", &format!("DPoP {t}"))])
+        .await;
+    assert_eq!(a.status, 401, "DPoP scheme: {}", a.body);
+    assert_eq!(gateway_body(&a, "DPoP scheme")["error"], "invalid_token");
+    assert!(
+        a.header("www-authenticate")
+            .unwrap_or_default()
+            .starts_with("DPoP realm=\"jwtgate\", error=\"invalid_token\""),
+        "DPoP scheme: {:?}",
+        a.header("www-authenticate")
+    );
+    assert!(!a.body.contains(&t), "DPoP scheme: token echoed");
     // On the wire: no space after the colon is fine (OWS), obs-fold is refused by the HTTP
     // parser, a non-ASCII byte in the value is a 400 from the gateway.
     let raw = |auth: &[u8]| {

@@ -15,6 +15,22 @@ function setup(thread)
    thread:set("tid", next_id)
 end
 
+-- This thread's share of the non-empty lines of `file` (lines tid, tid+n, tid+2n, ... of
+-- WRK_THREADS = n), each passed through `f`.
+local function my_lines(file, f)
+   local threads = tonumber(os.getenv("WRK_THREADS") or "1")
+   local out, n = {}, 0
+   for line in io.lines(file) do
+      if line ~= "" then
+         if n % threads == (tid - 1) then
+            out[#out + 1] = f(line)
+         end
+         n = n + 1
+      end
+   end
+   return out
+end
+
 local token_file = os.getenv("WRK_TOKENS")
 
 if token_file and token_file ~= "" then
@@ -22,16 +38,7 @@ if token_file and token_file ~= "" then
    local i = 0
 
    function init(args)
-      local threads = tonumber(os.getenv("WRK_THREADS") or "1")
-      local n = 0
-      for line in io.lines(token_file) do
-         if line ~= "" then
-            if n % threads == (tid - 1) then
-               mine[#mine + 1] = "Bearer " .. line
-            end
-            n = n + 1
-         end
-      end
+      mine = my_lines(token_file, function(line) return "Bearer " .. line end)
       if #mine == 0 then
          error("no tokens for thread " .. tid .. " in " .. token_file)
       end
@@ -40,6 +47,26 @@ if token_file and token_file ~= "" then
    function request()
       i = i % #mine + 1
       return wrk.format(nil, nil, { ["Authorization"] = mine[i] })
+   end
+end
+
+-- WRK_PROOFS=<file> (one DPoP proof a line) and WRK_AUTH=<Authorization value>: every request
+-- carries the same Authorization and the next unused proof (the DPoP row; a proof is used once,
+-- so the file must hold at least as many proofs as the run sends).
+local proof_file = os.getenv("WRK_PROOFS")
+
+if proof_file and proof_file ~= "" then
+   local mine = {}
+   local i = 0
+   local auth = os.getenv("WRK_AUTH") or ""
+
+   function init(args)
+      mine = my_lines(proof_file, function(line) return line end)
+   end
+
+   function request()
+      i = i % #mine + 1
+      return wrk.format(nil, nil, { ["Authorization"] = auth, ["DPoP"] = mine[i] })
    end
 end
 

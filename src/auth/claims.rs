@@ -144,6 +144,15 @@ fn check_element(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The claim at `path` (a name or a JSON Pointer), if the token has one that is not null.
+pub fn claim<'a>(claims: &'a Map<String, Value>, path: &ClaimPath) -> Option<&'a Value> {
+    match path {
+        ClaimPath::Name(n) => claims.get(n),
+        ClaimPath::Pointer(p) => pointer(claims, p),
+    }
+    .filter(|v| !v.is_null())
+}
+
 fn pointer<'a>(claims: &'a Map<String, Value>, p: &str) -> Option<&'a Value> {
     // `Value::pointer` needs a `Value`; walk the first step by hand to avoid cloning the map.
     let rest = p.strip_prefix('/')?;

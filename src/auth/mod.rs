@@ -1,8 +1,11 @@
 //! Token verification: a compact JWS against the issuers a route accepts, every check of
 //! SPEC.md "What every request gets", then claim requirements and claim header values.
 
+pub mod binding;
 pub mod cache;
 pub mod claims;
+pub mod dpop;
+pub mod stepup;
 mod strict_json;
 pub mod verify;
 
@@ -23,11 +26,20 @@ pub enum Reason {
     UnknownKey,
     AlgorithmNotAllowed,
     InsufficientClaims,
+    // Step-up, one-time tokens, theft signals (issue 20).
+    InsufficientUserAuthentication,
+    Replayed,
+    Anomaly,
+    Revoked,
+    // Sender-constrained tokens.
+    DpopInvalid,
+    DpopReplay,
+    BindingMismatch,
 }
 
 impl Reason {
     /// Every reason, for metric series that exist from the first scrape.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::BadSignature,
@@ -38,6 +50,13 @@ impl Reason {
         Reason::UnknownKey,
         Reason::AlgorithmNotAllowed,
         Reason::InsufficientClaims,
+        Reason::InsufficientUserAuthentication,
+        Reason::Replayed,
+        Reason::Anomaly,
+        Reason::Revoked,
+        Reason::DpopInvalid,
+        Reason::DpopReplay,
+        Reason::BindingMismatch,
     ];
 
     /// The label value, as SPEC.md names it.
@@ -53,6 +72,13 @@ impl Reason {
             Reason::UnknownKey => "unknown_key",
             Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
             Reason::InsufficientClaims => "insufficient_claims",
+            Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
+            Reason::Replayed => "replayed",
+            Reason::Anomaly => "anomaly",
+            Reason::Revoked => "revoked",
+            Reason::DpopInvalid => "dpop_invalid",
+            Reason::DpopReplay => "dpop_replay",
+            Reason::BindingMismatch => "binding_mismatch",
         }
     }
 }
@@ -99,6 +125,36 @@ pub enum AuthError {
     UnsafeClaim { claim: String, why: &'static str },
     #[error("the token lacks what this route requires: {0}")]
     Insufficient(String),
+    // Step-up, one-time tokens, theft signals (issue 20).
+    /// RFC 9470: the user must authenticate again, more recently or more strongly.
+    #[error("{0}")]
+    StepUp(Box<stepup::StepUpFailure>),
+    #[error("the token has no jti, which this route needs to let each token pass only once")]
+    NoJti,
+    #[error("the token has been used before, and this route lets each token pass only once")]
+    Replayed,
+    #[error(
+        "the token was used from more client addresses than allowed, a sign that it was stolen"
+    )]
+    Anomaly,
+    /// A denylist entry refuses the token (SPEC "Revocation").
+    #[error("the token has been revoked")]
+    Revoked,
+    // Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 certificate-bound).
+    #[error("the DPoP proof is not valid: {0}")]
+    DpopInvalid(&'static str),
+    #[error("the DPoP proof's iat {iat} is outside the accepted window (now {now}, {window}s either way)")]
+    DpopTime { iat: i64, now: i64, window: i64 },
+    #[error("the DPoP proof must carry the nonce the server provides in DPoP-Nonce")]
+    DpopNonce,
+    #[error("the DPoP proof was already used (its jti was seen before)")]
+    DpopReplay,
+    #[error(
+        "the DPoP proof is signed by another key than the one the token is bound to (cnf.jkt)"
+    )]
+    DpopKeyMismatch,
+    #[error("{0}")]
+    BindingMismatch(&'static str),
 }
 
 impl AuthError {
@@ -122,6 +178,16 @@ impl AuthError {
             AuthError::NotYetValid { .. } | AuthError::IssuedInFuture { .. } => Reason::NotYetValid,
             AuthError::WrongAudience => Reason::WrongAudience,
             AuthError::Insufficient(_) => Reason::InsufficientClaims,
+            AuthError::StepUp(_) => Reason::InsufficientUserAuthentication,
+            AuthError::NoJti => Reason::InsufficientClaims,
+            AuthError::Replayed => Reason::Replayed,
+            AuthError::Anomaly => Reason::Anomaly,
+            AuthError::Revoked => Reason::Revoked,
+            AuthError::DpopInvalid(_) | AuthError::DpopTime { .. } | AuthError::DpopNonce => {
+                Reason::DpopInvalid
+            }
+            AuthError::DpopReplay => Reason::DpopReplay,
+            AuthError::BindingMismatch(_) | AuthError::DpopKeyMismatch => Reason::BindingMismatch,
         }
     }
 }

@@ -18,6 +18,8 @@ use crate::keys::{KeySet, MAX_SIGNATURE_CHECKS};
 pub struct Issuer {
     pub config: IssuerConfig,
     pub keys: IssuerKeys,
+    /// How this issuer's DPoP proofs are checked (sender-constrained tokens).
+    pub dpop: super::dpop::IssuerDpop,
 }
 
 /// Where an issuer's keys live.

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::{with_loaded, CommandError};
 use crate::auth::IssuerKeys;
-use crate::config::ConfigErrors;
+use crate::config::{ConfigError, ConfigErrors, Loc};
 
 /// Validates the config at `path` and returns the description `check` prints.
 pub fn check(path: &Path) -> Result<String, CommandError> {
@@ -28,9 +28,43 @@ pub fn check(path: &Path) -> Result<String, CommandError> {
                 errors.push(snap.config.error(sc.loc, msg));
             }
         }
+        // The denylist file: the gateway skips a bad line, `check` reports it (GitOps review).
+        let mut denylist_note = String::new();
+        if let Some(path) = snap.config.denylist.as_ref().and_then(|d| d.file.clone()) {
+            let p = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || crate::denylist::file::load(&p))
+                .await
+                .map_err(|e| CommandError::command("check", e.to_string()))?;
+            let at = |line: usize, message: String| ConfigError {
+                file: path.clone(),
+                loc: Loc { line, col: 1 },
+                message,
+            };
+            if let Some(e) = &loaded.error {
+                errors.push(at(1, format!("cannot read the denylist file: {e}")));
+            }
+            for bad in &loaded.skipped {
+                errors.push(at(
+                    bad.line,
+                    format!("{} (the gateway skips this line)", bad.error),
+                ));
+            }
+            let [jti, sub, sid] = loaded.layer.counts();
+            denylist_note = format!(
+                "denylist {}: {jti} jti, {sub} sub, {sid} sid entries\n",
+                path.display()
+            );
+            for e in loaded.layer.entries() {
+                if !snap.config.issuers.iter().any(|i| i.name == e.issuer) {
+                    denylist_note.push_str(&format!(
+                        "warning: denylist entry {e} names an issuer the config does not have\n"
+                    ));
+                }
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors).into());
         }
-        Ok(crate::check::describe(&snap))
+        Ok(crate::check::describe(&snap) + &denylist_note)
     })
 }

@@ -1,16 +1,29 @@
 //! `jwtgate explain`: a dry run of one request against the loaded config.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{with_loaded, CommandError};
+
+/// What the explained request carries: a token (`-` reads it from stdin) or a session
+/// cookie, and a DPoP proof.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub cookie: Option<String>,
+    pub dpop: Option<String>,
+}
 
 /// Explains one request and returns the report as printed (JSON or text) and whether the
 /// gateway would forward it.
 pub fn explain(
     config: &Path,
-    token: Option<String>,
-    cookie: Option<String>,
+    Credentials {
+        token,
+        cookie,
+        dpop,
+    }: Credentials,
     method: &str,
     host: &str,
     path: &str,
@@ -46,8 +59,33 @@ pub fn explain(
             Some(Ok((_, t))) => Some(t.clone()),
             _ => token,
         };
-        let mut report =
-            crate::explain::explain(&snap, token.as_deref(), &method, host, path).await;
+        // Every denylist entry in effect (file and Redis), read once: which one revokes it.
+        let metrics = crate::metrics::Metrics::new();
+        let store = match &snap.config.redis {
+            Some(r) => Some(
+                crate::store::Store::open(r, &metrics)
+                    .map_err(|e| CommandError::command("explain", format!("[redis]: {e}")))?,
+            ),
+            None => None,
+        };
+        let denylist = Arc::new(
+            crate::denylist::Denylist::new(Arc::new(arc_swap::ArcSwap::new(snap.clone())), metrics)
+                .with_store(store),
+        );
+        denylist
+            .load_once()
+            .await
+            .map_err(|e| CommandError::command("explain", e.to_string()))?;
+        let mut report = crate::explain::explain_with(
+            &snap,
+            Some(&denylist),
+            token.as_deref(),
+            dpop.as_deref(),
+            &method,
+            host,
+            path,
+        )
+        .await;
         if let Some(s) = session {
             let (result, detail) = match s {
                 Ok((detail, _)) => ("pass", detail),

@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod explain;
 mod healthcheck;
+mod revoke;
 mod serve;
 
 use std::path::Path;
@@ -18,8 +19,9 @@ use crate::config::ConfigErrors;
 use crate::{App, Snapshot};
 
 pub use check::check;
-pub use explain::explain;
+pub use explain::{explain, Credentials};
 pub use healthcheck::healthcheck;
+pub use revoke::{revoke, RevokeArgs};
 pub use serve::serve;
 
 /// Why a command failed; its `Display` is what the command prints on stderr.
@@ -61,6 +63,21 @@ pub fn dev_token(
         .map_err(|e| CommandError::command("dev-token", e.to_string()))?;
     crate::devtoken::mint(key, alg, kid, claims, ttl)
         .map_err(|e| CommandError::command("dev-token", e.to_string()))
+}
+
+/// `jwtgate assertion-jwks`: the JWKS of the config's `[assertion]` keys, for backends that
+/// read their keys from a file rather than from the admin listener.
+pub fn assertion_jwks(config: &Path) -> Result<String, CommandError> {
+    let c = crate::Config::load(config)?;
+    let a = c.assertion.as_ref().ok_or_else(|| {
+        CommandError::command(
+            "assertion-jwks",
+            format!("{} has no [assertion] section", config.display()),
+        )
+    })?;
+    crate::assertion::jwks_of_config(a)
+        .map(|jwks| jwks + "\n")
+        .map_err(|e| CommandError::Config(ConfigErrors(vec![c.error(a.keys_loc, e.to_string())])))
 }
 
 /// The async runtime: one worker per CPU this process may use, or `TOKIO_WORKER_THREADS`.

@@ -10,10 +10,12 @@ use std::path::Path;
 
 pub use locate::{ConfigError, ConfigErrors, Loc};
 pub use types::{
-    Admin, AuthMode, CertFiles, ClaimPath, Config, HostMatch, IssuerConfig, KeySource, Limits,
-    Listen, RedisConfig, Requirement, RouteConfig, SecretSource, SessionConfig, SessionStore,
-    TlsFiles, TokenAuth, Upstream, MIN_HMAC_SECRET_BYTES,
+    Admin, AnomalyAction, AnomalyConfig, AuthMode, CertFiles, ClaimPath, Config, DenylistConfig,
+    DpopConfig, HostMatch, IssuerConfig, KeySource, Limits, Listen, RedisConfig, Requirement,
+    RouteConfig, SecretSource, SessionConfig, SessionStore, TlsFiles, TokenAuth, Upstream,
+    MIN_HMAC_SECRET_BYTES,
 };
+pub use types::{AssertionConfig, Cors, RateLimit, RouteAssertion, DEFAULT_ASSERTION_HEADER};
 
 use locate::{describe_path, locate, segments, Seg};
 use raw::RawConfig;

@@ -20,7 +20,13 @@ pub struct RawConfig {
     pub route: Vec<Spanned<RawRoute>>,
     /// Browser sessions (OpenID Connect login).
     pub session: Option<Spanned<RawSession>>,
+    /// `[assertion]`: identity assertions signed for upstreams.
+    pub assertion: Option<Spanned<RawAssertion>>,
+    /// `[anomaly]`: token-theft signals (issue 20).
+    pub anomaly: Option<Spanned<RawAnomaly>>,
     pub redis: Option<Spanned<RawRedis>>,
+    /// `[denylist]`: revoked tokens, subjects and sessions.
+    pub denylist: Option<Spanned<RawDenylist>>,
 }
 
 /// `[redis]`: the store replicas share.
@@ -30,6 +36,13 @@ pub struct RawRedis {
     pub url_env: Option<Spanned<String>>,
     /// The URL itself, for a Redis without a password.
     pub url: Option<Spanned<String>>,
+}
+
+/// `[denylist]`.
+#[derive(Debug, Deserialize)]
+pub struct RawDenylist {
+    pub file: Option<Spanned<String>>,
+    pub max_staleness: Option<Spanned<String>>,
 }
 
 /// `[listen]`.
@@ -53,6 +66,8 @@ pub struct RawTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
     pub client_ca: Option<Spanned<String>>,
+    /// `"required"` (the default with `client_ca`) or `"optional"`.
+    pub client_auth: Option<Spanned<String>>,
 }
 
 /// `[[listen.certificates]]`: more certificates chosen by SNI.
@@ -100,6 +115,11 @@ pub struct RawIssuer {
     pub leeway: Option<Spanned<String>>,
     pub refresh: Option<Spanned<String>>,
     pub typ: Option<Spanned<Vec<Spanned<String>>>>,
+    // Sender-constrained tokens.
+    pub dpop_algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub dpop_max_age: Option<Spanned<String>>,
+    pub dpop_nonce: Option<Spanned<bool>>,
+    pub dpop_nonce_key_env: Option<Spanned<String>>,
 }
 
 /// One `[[route]]`.
@@ -122,6 +142,22 @@ pub struct RawRoute {
     pub token_cookie: Option<Spanned<String>>,
     #[serde(default)]
     pub claim_headers: BTreeMap<String, Spanned<String>>,
+    /// Identity assertions, CORS and rate limits (SPEC "Identity assertion for backends",
+    /// "CORS and rate limits").
+    pub assertion: Option<Spanned<bool>>,
+    pub assertion_audience: Option<Spanned<String>>,
+    pub cors: Option<Spanned<RawCors>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    // Step-up, one-time tokens, security headers (issue 20).
+    /// RFC 9470: the token's `auth_time` must be at most this old.
+    pub max_auth_age: Option<Spanned<String>>,
+    /// RFC 9470: the token's `acr` must be one of these.
+    pub acr_values: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Each `jti` passes once.
+    pub one_time: Option<Spanned<bool>>,
+    /// Headers set on every answer of the route.
+    pub response_headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub require_binding: Option<Spanned<bool>>,
 }
 
 /// A claim requirement: one value or a list, every one required.
@@ -150,4 +186,40 @@ pub struct RawSession {
     pub post_logout_redirect: Option<Spanned<String>>,
     pub backchannel_logout: Option<Spanned<bool>>,
     pub token_auth: Option<Spanned<String>>,
+}
+
+/// `[assertion]`.
+#[derive(Debug, Deserialize)]
+pub struct RawAssertion {
+    pub keys: Spanned<Vec<Spanned<String>>>,
+    pub issuer: Spanned<String>,
+    pub ttl: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+}
+
+/// `[route.cors]`.
+#[derive(Debug, Deserialize)]
+pub struct RawCors {
+    pub allow_origins: Spanned<Vec<Spanned<String>>>,
+    pub allow_methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub expose_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_credentials: Option<Spanned<bool>>,
+    pub max_age: Option<Spanned<String>>,
+}
+
+/// `[route.rate_limit]`.
+#[derive(Debug, Deserialize)]
+pub struct RawRateLimit {
+    pub key: Option<Spanned<String>>,
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<i64>>,
+}
+
+/// `[anomaly]`: distinct client addresses per token within a window; every key optional.
+#[derive(Debug, Deserialize)]
+pub struct RawAnomaly {
+    pub max_addresses: Option<Spanned<i64>>,
+    pub window: Option<Spanned<String>>,
+    pub action: Option<Spanned<String>>,
 }

@@ -22,8 +22,14 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[session]`: browser sessions through OpenID Connect login (`auth = "session"` routes).
     pub session: Option<SessionConfig>,
+    /// `[assertion]`: the keys and issuer of identity assertions for upstreams.
+    pub assertion: Option<AssertionConfig>,
+    /// `[anomaly]`, when the section is present.
+    pub anomaly: Option<AnomalyConfig>,
     /// `[redis]`: the store replicas share; `None` keeps every shared feature in memory.
     pub redis: Option<RedisConfig>,
+    /// `[denylist]`; `None` when absent (revocation then lives in memory or Redis only).
+    pub denylist: Option<DenylistConfig>,
 }
 
 /// `[redis]`, with the URL read from the environment when `url_env` names it.
@@ -64,6 +70,15 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
+/// `[denylist]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenylistConfig {
+    /// The watched JSON-lines file, resolved against the config's directory.
+    pub file: Option<PathBuf>,
+    /// With `[redis]`: past this without a successful Redis read, protected routes answer 503.
+    pub max_staleness: Option<Duration>,
+}
+
 /// `[listen]`.
 #[derive(Debug, Clone)]
 pub struct Listen {
@@ -88,6 +103,9 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// `client_auth = "optional"`: with `client_ca`, a client may also connect without a
+    /// certificate (certificate-bound and plain tokens share the port).
+    pub client_auth_optional: bool,
 }
 
 /// A certificate and its key.
@@ -168,6 +186,32 @@ pub struct IssuerConfig {
     pub refresh: Duration,
     /// Accepted `typ` values, compared case-insensitively; an absent `typ` is always accepted.
     pub typ: Vec<String>,
+    /// Sender-constrained tokens: how this issuer's DPoP proofs are checked.
+    pub dpop: DpopConfig,
+}
+
+/// `dpop_*` keys of an `[[issuer]]` (SPEC "Sender-constrained tokens").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopConfig {
+    /// Proof algorithms accepted (asymmetric only).
+    pub algorithms: Vec<Alg>,
+    /// The proof `iat` window, past and future, on top of the issuer's leeway.
+    pub max_age: Duration,
+    /// True: proofs must carry a server nonce (`DPoP-Nonce`).
+    pub nonce: bool,
+    /// The environment variable holding the nonce HMAC key.
+    pub nonce_key_env: String,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        DpopConfig {
+            algorithms: vec![Alg::ES256, Alg::ES384, Alg::EdDSA, Alg::PS256],
+            max_age: Duration::from_secs(60),
+            nonce: false,
+            nonce_key_env: "JWTGATE_DPOP_NONCE_KEY".into(),
+        }
+    }
 }
 
 /// `auth = required | optional | none | session`.
@@ -270,8 +314,119 @@ pub struct RouteConfig {
     pub token_query: Option<String>,
     pub token_cookie: Option<String>,
     pub claim_headers: Vec<(HeaderName, ClaimPath)>,
+    /// True: tokens without `cnf` (neither DPoP- nor certificate-bound) are refused.
+    pub require_binding: bool,
     /// Where the route is written, for warnings.
     pub loc: Loc,
+    /// `assertion = true`: what the route's assertions carry.
+    pub assertion: Option<RouteAssertion>,
+    /// `[route.cors]`.
+    pub cors: Option<Cors>,
+    /// `[route.rate_limit]`.
+    pub rate_limit: Option<RateLimit>,
+    // Step-up, one-time tokens, security headers (SPEC "Step-up, one-time tokens, theft
+    // signals, security headers").
+    /// `max_auth_age` and `acr_values` (RFC 9470); `None` when the route sets neither.
+    pub step_up: Option<crate::auth::stepup::StepUp>,
+    /// `one_time = true`: each `jti` of an issuer passes once.
+    pub one_time: bool,
+    /// `response_headers`, built once: set on every answer of the route, replacing the
+    /// upstream's values under those names.
+    pub response_headers: http::HeaderMap,
+}
+
+/// `[assertion]`, validated.
+#[derive(Debug, Clone)]
+pub struct AssertionConfig {
+    /// PEM private keys (EC P-256 or Ed25519): the first signs, all are published.
+    pub keys: Vec<PathBuf>,
+    /// The `iss` of every assertion.
+    pub issuer: String,
+    pub ttl: Duration,
+    /// The header the upstream receives it in.
+    pub header: HeaderName,
+    /// Where `keys` is written, for errors found while loading them.
+    pub keys_loc: Loc,
+}
+
+/// The default assertion header; always stripped from clients, whatever `header` says.
+pub const DEFAULT_ASSERTION_HEADER: &str = "x-jwtgate-assertion";
+
+/// A route's identity assertion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAssertion {
+    /// `aud` (`assertion_audience`, default: the route name).
+    pub audience: String,
+    /// The top-level claims copied from the token: those the route's `claim_headers` read
+    /// (for a JSON Pointer, the member it starts in), without the assertion's own claims.
+    pub claims: Vec<String>,
+}
+
+/// `[route.cors]`, validated; header values precomputed.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Exact origins (`scheme://host[:port]`, lower case); empty with `any_origin`.
+    pub allow_origins: Vec<String>,
+    /// `"*"` was listed (only without credentials).
+    pub any_origin: bool,
+    pub allow_methods: Vec<Method>,
+    /// `"*"` was listed in `allow_methods` (only without credentials).
+    pub any_method: bool,
+    /// Lower case.
+    pub allow_headers: Vec<String>,
+    /// `"*"` was listed in `allow_headers` (only without credentials; never covers
+    /// `Authorization`, as the Fetch standard says).
+    pub any_header: bool,
+    /// `Access-Control-Expose-Headers` on actual answers, when set.
+    pub expose_headers: Option<http::HeaderValue>,
+    pub allow_credentials: bool,
+    /// `Access-Control-Max-Age` in seconds, when set.
+    pub max_age: Option<http::HeaderValue>,
+    /// `Access-Control-Allow-Methods` on preflight answers.
+    pub allow_methods_value: Option<http::HeaderValue>,
+}
+
+/// `[route.rate_limit]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The claim requests are keyed by; requests without a valid token (or without this
+    /// claim) are keyed by the client address.
+    pub key: ClaimPath,
+    /// Time to earn one request back (the GCRA emission interval): the rate's period divided
+    /// by its count.
+    pub interval: Duration,
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// The rate as written, for `/config`.
+    pub rate: String,
+}
+
+/// `[anomaly]`: the token-theft signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnomalyConfig {
+    /// A token seen from more distinct client addresses than this within `window` is a signal.
+    pub max_addresses: usize,
+    pub window: Duration,
+    pub action: AnomalyAction,
+}
+
+/// What a theft signal does beyond counting and logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnomalyAction {
+    /// Count and log only.
+    Log,
+    /// Also refuse the token (401, reason `anomaly`) from the crossing request until its `exp`.
+    Refuse,
+}
+
+impl AnomalyAction {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalyAction::Log => "log",
+            AnomalyAction::Refuse => "refuse",
+        }
+    }
 }
 
 /// HMAC secrets shorter than this are guessable offline from any token (RFC 7518 §3.2 asks for

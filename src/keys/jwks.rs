@@ -104,6 +104,13 @@ fn b64(jwk: &Value, name: &str) -> Result<Vec<u8>, KeyError> {
         .map_err(|_| KeyError::Invalid(format!("member {name:?} is not base64url")))
 }
 
+/// The public key a DPoP proof embeds (its `jwk` header), usable for `alg` alone; `Ok(None)`
+/// when the key's type or its own `alg` does not fit `alg`. Private keys and `oct` keys are
+/// refused like in a JWK Set.
+pub fn proof_key(jwk: &Value, alg: Alg) -> Result<Option<Key>, KeyError> {
+    one(jwk, &[alg], false)
+}
+
 fn one(jwk: &Value, allowed: &[Alg], allow_oct: bool) -> Result<Option<Key>, KeyError> {
     if !jwk.is_object() {
         return Err(KeyError::Invalid("not a JSON object".into()));

@@ -602,6 +602,7 @@ mod schedule {
             leeway: Duration::ZERO,
             refresh,
             typ: vec![],
+            dpop: Default::default(),
         }
     }
 

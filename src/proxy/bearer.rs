@@ -22,6 +22,8 @@ use crate::config::RouteConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Header,
+    /// `Authorization: DPoP` (RFC 9449 §7.1): the token comes with a `DPoP` proof.
+    DpopHeader,
     Query,
     Cookie,
 }
@@ -48,8 +50,8 @@ pub fn find<'r>(
         let v = v
             .to_str()
             .map_err(|_| ProxyError::BadRequest("the Authorization header is not ASCII"))?;
-        if let Some(t) = bearer(v) {
-            found = Some((Cow::Borrowed(t), Source::Header));
+        if let Some((t, source)) = bearer(v) {
+            found = Some((Cow::Borrowed(t), source));
             count += 1;
         }
     }
@@ -92,15 +94,21 @@ pub fn find<'r>(
     Ok(found)
 }
 
-/// The token of an `Authorization: Bearer` value; `None` for another scheme. The token is not
-/// checked here: a malformed one fails verification with a 401 that says why.
-fn bearer(v: &str) -> Option<&str> {
+/// The token of an `Authorization: Bearer` or `Authorization: DPoP` value; `None` for another
+/// scheme. The token is not checked here: a malformed one fails verification with a 401 that
+/// says why.
+fn bearer(v: &str) -> Option<(&str, Source)> {
     let v = v.trim_matches(' ');
     let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
     // The scheme is case-insensitive (RFC 9110 §11.1).
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim_start_matches(' '))
+    let source = if scheme.eq_ignore_ascii_case("bearer") {
+        Source::Header
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Source::DpopHeader
+    } else {
+        return None;
+    };
+    Some((rest.trim_start_matches(' '), source))
 }
 
 /// A name decoded as upstreams decode it (see the module docs), `[` kept so that an array

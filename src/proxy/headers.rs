@@ -190,6 +190,8 @@ pub struct HeaderPlan {
     trusted: Vec<IpNet>,
     /// `[listen] forward_client_cert`.
     forward_client_cert: bool,
+    /// The identity-assertion header names: the default one and `[assertion] header`.
+    assertion_names: Vec<HeaderName>,
 }
 
 impl HeaderPlan {
@@ -208,6 +210,7 @@ impl HeaderPlan {
         plan.strip_exact.dedup();
         plan.trusted = config.listen.trusted_proxies.clone();
         plan.forward_client_cert = config.listen.forward_client_cert;
+        plan.assertion_names = assertion_names(config);
         plan
     }
 
@@ -221,8 +224,20 @@ impl HeaderPlan {
         claim_names.dedup();
         HeaderPlan {
             claim_names,
+            assertion_names: vec![HeaderName::from_static(
+                crate::config::DEFAULT_ASSERTION_HEADER,
+            )],
             ..HeaderPlan::default()
         }
+    }
+
+    /// True for an identity-assertion header name (the default or the configured one), matched
+    /// like claim header names.
+    pub fn is_assertion_name(&self, name: &HeaderName) -> bool {
+        let n = name.as_str().as_bytes();
+        self.assertion_names
+            .iter()
+            .any(|c| cmp_folded(n, c.as_str().as_bytes()) == Ordering::Equal)
     }
 
     /// True when an inbound header name is a claim header name, ignoring case (HeaderName is
@@ -308,7 +323,11 @@ impl HeaderPlan {
         for name in headers.keys() {
             let family = is_trust_family(name.as_str())
                 && !(trusted_peer && KEPT_FROM_TRUSTED.contains(&name));
-            if family || self.is_claim_name(name) || self.is_site_stripped(name) {
+            if family
+                || self.is_claim_name(name)
+                || self.is_site_stripped(name)
+                || self.is_assertion_name(name)
+            {
                 doomed.push(name.clone());
             }
         }
@@ -316,6 +335,20 @@ impl HeaderPlan {
             headers.remove(name);
         }
     }
+}
+
+/// The header names an identity assertion may arrive in from a client: the default name on
+/// every config (a backend may check it even where the gateway sends none) and the configured.
+fn assertion_names(config: &Config) -> Vec<HeaderName> {
+    let mut names = vec![HeaderName::from_static(
+        crate::config::DEFAULT_ASSERTION_HEADER,
+    )];
+    if let Some(a) = &config.assertion {
+        if !names.contains(&a.header) {
+            names.push(a.header.clone());
+        }
+    }
+    names
 }
 
 fn is_trusted(trusted: &[IpNet], peer: IpAddr) -> bool {

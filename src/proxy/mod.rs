@@ -4,7 +4,11 @@
 pub mod answer;
 pub mod bearer;
 pub mod body;
+pub mod cors;
+mod defenses;
+pub mod dpop;
 pub mod headers;
+pub mod pool;
 pub mod upstream;
 
 use std::time::Instant;
@@ -33,7 +37,7 @@ pub use answer::{ProxyError, UpstreamKind};
 use bearer::Source;
 
 /// The response body: the gateway's own answer, or the upstream's, streamed.
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, pool::ResponseBody>;
 
 /// What the access log records about one request.
 #[derive(Debug, Default)]
@@ -49,6 +53,8 @@ pub struct Outcome {
     pub upstream_ms: Option<f64>,
     pub upstream_status: Option<u16>,
     pub upstream_error: Option<&'static str>,
+    /// True when the gateway answered a CORS preflight itself.
+    pub preflight: bool,
 }
 
 /// The shared state of the traffic listener.
@@ -64,10 +70,21 @@ pub struct Gateway {
     cache_misses: prometheus::IntCounter,
     /// Browser session state that outlives reloads (refreshes in flight, discovery).
     pub sessions: crate::session::Sessions,
+    /// Identity assertions already signed, reused per token and route.
+    assertions: crate::assertion::AssertionCache,
+    /// Rate limits shared through `store`, with the local fallback's outage state.
+    shared_limits: crate::ratelimit::SharedLimits,
+    /// `[anomaly]`: where each token was used from (issue 20).
+    anomalies: crate::anomaly::Anomalies,
+    /// Revoked tokens, checked after verification (cache hits included).
+    pub denylist: Arc<crate::denylist::Denylist>,
 }
 
 /// Memory budget of the verified-token cache.
 const TOKEN_CACHE_BYTES: u64 = 32 << 20;
+/// Bounds of the identity-assertion cache: entries, and memory (tokens plus assertions).
+const ASSERTION_CACHE_ENTRIES: usize = 10_000;
+const ASSERTION_CACHE_BYTES: u64 = 16 << 20;
 
 impl Gateway {
     /// A gateway reading `state` and recording into `metrics`.
@@ -80,9 +97,25 @@ impl Gateway {
             cache: (entries > 0).then(|| TokenCache::new(entries, TOKEN_CACHE_BYTES)),
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
+            assertions: crate::assertion::AssertionCache::new(
+                ASSERTION_CACHE_ENTRIES,
+                ASSERTION_CACHE_BYTES,
+            ),
+            shared_limits: crate::ratelimit::SharedLimits::default(),
+            anomalies: crate::anomaly::Anomalies::new(metrics.token_anomalies.clone()),
+            denylist: Arc::new(crate::denylist::Denylist::new(
+                state.clone(),
+                metrics.clone(),
+            )),
             state,
             metrics,
         }
+    }
+
+    /// This gateway reading `denylist` (the app's, followed while serving).
+    pub fn with_denylist(mut self, denylist: Arc<crate::denylist::Denylist>) -> Gateway {
+        self.denylist = denylist;
+        self
     }
 
     /// Answers one request, never with an error: failures become their answer, and every
@@ -109,13 +142,15 @@ impl Gateway {
             status: None,
         };
         let snapshot = rec.snapshot.clone();
+        // Kept for CORS, which answers by the request's origin.
+        let origin = req.headers().get(header::ORIGIN).cloned();
         let result = self
             .handle_inner(&snapshot, req, conn, &rec.request_id, &mut rec.outcome)
             .await;
         let mut res = match result {
             Ok(res) => res,
             Err(e) => {
-                if let ProxyError::Auth(a) = &e {
+                if let Some(a) = e.auth_error() {
                     rec.outcome.auth = a.reason().as_str();
                 }
                 if let ProxyError::Upstream { kind } = &e {
@@ -124,8 +159,22 @@ impl Gateway {
                 e.response(&rec.request_id).map(Either::Left)
             }
         };
+        // CORS on actual answers, the gateway's own (401, 403, 429, ...) included, so a
+        // browser can read them; preflight answers carry their own.
+        if let Some(cors) = rec
+            .outcome
+            .route
+            .and_then(|i| snapshot.config.routes[i].cors.as_ref())
+            .filter(|_| !rec.outcome.preflight)
+        {
+            cors::decorate(cors, res.headers_mut(), origin.as_ref());
+        }
         res.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), rec.request_id.clone());
+        // Every answer of a route, the gateway's own included; none before a route is chosen.
+        if let Some(route) = rec.outcome.route.map(|i| &snapshot.config.routes[i]) {
+            defenses::apply_response_headers(route, res.headers_mut());
+        }
         rec.status = Some(res.status());
         res
     }
@@ -168,6 +217,30 @@ impl Gateway {
             let res = crate::session::routes::handle(self, snap, req, path, host, conn).await?;
             return Ok(res.map(Either::Left));
         }
+        // A CORS preflight is routed by the method it asks about, and answered here when that
+        // route has [route.cors]: never forwarded, no token needed.
+        if let Some(asked) = cors::preflight_method(&parts.method, &parts.headers) {
+            let with_cors = |m: &http::Method| {
+                let i = snap
+                    .table
+                    .route(&snap.config.routes, &host, path, m)
+                    .ok()
+                    .flatten()?;
+                Some((i, snap.config.routes[i].cors.as_ref()?))
+            };
+            // No route serves the asked method here: a CORS route of this path refuses it.
+            let answer = match with_cors(&asked) {
+                Some((i, c)) => Some((i, cors::preflight(c, &parts.headers, &asked))),
+                None => with_cors(&parts.method)
+                    .or_else(|| with_cors(&http::Method::GET))
+                    .map(|(i, _)| (i, cors::refused("no route serves this method here"))),
+            };
+            if let Some((i, res)) = answer {
+                outcome.route = Some(i);
+                outcome.preflight = true;
+                return Ok(res.map(Either::Left));
+            }
+        }
         // Every common upstream reading of the path must name this route (routes::route).
         let idx = snap
             .table
@@ -183,31 +256,112 @@ impl Gateway {
         pq.push_str(path);
 
         // Token: found, verified, checked against the route's requirements.
+        // Sender-constrained tokens: the proof is taken out on every route (it never reaches
+        // the upstream), and a token's binding is checked on every request, cache hit or not.
+        let proof = dpop::take_proof(&mut parts.headers)?;
         let found = bearer::find(&parts.headers, parts.uri.query(), route)?;
         let mut session_cookies = Vec::new();
-        let verified = match (route.auth, &found) {
-            (AuthMode::None, _) => None,
-            (AuthMode::Required, None) => return Err(auth::AuthError::Missing.into()),
-            (AuthMode::Optional, None) => None,
-            (AuthMode::Session, None) => {
-                let host = host_value.as_ref();
-                match self
-                    .session_auth(snap, route, &parts, path, host, conn, request_id)
-                    .await?
-                {
-                    SessionAuth::Verified(v, cookies) => {
-                        session_cookies = cookies;
-                        Some(v)
+        let mut session_answer = None;
+        let mut fresh_nonce = None;
+        // Everything but the rate limit and one_time, as one result: the limit is decided
+        // before a failure is answered (failed attempts count too), one_time after it (a
+        // refused request never uses up its jti).
+        let now = unix_now();
+        let verified: Result<Option<auth::Verified>, ProxyError> = async {
+            match (route.auth, &found) {
+                (AuthMode::None, _) => Ok(None),
+                (AuthMode::Required, None) => Err(auth::AuthError::Missing.into()),
+                (AuthMode::Optional, None) => Ok(None),
+                (AuthMode::Session, None) => {
+                    let host = host_value.as_ref();
+                    match self
+                        .session_auth(snap, route, &parts, path, host, conn, request_id)
+                        .await?
+                    {
+                        SessionAuth::Verified(v, cookies) => {
+                            session_cookies = cookies;
+                            Ok(Some(v))
+                        }
+                        // Answered after the rate limit, which counts it by client address.
+                        SessionAuth::Answer(a) => {
+                            session_answer = Some(a);
+                            Ok(None)
+                        }
                     }
-                    SessionAuth::Answer(a) => return Ok(a.map(Either::Left)),
+                }
+                (_, Some((token, source))) => {
+                    let presented = dpop::Presented {
+                        parts: &parts,
+                        conn,
+                        host: host_value.as_ref(),
+                        token,
+                        source: *source,
+                        proof: proof.as_ref(),
+                    };
+                    // A refusal of a DPoP request is a DPoP challenge (RFC 9449 §7.1).
+                    let challenge = |e: ProxyError| presented.challenge(e, snap, route);
+                    let v = self
+                        .verify(snap, token, &route.issuers)
+                        .await
+                        .map_err(challenge)?;
+                    self.check_denylist(snap, &v).map_err(challenge)?;
+                    self.check_anomaly(snap, &v, token, conn, &parts.headers, now)
+                        .map_err(challenge)?;
+                    fresh_nonce = presented
+                        .check_binding(&self.replay, snap, route, &v)
+                        .await?;
+                    claims::check_requirements(&v.claims, &route.require)
+                        .map_err(|e| challenge(e.into()))?;
+                    self.check_step_up(snap, route, &v, now)
+                        .map_err(challenge)?;
+                    Ok(Some(v))
                 }
             }
-            (_, Some((token, _))) => {
-                let v = self.verify(snap, token, &route.issuers).await?;
-                claims::check_requirements(&v.claims, &route.require)?;
-                Some(v)
+        }
+        .await;
+        // Rate limit, before an auth failure is answered: requests without a valid token are
+        // limited too, by client address.
+        if let Some(limiter) = snap.limiters.get(idx).and_then(Option::as_ref) {
+            let key = verified
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .and_then(|v| claims::claim(&v.claims, &limiter.config.key))
+                .map(crate::ratelimit::LimitKey::Claim)
+                .unwrap_or_else(|| {
+                    crate::ratelimit::LimitKey::Addr(
+                        snap.headers.client_addr(conn.peer.ip(), &parts.headers),
+                    )
+                });
+            let decision = match &self.store {
+                Some(store) => {
+                    self.shared_limits
+                        .check(store, limiter, &route.name, key)
+                        .await
+                }
+                None => limiter.check_local(key),
+            };
+            if let d @ crate::ratelimit::Decision::Limited { retry_after } = decision {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[route.name.as_str()])
+                    .inc();
+                return Err(ProxyError::RateLimited {
+                    retry_after_secs: crate::ratelimit::whole_secs(retry_after),
+                    policy: limiter.policy.clone(),
+                    state: limiter.state_header(d),
+                });
             }
-        };
+        }
+        let verified = verified?;
+        if let Some(a) = session_answer {
+            return Ok(a.map(Either::Left));
+        }
+        if let (Some(v), Some((_, source))) = (&verified, &found) {
+            self.check_one_time(snap, route, v)
+                .await
+                .map_err(|e| dpop::challenge(*source, e, snap, route))?;
+        }
         let mut claim_values = Vec::with_capacity(route.claim_headers.len());
         if let Some(v) = &verified {
             outcome.auth = "ok";
@@ -217,6 +371,16 @@ impl Gateway {
                 }
             }
         }
+
+        // Identity assertion: signed for a verified token (reused while fresh); inserted after
+        // strip_request has removed any client copy of its header.
+        let assertion = match (&route.assertion, &snap.assertion, &verified, &found) {
+            (Some(a), Some(signer), Some(v), Some((token, _))) => self
+                .assertions
+                .get_or_sign(signer, snap.generation, idx, a, token, &v.claims)
+                .map(|value| (signer.header.clone(), value)),
+            _ => None,
+        };
 
         // Headers: remove what a client may not send, then add ours.
         let token_source = found.as_ref().map(|(_, s)| *s);
@@ -246,6 +410,9 @@ impl Gateway {
             },
             claim_values,
         );
+        if let Some((name, value)) = assertion {
+            parts.headers.insert(name, value);
+        }
 
         // Upstream.
         if let Some(q) = &query {
@@ -286,7 +453,7 @@ impl Gateway {
                 ));
             }
             Ok(Err(e)) => {
-                let kind = upstream::classify(&e);
+                let kind = e.kind();
                 tracing::warn!(route = %route.name, error = %e, "upstream request failed");
                 return Err(ProxyError::Upstream { kind });
             }
@@ -304,6 +471,10 @@ impl Gateway {
         headers::remove_connection_listed(res.headers_mut());
         for c in session_cookies {
             res.headers_mut().append(header::SET_COOKIE, c);
+        }
+        if let Some(n) = fresh_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            // RFC 9449 §8.2: the next nonce, before the one the client holds expires.
+            res.headers_mut().insert(dpop::DPOP_NONCE.clone(), n);
         }
         Ok(res.map(Either::Right))
     }
@@ -328,9 +499,18 @@ impl Gateway {
         let now = unix_now();
         let lookup = self
             .sessions
-            .lookup(rt, cfg, &snap.config, &self.metrics, &parts.headers, now)
+            .lookup(
+                rt,
+                cfg,
+                &snap.config,
+                &self.metrics,
+                &self.denylist,
+                &parts.headers,
+                now,
+            )
             .await;
         let mut clear = lookup.set_cookies;
+        let mut opts = session::oidc::LoginOptions::default();
         if let Some(active) = lookup.active {
             let verified = if active.id_token {
                 auth::verify_live(
@@ -341,20 +521,45 @@ impl Gateway {
                     now,
                 )
                 .await
-                .map(|(v, _)| v)
+                // The ID token's issuer is the session's: every later check reads its config.
+                .map(|(v, _)| auth::Verified {
+                    issuer: cfg.issuer,
+                    ..v
+                })
                 .map_err(ProxyError::from)
             } else {
                 self.verify(snap, &active.token, &route.issuers).await
             };
-            match verified {
-                Ok(v) => {
-                    claims::check_requirements(&v.claims, &route.require)?;
-                    return Ok(SessionAuth::Verified(v, active.set_cookies));
+            // The checks a bearer token gets after verification (one_time and the rate limit
+            // follow in handle_inner).
+            let checked = verified.and_then(|v| {
+                self.check_denylist(snap, &v)?;
+                self.check_anomaly(snap, &v, &active.token, conn, &parts.headers, now)?;
+                claims::check_requirements(&v.claims, &route.require)?;
+                self.check_step_up(snap, route, &v, now)?;
+                Ok(v)
+            });
+            match checked {
+                Ok(v) => return Ok(SessionAuth::Verified(v, active.set_cookies)),
+                // RFC 9470 for a browser: log in again, asking the provider for what the route
+                // needs (max_age, acr_values); the session stays until the new one replaces it.
+                Err(ProxyError::Auth(auth::AuthError::StepUp(f)))
+                    if session::is_navigation(&parts.method, &parts.headers) =>
+                {
+                    opts = session::oidc::LoginOptions {
+                        max_age: f.max_age,
+                        acr_values: f.acr_values.clone(),
+                    };
                 }
-                // A session whose token no longer verifies (expired and not refreshable, keys
-                // rotated away) is over: log in again.
+                Err(
+                    e @ ProxyError::Auth(
+                        auth::AuthError::StepUp(_) | auth::AuthError::Insufficient(_),
+                    ),
+                ) => return Err(e),
+                // A session whose token no longer passes (expired and not refreshable, keys
+                // rotated away, revoked, a theft signal) is over: log in again.
                 Err(ProxyError::Auth(e)) => {
-                    tracing::debug!(error = %e, "a session's token no longer verifies");
+                    tracing::debug!(error = %e, "a session's token no longer passes");
                     clear = session::cookie::clear_session().to_vec();
                 }
                 Err(e) => return Err(e),
@@ -374,7 +579,6 @@ impl Gateway {
                 "the request has no Host to build the login callback from",
             ))?;
             let to = session::return_path(path, parts.uri.query());
-            let opts = session::oidc::LoginOptions::default();
             match session::login_redirect(&self.sessions, rt, cfg, &origin, to, &opts, now).await {
                 Ok(a) => a,
                 Err(e) => {
@@ -506,12 +710,20 @@ impl Drop for Record<'_> {
         if let Some(kind) = o.upstream_error {
             m.upstream_errors.with_label_values(&[route, kind]).inc();
         }
-        m.requests
-            .with_label_values(&[route, status.as_str()])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        match o.route.and_then(|i| self.snapshot.route_metrics.get(i)) {
+            Some(rm) => {
+                rm.count(m, route, status);
+                rm.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                m.requests
+                    .with_label_values(&[route, status.as_str()])
+                    .inc();
+                m.request_duration
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         crate::logging::access(&crate::logging::AccessLine {
             request_id: self.request_id.to_str().unwrap_or(""),
             client: self.conn.peer_ip.to_str().unwrap_or_default(),
@@ -584,6 +796,23 @@ impl Gateway {
             );
         }
         Ok(verified)
+    }
+}
+
+impl Gateway {
+    /// Revocation, after verification: a Redis-fed copy older than `max_staleness` refuses
+    /// with 503 (revoked tokens cannot be ruled out), an entry that covers the token with 401.
+    fn check_denylist(&self, snap: &Snapshot, v: &auth::Verified) -> Result<(), ProxyError> {
+        if let Some(max) = snap.config.denylist.as_ref().and_then(|d| d.max_staleness) {
+            if let Some(retry_after_secs) = self.denylist.stale(max) {
+                return Err(ProxyError::DenylistStale { retry_after_secs });
+            }
+        }
+        let issuer = &snap.issuers[v.issuer].config.name;
+        match self.denylist.check_claims(issuer, &v.claims) {
+            Some(_) => Err(auth::AuthError::Revoked.into()),
+            None => Ok(()),
+        }
     }
 }
 

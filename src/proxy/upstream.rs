@@ -1,5 +1,6 @@
-//! Pooled upstream clients (plain HTTP, HTTPS with a CA bundle or system roots, HTTP/2 where a
-//! route asks for it) and the mapping of their failures.
+//! The upstream client of each route (the HTTP/1 [`Pool`] of its upstream, plain or HTTPS with
+//! a CA bundle or the system roots; hyper-util's multiplexed client where a route asks for
+//! HTTP/2) and the mapping of their failures.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -15,10 +18,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
 
 use super::answer::UpstreamKind;
+use super::body::IdleTimeout;
+use super::pool::{Pool, PoolSettings, ResponseBody, UpstreamError};
 use crate::config::Config;
 use crate::tls::{ca_roots, provider, read_file, TlsError};
 
-/// A pooled client; one per distinct [`ClientKey`], shared by the routes that need it.
+/// The HTTP/2 client; one per distinct [`ClientKey`], shared by the routes that need it.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, super::body::IdleTimeout>;
 
 /// How long an idle pooled connection is kept: below common upstream keep-alive timeouts
@@ -38,6 +43,9 @@ pub struct ClientKey {
     pub http2: bool,
     /// `[limits] upstream_connect_timeout`.
     pub connect_timeout: Duration,
+    /// An HTTP/1 route's upstream scheme and authority (its pool serves only that upstream);
+    /// `None` for HTTP/2.
+    pub target: Option<(Scheme, Authority)>,
 }
 
 /// A CA bundle as read once per snapshot build. The key's hash and the client's roots both
@@ -60,9 +68,8 @@ impl CaFile {
     }
 }
 
-/// Builds a pooled client for `key`, trusting the CA bundle `ca` (read from `key.ca`) or,
-/// without one, the system roots.
-fn client(key: &ClientKey, ca: Option<(&Path, &CaFile)>) -> Result<UpstreamClient, TlsError> {
+/// The TLS client config trusting the CA bundle `ca` or, without one, the system roots.
+fn tls_config(ca: Option<(&Path, &CaFile)>) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = match ca {
         Some((path, file)) => ca_roots(path, &file.bytes)?,
         None => {
@@ -73,42 +80,77 @@ fn client(key: &ClientKey, ca: Option<(&Path, &CaFile)>) -> Result<UpstreamClien
             roots
         }
     };
-    let tls = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Setup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    Ok(Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Setup(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+/// Builds the multiplexed HTTP/2 client of an `upstream_http2` route.
+fn http2_client(key: &ClientKey, tls: ClientConfig) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(key.connect_timeout));
     http.set_nodelay(true);
     http.enforce_http(false);
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http();
-    let connector = if key.http2 {
-        builder.enable_all_versions().wrap_connector(http)
-    } else {
-        builder.enable_http1().wrap_connector(http)
-    };
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if key.http2 {
+        .timer(TokioTimer::new())
         // Over https ALPN picks h2; over http this means prior knowledge.
-        b.http2_only(true);
+        .http2_only(true);
+    b.build(connector)
+}
+
+/// How a route reaches its upstream.
+#[derive(Debug, Clone)]
+pub enum RouteClient {
+    /// The project's HTTP/1 pool for the route's upstream.
+    Http1(Arc<Pool>),
+    /// hyper-util's client, one multiplexed connection per upstream.
+    Http2(Arc<UpstreamClient>),
+}
+
+impl RouteClient {
+    /// Sends `req` (absolute-form target) upstream.
+    pub async fn request(
+        &self,
+        req: Request<IdleTimeout>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        match self {
+            RouteClient::Http1(pool) => pool.request(req).await,
+            RouteClient::Http2(client) => client
+                .request(req)
+                .await
+                .map(|res| res.map(ResponseBody::unpooled))
+                .map_err(UpstreamError::Http2),
+        }
     }
-    Ok(b.build(connector))
+
+    #[cfg(test)]
+    fn ptr(&self) -> *const () {
+        match self {
+            RouteClient::Http1(p) => Arc::as_ptr(p).cast(),
+            RouteClient::Http2(c) => Arc::as_ptr(c).cast(),
+        }
+    }
 }
 
 /// The clients of a snapshot: one per distinct key, reused from the previous snapshot when
 /// the key is unchanged so a reload keeps warm connections.
 #[derive(Debug, Default)]
 pub struct Clients {
-    by_key: HashMap<ClientKey, Arc<UpstreamClient>>,
+    by_key: HashMap<ClientKey, RouteClient>,
     /// For each route (by index), its client.
-    by_route: Vec<Arc<UpstreamClient>>,
+    by_route: Vec<RouteClient>,
 }
 
 impl Clients {
@@ -119,6 +161,7 @@ impl Clients {
         previous: Option<&Clients>,
     ) -> Result<Clients, (usize, TlsError)> {
         let mut cas: HashMap<&Path, CaFile> = HashMap::new();
+        let mut tls: HashMap<Option<&Path>, Arc<ClientConfig>> = HashMap::new();
         let mut out = Clients::default();
         for (i, route) in config.routes.iter().enumerate() {
             let ca = match route.upstream_ca.as_deref() {
@@ -131,15 +174,47 @@ impl Clients {
                 }
                 None => None,
             };
+            let up = &route.upstream;
             let key = ClientKey {
                 ca: route.upstream_ca.clone(),
                 ca_hash: ca.map_or(0, |(_, f)| f.hash),
                 http2: route.upstream_http2,
                 connect_timeout: config.limits.upstream_connect_timeout,
+                // HTTP/1 pools are per upstream; the HTTP/2 client serves any.
+                target: (!route.upstream_http2).then(|| (up.scheme.clone(), up.authority.clone())),
             };
             let c = match out.by_key.get(&key).or_else(|| previous?.by_key.get(&key)) {
                 Some(c) => c.clone(),
-                None => Arc::new(client(&key, ca).map_err(|e| (i, e))?),
+                None => {
+                    // Plain-HTTP/1 upstreams need no roots (reading the system's is slow).
+                    let needs_tls = route.upstream_http2 || up.scheme == Scheme::HTTPS;
+                    let config = if needs_tls {
+                        Some(match tls.entry(route.upstream_ca.as_deref()) {
+                            Entry::Occupied(e) => e.get().clone(),
+                            Entry::Vacant(e) => {
+                                e.insert(tls_config(ca).map_err(|e| (i, e))?).clone()
+                            }
+                        })
+                    } else {
+                        None
+                    };
+                    match config {
+                        Some(tls) if route.upstream_http2 => {
+                            RouteClient::Http2(Arc::new(http2_client(&key, (*tls).clone())))
+                        }
+                        config => {
+                            let settings = PoolSettings {
+                                idle_timeout: POOL_IDLE_TIMEOUT,
+                                max_idle: POOL_MAX_IDLE_PER_HOST,
+                                connect_timeout: key.connect_timeout,
+                            };
+                            RouteClient::Http1(Arc::new(
+                                Pool::new(&up.scheme, &up.authority, config, settings)
+                                    .map_err(|e| (i, TlsError::Setup(e.to_string())))?,
+                            ))
+                        }
+                    }
+                }
             };
             out.by_key.entry(key).or_insert_with(|| c.clone());
             out.by_route.push(c);
@@ -148,28 +223,28 @@ impl Clients {
     }
 
     /// The client for the route at `route`.
-    pub fn for_route(&self, route: usize) -> Option<&UpstreamClient> {
-        self.by_route.get(route).map(Arc::as_ref)
+    pub fn for_route(&self, route: usize) -> Option<&RouteClient> {
+        self.by_route.get(route)
     }
 }
 
-/// Classifies a client error for the answer and the `kind` label.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamKind {
+/// The classification an error chain's TLS or timeout error gives, if it holds one.
+pub fn kind_in_chain(err: &(dyn std::error::Error + 'static)) -> Option<UpstreamKind> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if e.downcast_ref::<rustls::Error>().is_some() {
-            return UpstreamKind::Tls;
+            return Some(UpstreamKind::Tls);
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
-                return UpstreamKind::Timeout;
+                return Some(UpstreamKind::Timeout);
             }
             // hyper-rustls wraps tokio-rustls's io::Error(rustls::Error) in another io::Error,
             // and `source()` skips the inner one: follow `get_ref()` down by hand.
             let mut inner = io.get_ref();
             while let Some(i) = inner {
                 if i.downcast_ref::<rustls::Error>().is_some() {
-                    return UpstreamKind::Tls;
+                    return Some(UpstreamKind::Tls);
                 }
                 inner = i
                     .downcast_ref::<std::io::Error>()
@@ -178,10 +253,15 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamKind {
         }
         source = e.source();
     }
-    if err.is_connect() {
-        UpstreamKind::Connect
-    } else {
-        UpstreamKind::Reset
+    None
+}
+
+/// Classifies an HTTP/2 client error for the answer and the `kind` label.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamKind {
+    match kind_in_chain(err) {
+        Some(kind) => kind,
+        None if err.is_connect() => UpstreamKind::Connect,
+        None => UpstreamKind::Reset,
     }
 }
 
@@ -208,7 +288,7 @@ mod tests {
 
     fn same(c: &Clients, a: usize, b: usize) -> bool {
         match (c.for_route(a), c.for_route(b)) {
-            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            (Some(a), Some(b)) => std::ptr::eq(a.ptr(), b.ptr()),
             _ => panic!("routes {a} and {b} have clients"),
         }
     }
@@ -235,8 +315,8 @@ mod tests {
         let again = Clients::build(&c, Some(&clients)).unwrap_or_else(|(i, e)| panic!("{i}: {e}"));
         for i in 0..5 {
             assert!(std::ptr::eq(
-                again.for_route(i).expect("client"),
-                clients.for_route(i).expect("client")
+                again.for_route(i).expect("client").ptr(),
+                clients.for_route(i).expect("client").ptr()
             ));
         }
     }
@@ -252,8 +332,8 @@ mod tests {
         std::fs::write(&path, format!("{bundle}{bundle}")).expect("write");
         let second = Clients::build(&c, Some(&first)).unwrap_or_else(|(i, e)| panic!("{i}: {e}"));
         assert!(!std::ptr::eq(
-            first.for_route(0).expect("client"),
-            second.for_route(0).expect("client")
+            first.for_route(0).expect("client").ptr(),
+            second.for_route(0).expect("client").ptr()
         ));
     }
 

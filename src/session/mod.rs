@@ -9,7 +9,6 @@
 pub mod cookie;
 pub mod oidc;
 pub mod refresh;
-pub mod revocation;
 pub mod routes;
 pub mod store;
 
@@ -27,7 +26,6 @@ use crate::metrics::Metrics;
 use cookie::{Keyring, Session, Transaction};
 use oidc::{Discovery, LoginOptions, OidcError};
 use refresh::{Failure, Refresher};
-use revocation::Revocations;
 
 /// The `event` label values of `jwtgate_sessions_total`.
 pub const EVENTS: [&str; 6] = [
@@ -114,6 +112,7 @@ impl Runtime {
             c.audiences = vec![s.client_id.clone()];
             c.typ = typ.iter().map(|t| (*t).to_owned()).collect();
             vec![Issuer {
+                dpop: crate::auth::dpop::IssuerDpop::new(&c),
                 config: c,
                 keys: base.keys.clone(),
             }]
@@ -151,7 +150,6 @@ pub struct Sessions {
     pub store: Option<Arc<crate::store::Store>>,
     discovery: tokio::sync::Mutex<Option<(Arc<Discovery>, Instant, String)>>,
     pub refresher: Refresher,
-    pub revocations: Revocations,
 }
 
 /// A gateway answer built by the session layer (a redirect, a page, a 401 with cookies).
@@ -236,13 +234,16 @@ impl Sessions {
         Ok(d)
     }
 
-    /// Reads, checks, refreshes and touches the request's session.
+    /// Reads, checks (expiry, idle time, the denylist's `sid` and `sub` entries), refreshes
+    /// and touches the request's session.
+    #[allow(clippy::too_many_arguments)]
     pub async fn lookup(
         &self,
         rt: &Runtime,
         cfg: &SessionConfig,
         config: &Config,
         metrics: &Metrics,
+        denylist: &crate::denylist::Denylist,
         headers: &http::HeaderMap,
         now: i64,
     ) -> Lookup {
@@ -267,12 +268,11 @@ impl Sessions {
         };
         if now >= s.exp
             || now >= s.idle
-            || self.revocations.session_revoked(
+            || denylist.session_revoked(
                 &rt.issuer_name,
                 s.sid.as_deref(),
                 &s.sub,
-                s.iat,
-                now,
+                u64::try_from(s.iat).unwrap_or(0),
             )
         {
             return dead();

@@ -361,6 +361,9 @@ pub struct LogoutTarget {
     pub exp: Option<i64>,
 }
 
+/// How old a logout token's `iat` may be (plus the issuer's leeway).
+pub const LOGOUT_TOKEN_MAX_AGE_SECS: i64 = 600;
+
 /// Verifies a back-channel logout token (OIDC Back-Channel Logout 1.0 §2.6): signed by the
 /// issuer, its audience the client, `typ` `logout+jwt` when present, the logout event, a
 /// `sid` or `sub`, and no `nonce`.
@@ -385,7 +388,7 @@ pub async fn verify_logout_token(
         }
     }
     let iat = claims.get("iat").and_then(Value::as_i64);
-    if !iat.is_some_and(|t| t - leeway <= now && now - t <= 600 + leeway) {
+    if !iat.is_some_and(|t| t - leeway <= now && now - t <= LOGOUT_TOKEN_MAX_AGE_SECS + leeway) {
         return Err(AuthError::Malformed(
             "the logout token's iat is missing or not within the last 10 minutes",
         ));

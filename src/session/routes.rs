@@ -10,13 +10,19 @@ use hyper::body::Incoming;
 
 use super::cookie::{self, Session, Transaction};
 use super::oidc::{self, enc};
-use super::revocation::Entry;
 use super::{page, redirect, seal_session, Answer, Runtime, CALLBACK_PATH};
 use crate::config::SessionConfig;
+use crate::denylist::{Entry, Kind};
 use crate::proxy::{Gateway, ProxyError};
+use crate::replay::WhenDown;
 use crate::server::ConnInfo;
 use crate::state::Snapshot;
 use crate::unix_now;
+
+/// Unix seconds as the denylist keeps them (a time before 1970 is 0).
+fn secs(t: i64) -> u64 {
+    u64::try_from(t).unwrap_or(0)
+}
 
 /// A back-channel logout request body larger than this is refused.
 const MAX_LOGOUT_BODY_BYTES: usize = 16 << 10;
@@ -286,17 +292,17 @@ async fn logout(
             }
         }
         gw.metrics.sessions.with_label_values(&["logout"]).inc();
-        let entry = Entry {
-            issuer: rt.issuer_name.clone(),
-            sid: s.sid.clone(),
-            sub: s.sid.is_none().then(|| s.sub.clone()),
-            before: Some(now + 1),
-            until: s.exp.max(now) + 60,
-        };
         // Without a sid only this session's cookie is cleared: a sub entry would log the user
         // out everywhere, which a logout of one browser does not ask for.
-        if entry.sid.is_some() {
-            if let Err(e) = gw.sessions.revocations.revoke(entry, now).await {
+        if let Some(sid) = &s.sid {
+            let entry = Entry {
+                issuer: rt.issuer_name.clone(),
+                kind: Kind::Sid,
+                id: sid.clone(),
+                before: Some(secs(now + 1)),
+                until: Some(secs(s.exp.max(now) + 60)),
+            };
+            if let Err(e) = gw.denylist.revoke(entry).await {
                 tracing::warn!(error = %e, "logout: the session's sid could not be denylisted");
             }
         }
@@ -347,6 +353,16 @@ async fn backchannel(
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         a
     };
+    let unavailable = |why: &str| {
+        let mut a = crate::proxy::answer::json_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            why,
+        );
+        a.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        a
+    };
     if !cfg.backchannel_logout {
         return Err(ProxyError::NotFound);
     }
@@ -376,23 +392,39 @@ async fn backchannel(
             return Ok(bad(&format!("the logout token is not valid: {e}")));
         }
     };
+    // OIDC Back-Channel Logout §2.6: a logout token is accepted once (its jti, for as long as
+    // its iat is acceptable).
+    if let Some(jti) = &target.jti {
+        let ns = format!("logout:{}", rt.issuer);
+        let leeway = rt.logout_issuer[0].config.leeway.as_secs() as i64;
+        let until = secs(now + oidc::LOGOUT_TOKEN_MAX_AGE_SECS + leeway);
+        match gw.replay.first_use(&ns, jti, until, WhenDown::Local).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(bad("the logout token was used before (its jti)")),
+            Err(e) => {
+                tracing::warn!(error = %e, "back-channel logout: the logout token's jti cannot be checked");
+                return Ok(unavailable(
+                    "the logout token cannot be checked for replay; retry",
+                ));
+            }
+        }
+    }
+    let (kind, id) = match (target.sid, target.sub) {
+        (Some(sid), _) => (Kind::Sid, sid),
+        (None, Some(sub)) => (Kind::Sub, sub),
+        // verify_logout_token requires one of them.
+        (None, None) => return Ok(bad("the logout token names neither sid nor sub")),
+    };
     let entry = Entry {
         issuer: rt.issuer_name.clone(),
-        sub: target.sid.is_none().then(|| target.sub.clone()).flatten(),
-        sid: target.sid,
-        before: Some(now + 1),
-        until: now + cfg.lifetime.as_secs() as i64 + 60,
+        kind,
+        id,
+        before: Some(secs(now + 1)),
+        until: Some(secs(now + cfg.lifetime.as_secs() as i64 + 60)),
     };
-    if let Err(e) = gw.sessions.revocations.revoke(entry, now).await {
+    if let Err(e) = gw.denylist.revoke(entry).await {
         tracing::warn!(error = %e, "back-channel logout: the revocation could not be recorded");
-        let mut a = crate::proxy::answer::json_answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the logout could not be recorded; retry",
-        );
-        a.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Ok(a);
+        return Ok(unavailable("the logout could not be recorded; retry"));
     }
     gw.metrics
         .sessions
@@ -415,7 +447,15 @@ async fn session_info(
     let now = unix_now();
     let lookup = gw
         .sessions
-        .lookup(rt, cfg, &snap.config, &gw.metrics, req.headers(), now)
+        .lookup(
+            rt,
+            cfg,
+            &snap.config,
+            &gw.metrics,
+            &gw.denylist,
+            req.headers(),
+            now,
+        )
         .await;
     let mut res = match &lookup.active {
         Some(s) => {

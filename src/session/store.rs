@@ -41,14 +41,14 @@ impl Handle {
         Some(Keyring::new(&[<[u8; 32]>::try_from(k).ok()?]))
     }
 
-    fn key(&self) -> String {
-        crate::store::key("session", &self.id)
+    fn key(&self, store: &Store) -> String {
+        store.key("session", &self.id)
     }
 }
 
 /// The session of `h`; `None` when Redis has none (expired, logged out) or it does not open.
 pub async fn load(store: &Store, h: &Handle) -> Result<Option<Session>, StoreError> {
-    let key = h.key();
+    let key = h.key(store);
     let sealed: Option<String> = store
         .call_idempotent("session_read", redis::cmd("GET").arg(&key))
         .await?;
@@ -60,7 +60,7 @@ pub async fn load(store: &Store, h: &Handle) -> Result<Option<Session>, StoreErr
 
 /// Writes the session, expiring with it.
 pub async fn save(store: &Store, h: &Handle, s: &Session, now: i64) -> Result<(), StoreError> {
-    let key = h.key();
+    let key = h.key(store);
     let ring = h.ring().ok_or_else(|| {
         StoreError::Redis(redis::RedisError::from((
             redis::ErrorKind::Client,
@@ -80,13 +80,13 @@ pub async fn save(store: &Store, h: &Handle, s: &Session, now: i64) -> Result<()
 /// Deletes the session (logout).
 pub async fn delete(store: &Store, h: &Handle) -> Result<(), StoreError> {
     store
-        .call_idempotent::<()>("session_write", redis::cmd("DEL").arg(h.key()))
+        .call_idempotent::<()>("session_write", redis::cmd("DEL").arg(h.key(store)))
         .await
 }
 
 /// Takes the session's refresh lock; false when another replica holds it.
 pub async fn lock(store: &Store, h: &Handle) -> Result<bool, StoreError> {
-    let key = crate::store::key("session-lock", &h.id);
+    let key = store.key("session-lock", &h.id);
     let set: Option<String> = store
         .call(
             "session_lock",
@@ -103,7 +103,7 @@ pub async fn lock(store: &Store, h: &Handle) -> Result<bool, StoreError> {
 
 /// Releases the session's refresh lock.
 pub async fn unlock(store: &Store, h: &Handle) {
-    let key = crate::store::key("session-lock", &h.id);
+    let key = store.key("session-lock", &h.id);
     let _ = store
         .call::<()>("session_lock", redis::cmd("DEL").arg(&key))
         .await;

@@ -169,28 +169,13 @@ impl Store {
     /// The key of one item: `jwtgate:{kind}:{id}`. Every key the gateway writes has this
     /// prefix, so an operator can list or drop them together.
     pub fn key(&self, kind: &str, id: &str) -> String {
-        key(kind, id)
+        let mut k = String::with_capacity(9 + kind.len() + id.len());
+        k.push_str("jwtgate:");
+        k.push_str(kind);
+        k.push(':');
+        k.push_str(id);
+        k
     }
-
-    /// The redacted URL, for logs.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Whether the last call succeeded.
-    pub fn is_up(&self) -> bool {
-        self.metrics.up.get() == 1
-    }
-}
-
-/// The key of one item: `jwtgate:{kind}:{id}` (also for tools that talk to Redis directly).
-pub fn key(kind: &str, id: &str) -> String {
-    let mut k = String::with_capacity(9 + kind.len() + id.len());
-    k.push_str("jwtgate:");
-    k.push_str(kind);
-    k.push(':');
-    k.push_str(id);
-    k
 }
 
 /// Pings while the store lives; logs each change between reachable and unreachable once.

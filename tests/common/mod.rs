@@ -2,13 +2,17 @@
 //! at test time for every algorithm, and tokens signed with them.
 #![allow(dead_code)]
 
+pub mod app;
+pub mod bound;
 pub mod browser;
 pub mod client;
 pub mod der;
+pub mod edge;
 pub mod jwks;
 pub mod metrics;
 pub mod redis_server;
 pub mod tls;
+pub mod webdriver;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -474,6 +478,30 @@ pub fn spawn_run(
         .stderr(std::fs::File::create(stderr).expect("stderr file"));
     tweak(&mut cmd);
     ChildGuard(cmd.spawn().expect("spawn jwtgate run"))
+}
+
+/// Runs `jwtgate ARGS` to completion in `dir` (without `JWTGATE_CONFIG`, stdin closed) with
+/// `env` set.
+pub fn jwtgate_output(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(binary());
+    cmd.current_dir(dir)
+        .env_remove("JWTGATE_CONFIG")
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run jwtgate")
+}
+
+/// A finished command's exit code, stdout and stderr, for failure messages.
+pub fn describe_output(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// The captured stdout and stderr files of a child, for failure messages.

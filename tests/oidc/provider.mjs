@@ -16,9 +16,10 @@ import * as readline from 'node:readline';
 import { exportJWK, generateKeyPair } from 'jose';
 import Provider from 'oidc-provider';
 
+import { resourceIndicators } from './resource.mjs';
+
 const CLIENT_ID = 'jwtgate-test-client';
 const CLIENT_SECRET = 'jwtgate-test-secret-that-is-long-enough';
-const RESOURCE = 'urn:jwtgate:api';
 
 const wanted = Number(process.argv[2] ?? '0');
 if (!Number.isInteger(wanted) || wanted < 0 || wanted > 65535) {
@@ -55,23 +56,7 @@ function build(issuer, keys) {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
-      resourceIndicators: {
-        enabled: true,
-        defaultResource: () => RESOURCE,
-        useGrantedResource: () => true,
-        getResourceServerInfo: (_ctx, resourceIndicator) => {
-          if (resourceIndicator !== RESOURCE) {
-            throw new Provider.errors.InvalidTarget();
-          }
-          return {
-            scope: 'api:read',
-            audience: 'jwtgate-api',
-            accessTokenTTL: 300,
-            accessTokenFormat: 'jwt',
-            jwt: { sign: { alg: 'ES256' } },
-          };
-        },
-      },
+      resourceIndicators: resourceIndicators(Provider),
     },
   });
   provider.on('server_error', (_ctx, err) => console.error('server_error', err));

@@ -8,10 +8,12 @@ use toml::Spanned;
 use super::Validator;
 use crate::alg::Alg;
 use crate::config::raw::RawIssuer;
-use crate::config::{IssuerConfig, KeySource, Loc};
+use crate::config::{DpopConfig, IssuerConfig, KeySource, Loc};
 
 /// Leeway beyond this hides clock problems rather than absorbing skew.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// Longest DPoP proof window: a proof older than this is not "fresh" (RFC 9449 §11.1).
+const MAX_DPOP_AGE: Duration = Duration::from_secs(300);
 
 /// The `[[issuer]]` names as written, for routes to look theirs up in constant time.
 pub(super) struct IssuerNames<'a> {
@@ -181,6 +183,7 @@ impl Validator<'_> {
             Some(t) => self.strings(t, &format!("issuer {name:?}: typ")),
             None => vec!["JWT".into(), "at+jwt".into(), "application/at+jwt".into()],
         };
+        let dpop = self.dpop(i, &name);
         if self.errors.len() > before {
             return None;
         }
@@ -194,7 +197,63 @@ impl Validator<'_> {
             leeway,
             refresh,
             typ,
+            dpop,
         })
+    }
+
+    /// The `dpop_*` keys: asymmetric proof algorithms only, a bounded `iat` window, and a
+    /// nonce key variable that is a plausible environment name.
+    fn dpop(&mut self, i: &RawIssuer, name: &str) -> DpopConfig {
+        let d = DpopConfig::default();
+        let mut algorithms = Vec::new();
+        if let Some(list) = &i.dpop_algorithms {
+            if list.get_ref().is_empty() {
+                self.error(
+                    list,
+                    format!("issuer {name:?}: dpop_algorithms must not be empty"),
+                );
+            }
+            for a in list.get_ref() {
+                match a.get_ref().parse::<Alg>() {
+                    Ok(alg) if alg.is_hmac() => self.error(
+                        a,
+                        format!("issuer {name:?}: dpop_algorithms: {alg} is symmetric; a DPoP proof is signed with the client's private key, so only asymmetric algorithms (ES256, ES384, EdDSA, PS256, RS256, ...) can be proofs"),
+                    ),
+                    Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                    Ok(_) => {}
+                    Err(e) => self.error(a, format!("issuer {name:?}: dpop_algorithms: {e}")),
+                }
+            }
+        }
+        let max_age = self.duration(&i.dpop_max_age, "dpop_max_age", d.max_age);
+        if max_age > MAX_DPOP_AGE {
+            if let Some(m) = &i.dpop_max_age {
+                self.error(m, format!("issuer {name:?}: dpop_max_age must be at most 5m: proofs are meant to be fresh, and the replay cache holds every jti for this long"));
+            }
+        }
+        let nonce_key_env = match &i.dpop_nonce_key_env {
+            Some(e) if e.get_ref().is_empty() || e.get_ref().contains(['=', '\0']) => {
+                self.error(
+                    e,
+                    format!(
+                        "issuer {name:?}: dpop_nonce_key_env must name an environment variable"
+                    ),
+                );
+                d.nonce_key_env.clone()
+            }
+            Some(e) => e.get_ref().clone(),
+            None => d.nonce_key_env.clone(),
+        };
+        DpopConfig {
+            algorithms: if algorithms.is_empty() {
+                d.algorithms
+            } else {
+                algorithms
+            },
+            max_age,
+            nonce: i.dpop_nonce.as_ref().is_some_and(|n| *n.get_ref()),
+            nonce_key_env,
+        }
     }
 
     fn url_ok(&mut self, u: &Spanned<String>, issuer: &str, key: &str) {

@@ -17,6 +17,7 @@ impl Validator<'_> {
                 cert: self.file(&t.cert),
                 key: self.file(&t.key),
                 client_ca: t.client_ca.as_ref().map(|c| self.file(c)),
+                client_auth_optional: self.client_auth(t),
             }
         });
         let certificates: Vec<CertFiles> = l
@@ -61,6 +62,25 @@ impl Validator<'_> {
             strip_headers,
             forward_client_cert: l.forward_client_cert.as_ref().is_none_or(|f| *f.get_ref()),
         })
+    }
+
+    /// `client_auth`: `"required"` (the default) or `"optional"`, and only with `client_ca`.
+    fn client_auth(&mut self, t: &raw::RawTls) -> bool {
+        let Some(a) = &t.client_auth else {
+            return false;
+        };
+        let optional = match a.get_ref().as_str() {
+            "required" => false,
+            "optional" => true,
+            other => {
+                self.error(a, format!("[listen] tls client_auth {other:?} is neither \"required\" nor \"optional\""));
+                return false;
+            }
+        };
+        if t.client_ca.is_none() {
+            self.error(a, "[listen] tls client_auth needs client_ca: it says whether clients must present a certificate from that CA");
+        }
+        optional
     }
 
     /// `[admin]`: its address.

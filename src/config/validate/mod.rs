@@ -1,6 +1,9 @@
 //! Raw config to runtime types. Every problem is collected with its position rather than
 //! returned at the first, so one run of `jwtgate check` lists them all.
 
+mod defenses;
+mod denylist;
+mod edge;
 mod issuer;
 mod listen;
 mod route;
@@ -111,7 +114,14 @@ impl Validator<'_> {
         if raw.session.is_none() {
             self.session_routes_need_session(&raw.route);
         }
+        let assertion = raw.assertion.as_ref().and_then(|a| self.assertion(a));
+        self.check_edge(&raw, &routes, assertion.as_ref());
+        let anomaly = raw.anomaly.as_ref().map(|a| self.anomaly(a));
         let redis = raw.redis.as_ref().and_then(|r| self.redis(r));
+        let denylist = raw
+            .denylist
+            .as_ref()
+            .map(|d| self.denylist(d, raw.redis.is_some()));
         let issuers = issuers.into_iter().collect::<Option<Vec<_>>>()?;
         Some(Config {
             path: self.file.clone(),
@@ -121,7 +131,10 @@ impl Validator<'_> {
             issuers,
             routes,
             session,
+            assertion,
+            anomaly,
             redis,
+            denylist,
         })
     }
 

@@ -31,6 +31,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-request-id",
     "traceparent",
     "tracestate",
+    "dpop",
 ];
 
 /// Why a claim header may not be called `name` (lower case), or `None` when it may.
@@ -292,6 +293,8 @@ impl Validator<'_> {
         }
         let token_query = r.token_query.as_ref().map(|q| q.get_ref().clone());
         let token_cookie = r.token_cookie.as_ref().map(|c| c.get_ref().clone());
+        let (assertion, cors, rate_limit) = self.route_edge(r, &name, auth, &claim_headers);
+        let defenses = self.route_defenses(r, &name, auth);
         if self.errors.len() > before {
             return None;
         }
@@ -311,7 +314,14 @@ impl Validator<'_> {
             token_query,
             token_cookie,
             claim_headers,
+            require_binding: r.require_binding.as_ref().is_some_and(|b| *b.get_ref()),
             loc,
+            assertion,
+            cors,
+            rate_limit,
+            step_up: defenses.step_up,
+            one_time: defenses.one_time,
+            response_headers: defenses.response_headers,
         })
     }
 
