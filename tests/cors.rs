@@ -4,12 +4,13 @@
 
 mod common;
 
+use common::browser::{serve_page, Browser};
 use common::edge::EdgeGateway;
-use common::webdriver::{serve_page, Browser};
 use serde_json::{json, Value};
 
 /// The config: `/api` with CORS for `origin` (credentials), rate-limited to a burst of
-/// `burst`; `/open` with CORS for any origin without credentials; `/plain` without CORS.
+/// `burst`; `/open` with CORS for any origin without credentials and a response header;
+/// `/plain` without CORS.
 fn config(origin: &str, burst: u32) -> String {
     format!(
         r#"[admin]
@@ -40,6 +41,7 @@ name = "open"
 path_prefix = "/open"
 upstream = "{{upstream}}"
 auth = "none"
+response_headers = {{ "X-Content-Type-Options" = "nosniff" }}
 [route.cors]
 allow_origins = ["*"]
 allow_headers = ["*"]
@@ -178,6 +180,40 @@ async fn preflights_are_answered_here_never_forwarded_and_need_no_token() {
 }
 
 #[tokio::test]
+async fn a_routes_response_headers_are_set_on_its_preflight_answers_too() {
+    let (_dir, gw) = gateway("https://app.example.com", 100).await;
+    let preflight = gw
+        .request(
+            "OPTIONS",
+            "/open/x",
+            &[
+                ("origin", "https://elsewhere.example"),
+                ("access-control-request-method", "GET"),
+            ],
+        )
+        .await;
+    assert_eq!(preflight.status, 204, "{}", preflight.body);
+    assert_eq!(preflight.header("x-content-type-options"), Some("nosniff"));
+    let refused = gw
+        .request(
+            "OPTIONS",
+            "/open/x",
+            &[
+                ("origin", "https://elsewhere.example"),
+                ("access-control-request-method", "DELETE"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.header("x-content-type-options"), Some("nosniff"));
+    let actual = gw
+        .request("GET", "/open/x", &[("origin", "https://elsewhere.example")])
+        .await;
+    assert_eq!(actual.status, 200);
+    assert_eq!(actual.header("x-content-type-options"), Some("nosniff"));
+}
+
+#[tokio::test]
 async fn actual_answers_get_allow_origin_and_lose_the_upstreams_cors_headers() {
     let app = "https://app.example.com";
     let (_dir, gw) = gateway(app, 1).await;
@@ -243,14 +279,12 @@ async fn chromium_makes_credentialed_cross_origin_fetches_through_the_gateway() 
     let page = serve_page(PAGE).await;
     let origin = format!("http://{page}");
     let (_dir, gw) = gateway(&origin, 2).await;
-    let browser = Browser::start().await;
-    browser.goto(&format!("{origin}/")).await;
+    let browser = Browser::start(None);
+    browser.goto(&format!("{origin}/"));
     let token = common::token("ES256", &common::claims());
 
     // PUT with Authorization: a preflight first, answered by the gateway, then the request.
-    let put = browser
-        .run_async(FETCH, json!([gw.url("/api/orders/7"), "PUT", token]))
-        .await;
+    let put = browser.script_async(FETCH, json!([gw.url("/api/orders/7"), "PUT", token]));
     assert_eq!(put["status"], 200, "{put}");
     let echoed: Value = serde_json::from_str(put["body"].as_str().expect("body")).expect("json");
     assert_eq!(echoed["method"], "PUT");
@@ -258,13 +292,9 @@ async fn chromium_makes_credentialed_cross_origin_fetches_through_the_gateway() 
     assert_eq!(echoed["headers"]["origin"], json!([origin]));
 
     // The gateway's own 429 is readable by the page, with the exposed rate-limit headers.
-    let second = browser
-        .run_async(FETCH, json!([gw.url("/api/orders/7"), "GET", token]))
-        .await;
+    let second = browser.script_async(FETCH, json!([gw.url("/api/orders/7"), "GET", token]));
     assert_eq!(second["status"], 200, "{second}");
-    let limited = browser
-        .run_async(FETCH, json!([gw.url("/api/orders/7"), "GET", token]))
-        .await;
+    let limited = browser.script_async(FETCH, json!([gw.url("/api/orders/7"), "GET", token]));
     assert_eq!(limited["status"], 429, "{limited}");
     assert!(limited["retryAfter"].as_str().is_some(), "{limited}");
     assert!(
@@ -281,9 +311,7 @@ async fn chromium_makes_credentialed_cross_origin_fetches_through_the_gateway() 
 
     // A page on an origin the route does not list: the browser refuses to hand over anything.
     let (_dir2, other) = gateway("https://app.example.com", 100).await;
-    let refused = browser
-        .run_async(FETCH, json!([other.url("/api/orders/7"), "PUT", token]))
-        .await;
+    let refused = browser.script_async(FETCH, json!([other.url("/api/orders/7"), "PUT", token]));
     assert!(
         refused["error"]
             .as_str()

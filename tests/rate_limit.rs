@@ -297,3 +297,57 @@ async fn with_redis_down_each_replica_falls_back_to_its_own_limit() {
         "{metrics}"
     );
 }
+
+/// The rate limit is decided before `one_time` uses up a `jti`: a token refused with 429
+/// keeps its one use (SPEC: "Step-up, one-time tokens" and "CORS and rate limits").
+#[tokio::test]
+async fn a_rate_limited_one_time_token_keeps_its_single_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::write_keys(dir.path());
+    let config = format!(
+        r#"[admin]
+addr = "127.0.0.1:0"
+{issuer}
+[[route]]
+name = "limited"
+path_prefix = "/limited"
+upstream = "{{upstream}}"
+auth = "required"
+one_time = true
+[route.rate_limit]
+key = "sub"
+rate = "1/h"
+burst = 1
+
+[[route]]
+name = "once"
+path_prefix = "/once"
+upstream = "{{upstream}}"
+auth = "required"
+one_time = true
+"#,
+        issuer = common::default_issuer()
+    );
+    let gw = EdgeGateway::start(dir.path(), &config).await;
+    let with_jti = |jti: &str| {
+        let mut c = common::claims();
+        c["sub"] = json!("alice");
+        c["jti"] = json!(jti);
+        format!("Bearer {}", common::token("ES256", &c))
+    };
+    let (first, second) = (with_jti("jti-1"), with_jti("jti-2"));
+    let send = |path: &'static str, auth: String| {
+        let gw = &gw;
+        async move { gw.request("GET", path, &[("authorization", &auth)]).await }
+    };
+    assert_eq!(send("/limited/x", first.clone()).await.status, 200);
+    let limited = send("/limited/x", second.clone()).await;
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    // Its jti was not used up by the 429: it passes once on the other one_time route.
+    assert_eq!(send("/once/x", second.clone()).await.status, 200);
+    let replay = send("/once/x", second).await;
+    assert_eq!(replay.status, 401, "{}", replay.body);
+    assert!(replay.body.contains("used before"), "{}", replay.body);
+    // The first token's use on /limited counted.
+    assert_eq!(send("/once/x", first).await.status, 401);
+}

@@ -50,7 +50,7 @@ struct Local {
     ring: Keyring,
     addr: std::net::SocketAddr,
     admin: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _stop: oneshot::Sender<()>,
     _stop_up: oneshot::Sender<()>,
 }
@@ -111,6 +111,7 @@ impl Local {
         }));
         let dir = tempfile::tempdir().expect("tempdir");
         write_keys(&dir.path().join("cookie-keys"), keys);
+        std::fs::write(dir.path().join("denylist.jsonl"), "").expect("write denylist");
         let config = format!(
             r#"[listen]
 addr = "127.0.0.1:0"
@@ -131,6 +132,17 @@ cookie_keys_file = "cookie-keys"
 external_url = "http://localhost:8080"
 idle_timeout = "10m"
 
+[denylist]
+file = "denylist.jsonl"
+
+[[route]]
+name = "admin"
+path_prefix = "/admin"
+upstream = "http://{upstream}"
+auth = "session"
+max_auth_age = "5m"
+acr_values = ["mfa"]
+
 [[route]]
 name = "app"
 path_prefix = "/"
@@ -149,16 +161,24 @@ auth = "session"
             ring: Keyring::new(&keys[..1]),
             addr,
             admin,
-            _dir: dir,
+            dir,
             _stop: stop,
             _stop_up: stop_up,
         }
     }
 
     fn access_token(&self, sub: &str, sid: &str) -> String {
+        self.access_token_with(sub, sid, json!({}))
+    }
+
+    /// An access token with `extra` claims (`auth_time`, `acr`, ...) merged in.
+    fn access_token_with(&self, sub: &str, sid: &str, extra: Value) -> String {
         let n = now();
-        let claims = json!({"iss": self.issuer, "aud": AUDIENCE, "sub": sub, "sid": sid,
+        let mut claims = json!({"iss": self.issuer, "aud": AUDIENCE, "sub": sub, "sid": sid,
             "iat": n, "exp": n + 300, "scope": "api:read"});
+        if let (Some(c), Value::Object(e)) = (claims.as_object_mut(), extra) {
+            c.extend(e);
+        }
         self.signer.sign_raw(
             &json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}).to_string(),
             &claims.to_string(),
@@ -581,9 +601,14 @@ async fn backchannel_logout_tokens_are_verified_and_end_the_session() {
         assert_eq!(a.status, 400, "{case}: {}", a.body);
         assert_eq!(l.api(&cookie).await.status, 200, "{case} revokes nothing");
     }
-    let a = post(l.signer.sign_raw(&header, &claims(json!({})))).await;
+    let logout_token = l.signer.sign_raw(&header, &claims(json!({})));
+    let a = post(logout_token.clone()).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(l.api(&cookie).await.status, 401, "the sid is denylisted");
+    // OIDC Back-Channel Logout §2.6: the same logout token (its jti) is accepted once.
+    let a = post(logout_token).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body.contains("used before"), "{}", a.body);
     let m = l.metrics().await;
     assert_eq!(
         metric_or_zero(
@@ -594,6 +619,98 @@ async fn backchannel_logout_tokens_are_verified_and_end_the_session() {
         1.0
     );
     drop(l.provider);
+}
+
+#[tokio::test]
+async fn a_step_up_route_sends_a_browser_to_log_in_again_with_max_age_and_acr_values() {
+    let l = Local::start(&[[7; 32]]).await;
+    let plain = l.cookie(&l.session("alice", "sid-su"));
+    assert_eq!(
+        l.api(&plain).await.status,
+        200,
+        "the app route has no step-up"
+    );
+    let html = [("accept", "text/html")];
+    // A navigation: a new login that asks the provider for what the route needs; the session
+    // is kept (the app route still serves it) until the new login replaces it.
+    let a = l
+        .req("GET", "/admin/users", &[("cookie", &plain), html[0]])
+        .await;
+    assert_eq!(a.status, 302, "{}", a.body);
+    let location = a.header("location").expect("location");
+    assert!(
+        location.starts_with(&format!("{}/auth?", l.issuer)),
+        "{location}"
+    );
+    assert_eq!(query_value(location, "max_age"), "300", "{location}");
+    assert_eq!(query_value(location, "acr_values"), "mfa", "{location}");
+    let cookies: Vec<_> = a.headers.get_all("set-cookie").iter().collect();
+    assert!(
+        cookies
+            .iter()
+            .all(|c| !c.to_str().unwrap_or("").starts_with("__Host-jwtgate=")),
+        "the session cookie is not cleared: {cookies:?}"
+    );
+    assert_eq!(l.api(&plain).await.status, 200);
+    // An API request: the RFC 9470 challenge.
+    let a = l
+        .req(
+            "GET",
+            "/admin/users",
+            &[("cookie", &plain), ("accept", "application/json")],
+        )
+        .await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    let challenge = a.header("www-authenticate").expect("challenge");
+    assert!(
+        challenge.contains(r#"error="insufficient_user_authentication""#)
+            && challenge.contains(r#"max_age="300""#)
+            && challenge.contains(r#"acr_values="mfa""#),
+        "{challenge}"
+    );
+    // After a recent, strong enough login the route serves the session.
+    let mut stepped = l.session("alice", "sid-su");
+    stepped.at = l.access_token_with(
+        "alice",
+        "sid-su",
+        json!({"auth_time": now() - 5, "acr": "mfa"}),
+    );
+    let a = l
+        .req(
+            "GET",
+            "/admin/users",
+            &[("cookie", &l.cookie(&stepped)), html[0]],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}
+
+#[tokio::test]
+async fn a_denylisted_subject_ends_its_sessions_and_clears_the_cookie() {
+    let l = Local::start(&[[7; 32]]).await;
+    let cookie = l.cookie(&l.session("mallory", "sid-sub"));
+    let other = l.cookie(&l.session("alice", "sid-other"));
+    assert_eq!(l.api(&cookie).await.status, 200);
+    // "Log out everywhere": a sub entry for sessions created before now, as `jwtgate revoke
+    // --sub` writes it; the file is watched.
+    let line =
+        json!({"issuer": "idp", "sub": "mallory", "before": now() + 1, "until": now() + 3600});
+    std::fs::write(l.dir.path().join("denylist.jsonl"), format!("{line}\n")).expect("write");
+    eventually(Duration::from_secs(10), "the sub entry applies", || async {
+        match l.api(&cookie).await.status {
+            401 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await;
+    let a = l.api(&cookie).await;
+    let cleared: Vec<_> = a.headers.get_all("set-cookie").iter().collect();
+    assert!(!cleared.is_empty(), "the session cookies are cleared");
+    assert_eq!(
+        l.api(&other).await.status,
+        200,
+        "another user's session stays"
+    );
 }
 
 #[tokio::test]
@@ -905,7 +1022,7 @@ fn fetch_all(b: &Browser, path: &str, n: usize) -> Vec<u64> {
 async fn browser_logs_in_with_several_tabs_outlives_token_expiry_and_logs_out_of_the_provider() {
     const TTL: u64 = 12;
     let e = E2e::start(TTL).await;
-    let b = Browser::start(&common::tls::cert_file("server.crt"));
+    let b = Browser::start(Some(&common::tls::cert_file("server.crt")));
 
     // Two tabs ask for two pages before either has logged in: two login attempts at once.
     let first = b.tab();
@@ -1037,7 +1154,7 @@ async fn browser_logs_in_with_several_tabs_outlives_token_expiry_and_logs_out_of
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn backchannel_logout_from_the_provider_ends_a_live_session_within_seconds() {
     let e = E2e::start(300).await;
-    let b = Browser::start(&common::tls::cert_file("server.crt"));
+    let b = Browser::start(Some(&common::tls::cert_file("server.crt")));
     b.goto(&format!("{}/home", e.origin));
     b.log_in_as("carol");
     eventually(Duration::from_secs(20), "lands on /home", || async {
@@ -1081,7 +1198,7 @@ async fn backchannel_logout_from_the_provider_ends_a_live_session_within_seconds
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn a_session_too_large_for_two_cookies_gets_a_page_that_says_so() {
     let e = E2e::start(300).await;
-    let b = Browser::start(&common::tls::cert_file("server.crt"));
+    let b = Browser::start(Some(&common::tls::cert_file("server.crt")));
     b.goto(&format!("{}/home", e.origin));
     b.log_in_as("big");
     eventually(Duration::from_secs(20), "the too-large page", || async {
@@ -1363,7 +1480,7 @@ async fn redis_store_keeps_sessions_server_side_and_refreshes_them_once() {
     const TTL: u64 = 12;
     let redis = common::redis_server::RedisServer::start();
     let e = E2e::start_with(TTL, Some(&redis)).await;
-    let b = Browser::start(&common::tls::cert_file("server.crt"));
+    let b = Browser::start(Some(&common::tls::cert_file("server.crt")));
     b.goto(&format!("{}/home", e.origin));
     b.log_in_as("dave");
     eventually(Duration::from_secs(20), "lands on /home", || async {

@@ -196,6 +196,9 @@ pub struct Transaction {
     /// The `max_age` sent, if any: the ID token's `auth_time` must honour it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<u64>,
+    /// The `acr_values` sent, if any: the ID token's `acr` must be one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr_values: Option<String>,
 }
 
 /// The `Set-Cookie` value of one gateway cookie: `__Host-` rules (Secure, Path=/, no Domain),

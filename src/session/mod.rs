@@ -420,7 +420,6 @@ impl Sessions {
                     idt,
                     &rt.id_issuer,
                     None,
-                    None,
                     config.limits.max_token_bytes,
                     now,
                 )
@@ -627,6 +626,7 @@ pub async fn login_redirect(
         to: return_to,
         exp: now + TX_LIFETIME_SECS,
         max_age: opts.max_age,
+        acr_values: opts.acr_values.clone(),
     };
     let redirect_uri = format!("{origin}{CALLBACK_PATH}");
     let location = oidc::authorize_url(&d, cfg, &redirect_uri, &state, &tx.nonce, &tx.v, opts);

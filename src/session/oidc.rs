@@ -320,12 +320,12 @@ pub fn is_jwt(token: &str) -> bool {
 
 /// Verifies an ID token with the issuer's keys and rules, its audience being the client
 /// (`issuers` is the session's one-issuer list whose audience is the client id), and at login
-/// its `nonce`; returns its claims.
+/// (`login`: the transaction it answers) its `nonce`, `auth_time` against the `max_age` asked
+/// for and `acr` against the `acr_values` asked for; returns its claims.
 pub async fn verify_id_token(
     token: &str,
     issuers: &[Issuer],
-    nonce: Option<&str>,
-    max_age: Option<u64>,
+    login: Option<&super::cookie::Transaction>,
     max_token_bytes: usize,
     now: i64,
 ) -> Result<std::sync::Arc<Map<String, Value>>, OidcError> {
@@ -335,18 +335,32 @@ pub async fn verify_id_token(
             auth::SignatureError::Auth(e) => OidcError::IdToken(e.to_string()),
             auth::SignatureError::NotLoaded { .. } => OidcError::KeysNotLoaded,
         })?;
-    if nonce.is_some_and(|n| v.claims.get("nonce").and_then(Value::as_str) != Some(n)) {
+    let Some(tx) = login else {
+        return Ok(v.claims);
+    };
+    if v.claims.get("nonce").and_then(Value::as_str) != Some(tx.nonce.as_str()) {
         return Err(OidcError::IdToken(
             "its nonce does not match the login attempt".into(),
         ));
     }
-    if let Some(max_age) = max_age {
+    if let Some(max_age) = tx.max_age {
         let leeway = issuers[0].config.leeway.as_secs() as i64;
         let auth_time = v.claims.get("auth_time").and_then(Value::as_i64);
         if auth_time.is_none_or(|t| t + max_age as i64 + leeway < now) {
             return Err(OidcError::IdToken(
                 "its auth_time is older than the max_age asked for".into(),
             ));
+        }
+    }
+    // A provider that cannot authenticate as strongly as asked must not start a session that
+    // the step-up route would send to log in again, in a loop.
+    if let Some(wanted) = &tx.acr_values {
+        let acr = v.claims.get("acr").and_then(Value::as_str);
+        if !acr.is_some_and(|a| wanted.split(' ').any(|w| w == a)) {
+            return Err(OidcError::IdToken(format!(
+                "its acr ({}) is not one of the acr_values asked for ({wanted})",
+                acr.unwrap_or("none")
+            )));
         }
     }
     Ok(v.claims)

@@ -146,8 +146,7 @@ async fn callback(
         let claims = oidc::verify_id_token(
             idt,
             &rt.id_issuer,
-            Some(&tx.nonce),
-            tx.max_age,
+            Some(&tx),
             snap.config.limits.max_token_bytes,
             now,
         )

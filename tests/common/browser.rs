@@ -3,14 +3,17 @@
 //! by [`Browser::start`] and killed by their PIDs when it is dropped.
 //!
 //! Calls block; they run under `block_in_place`, so tests use the multi-thread runtime.
+//! [`serve_page`] serves a page on another 127.0.0.1 origin (CORS).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use super::ChildGuard;
 
@@ -61,8 +64,9 @@ pub fn spki_hash(cert_pem: &Path) -> String {
 }
 
 impl Browser {
-    /// Starts chromedriver and a headless Chromium that trusts the certificate `trust_pem`.
-    pub fn start(trust_pem: &Path) -> Browser {
+    /// Starts chromedriver and a headless Chromium that trusts the certificate `trust_pem`
+    /// (plain-HTTP pages need none).
+    pub fn start(trust_pem: Option<&Path>) -> Browser {
         require_tools();
         let port = super::free_port();
         let driver = ChildGuard(
@@ -83,17 +87,24 @@ impl Browser {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--no-first-run".into(),
+            "--disable-extensions".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        if let Some(pem) = trust_pem {
+            args.push(format!(
+                "--ignore-certificate-errors-spki-list={}",
+                spki_hash(pem)
+            ));
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--no-first-run", "--disable-extensions",
-                    format!("--user-data-dir={}", profile.path().display()),
-                    format!("--ignore-certificate-errors-spki-list={}", spki_hash(trust_pem)),
-                ]
-            }
+            "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
         }}});
         let mut b = Browser {
             port,
@@ -327,4 +338,25 @@ impl Drop for Browser {
             }));
         }
     }
+}
+
+/// Serves `html` at every path on 127.0.0.1:0 (another origin than the gateway's); stops when
+/// the runtime does.
+pub async fn serve_page(html: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind page");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let res = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{html}",
+                    html.len()
+                );
+                let _ = s.write_all(res.as_bytes()).await;
+            });
+        }
+    });
+    addr
 }

@@ -12,7 +12,6 @@ pub mod jwks;
 pub mod metrics;
 pub mod redis_server;
 pub mod tls;
-pub mod webdriver;
 
 use std::future::Future;
 use std::net::SocketAddr;
