@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth::{Issuer, IssuerKeys};
-use crate::config::{AuthMode, Config, ConfigErrors};
+use crate::config::{AuthMode, Config, ConfigErrors, RouteConfig};
 use crate::keys::remote::RemoteKeys;
 use crate::keys::{load_static, KeySet};
 use crate::metrics::Metrics;
@@ -49,6 +49,8 @@ pub struct RouteMetrics {
     /// upstream's common successes, each created on its first answer (an upstream's codes
     /// appear only once answered).
     codes: [(u16, std::sync::OnceLock<prometheus::IntCounter>); 14],
+    /// `jwtgate_rate_limited_total` of a route with `[route.rate_limit]`.
+    pub rate_limited: Option<prometheus::IntCounter>,
 }
 
 /// The status codes whose series [`RouteMetrics`] keeps a handle to.
@@ -57,10 +59,16 @@ const HOT_CODES: [u16; 14] = [
 ];
 
 impl RouteMetrics {
-    fn new(route: &str, metrics: &Metrics) -> RouteMetrics {
+    fn new(route: &RouteConfig, metrics: &Metrics) -> RouteMetrics {
+        let name = route.name.as_str();
         RouteMetrics {
-            duration: metrics.request_duration.with_label_values(&[route]),
+            duration: metrics.request_duration.with_label_values(&[name]),
             codes: HOT_CODES.map(|c| (c, std::sync::OnceLock::new())),
+            // Created with the route, so a limited route's series exists from the first scrape.
+            rate_limited: route
+                .rate_limit
+                .is_some()
+                .then(|| metrics.rate_limited.with_label_values(&[name])),
         }
     }
 
@@ -223,8 +231,14 @@ impl Snapshot {
         let route_metrics = config
             .routes
             .iter()
-            .map(|r| RouteMetrics::new(&r.name, metrics))
+            .map(|r| RouteMetrics::new(r, metrics))
             .collect();
+        // With [anomaly], each issuer's theft-signal series exists from the first scrape.
+        if config.anomaly.is_some() {
+            for i in &config.issuers {
+                metrics.token_anomalies.with_label_values(&[&i.name]);
+            }
+        }
         Ok(Snapshot {
             config,
             issuers,

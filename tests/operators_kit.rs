@@ -20,14 +20,7 @@ use common::tls::{dev_client, CERTS};
 use common::{claims, default_issuer, echo_upstream, free_port, token};
 
 /// The metrics alerts-pending.yaml queries, each with the issue that will export it.
-const PENDING: &[(&str, &str)] = &[
-    ("jwtgate_sessions_total", "issue 15 (browser sessions)"),
-    ("jwtgate_rate_limited_total", "issue 17 (rate limits)"),
-    (
-        "jwtgate_token_anomalies_total",
-        "issue 20 (token anomalies)",
-    ),
-];
+const PENDING: &[(&str, &str)] = &[];
 
 fn repo(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -138,10 +131,11 @@ async fn scrape_after_traffic() -> String {
     common::write_keys(dir.path());
     let (echo, _stop_echo) = echo_upstream().await;
     let closed = free_port();
-    // With [redis], so the shared store's series (and the denylist's staleness) are exported.
+    // With [redis], so the shared store's series (and the denylist's staleness) are exported;
+    // [anomaly] and a rate limit, so theirs are.
     let redis = common::redis_server::RedisServer::start();
     let text = format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"{CERTS}/server.crt\", key = \"{CERTS}/server.key\" }}\n\n[admin]\naddr = \"127.0.0.1:0\"\n\n[redis]\nurl = \"{}\"\n{}\n[[route]]\nname = \"down\"\npath_prefix = \"/down\"\nupstream = \"http://127.0.0.1:{closed}\"\nauth = \"required\"\nupstream_ca = \"{CERTS}/dev-ca.crt\"\n\n[[route]]\nname = \"main\"\npath_prefix = \"/\"\nupstream = \"http://{echo}\"\nauth = \"required\"\n",
+        "[listen]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"{CERTS}/server.crt\", key = \"{CERTS}/server.key\" }}\n\n[admin]\naddr = \"127.0.0.1:0\"\n\n[redis]\nurl = \"{}\"\n\n[anomaly]\nmax_addresses = 3\n{}\n[[route]]\nname = \"down\"\npath_prefix = \"/down\"\nupstream = \"http://127.0.0.1:{closed}\"\nauth = \"required\"\nupstream_ca = \"{CERTS}/dev-ca.crt\"\n\n[[route]]\nname = \"main\"\npath_prefix = \"/\"\nupstream = \"http://{echo}\"\nauth = \"required\"\n[route.rate_limit]\nkey = \"sub\"\nrate = \"1000/s\"\n",
         redis.url(),
         default_issuer()
     );

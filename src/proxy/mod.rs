@@ -342,10 +342,9 @@ impl Gateway {
                 None => limiter.check_local(key),
             };
             if let d @ crate::ratelimit::Decision::Limited { retry_after } = decision {
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&[route.name.as_str()])
-                    .inc();
+                if let Some(c) = &snap.route_metrics[idx].rate_limited {
+                    c.inc();
+                }
                 return Err(ProxyError::RateLimited {
                     retry_after_secs: crate::ratelimit::whole_secs(retry_after),
                     policy: limiter.policy.clone(),

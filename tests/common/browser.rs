@@ -120,10 +120,11 @@ impl Browser {
         b
     }
 
-    /// One WebDriver command; returns its `value`, panicking on a WebDriver error.
+    /// One WebDriver command; returns its `value`, panicking on a WebDriver error (an object
+    /// with `error` and `message`, W3C WebDriver §6.6; a script's own result may have either).
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let v = tokio::task::block_in_place(|| self.raw(method, path, body));
-        if let Some(err) = v.get("error") {
+        if let (Some(err), Some(_)) = (v.get("error"), v.get("message")) {
             panic!("WebDriver {method} {path}: {err}: {}", v["message"]);
         }
         v
