@@ -8,9 +8,10 @@
 //! - End to end with the real `oidc-provider` (tests/oidc/session-provider.mjs) and a real
 //!   headless Chromium driven through chromedriver (tests/common/browser.rs): login through
 //!   the provider's own form, several tabs at once, refresh after expiry (10 concurrent
-//!   requests at the refresh moment), logout that ends the provider's session, back-channel
-//!   logout, and the "session too large" page. These fail, naming the package, when node,
-//!   the npm packages, chromium or chromedriver are missing.
+//!   requests at the refresh moment, also split over two replicas sharing one Redis), logout
+//!   that ends the provider's session, back-channel logout, and the "session too large" page.
+//!   These fail, naming the package, when node, the npm packages, chromium or chromedriver are
+//!   missing.
 
 mod common;
 
@@ -73,7 +74,19 @@ async fn start_gateway(
 ) {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config).expect("write config");
-    let (addr, admin, stop) = common::run_on(&path, traffic).await;
+    run_ready(&path, traffic).await
+}
+
+/// Runs the gateway on the config file at `path` on `traffic`, once `/readyz` says so.
+async fn run_ready(
+    path: &Path,
+    traffic: TcpListener,
+) -> (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+) {
+    let (addr, admin, stop) = common::run_on(path, traffic).await;
     eventually(Duration::from_secs(20), "/readyz 200", || async {
         match get(admin, "/readyz", None).await.status {
             200 => Ok(()),
@@ -838,9 +851,11 @@ impl Idp {
 struct E2e {
     idp: Idp,
     origin: String,
+    addr: std::net::SocketAddr,
     admin: std::net::SocketAddr,
     ring: Keyring,
-    _dir: tempfile::TempDir,
+    /// Holds `gateway.toml`, the cookie keys and the client secret.
+    dir: tempfile::TempDir,
     _stop: oneshot::Sender<()>,
     _stop_up: oneshot::Sender<()>,
 }
@@ -915,21 +930,33 @@ auth = "session"
                 r.url()
             )),
         );
-        let (_, admin_addr, stop) = start_gateway(&config, dir.path(), traffic).await;
+        let (addr, admin_addr, stop) = start_gateway(&config, dir.path(), traffic).await;
         E2e {
             idp,
             origin,
+            addr,
             admin: admin_addr,
             ring: Keyring::new(&[key]),
-            _dir: dir,
+            dir,
             _stop: stop,
             _stop_up: stop_up,
         }
     }
 
+    /// Another replica of this gateway: the same config file (keys, `[redis]`, provider,
+    /// upstream), its own traffic port on 127.0.0.1 with the same certificates.
+    async fn second_replica(&self) -> Replica {
+        let traffic = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (addr, admin, stop) = run_ready(&self.dir.path().join("gateway.toml"), traffic).await;
+        Replica {
+            addr,
+            admin,
+            _stop: stop,
+        }
+    }
+
     async fn metric(&self, event: &str) -> f64 {
-        let m = get(self.admin, "/metrics", None).await.body;
-        metric_or_zero(&m, "jwtgate_sessions_total", &[("event", event)])
+        sessions_metric(self.admin, event).await
     }
 
     /// The session in the browser's cookie, opened with the gateway's key.
@@ -948,30 +975,24 @@ auth = "session"
 
     /// GET `path` over TLS with a `Cookie` header, as a browser tab holding `cookie` would.
     async fn get_with_cookie(&self, path: &str, cookie: &str) -> Answer {
-        let port: u16 = self
-            .origin
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        let tls = common::tls::connect(
-            ([127, 0, 0, 1], port).into(),
-            common::tls::dev_client(&[b"http/1.1"], false),
-        )
-        .await;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .expect("http/1.1 handshake");
-        tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header("host", format!("localhost:{port}"))
-            .header("cookie", cookie)
-            .header("accept", "application/json")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .expect("request");
-        let res = send.send_request(req).await.expect("answer");
-        common::client::read_answer(res, path).await.expect("body")
+        self.get_with_cookie_at(self.addr, path, cookie).await
+    }
+
+    /// Like [`E2e::get_with_cookie`], to the replica at `addr` (the `Host` is the origin's,
+    /// as behind a load balancer).
+    async fn get_with_cookie_at(
+        &self,
+        addr: std::net::SocketAddr,
+        path: &str,
+        cookie: &str,
+    ) -> Answer {
+        let mut send = tls_http1(addr).await;
+        get_on(&mut send, self.host(), path, cookie).await
+    }
+
+    /// `localhost:PORT` of the origin.
+    fn host(&self) -> &str {
+        self.origin.trim_start_matches("https://")
     }
 
     fn stderr(&self) -> String {
@@ -981,6 +1002,43 @@ auth = "session"
             .map(|s| s.clone())
             .unwrap_or_default()
     }
+}
+
+/// A second gateway replica started by [`E2e::second_replica`]; stopped on drop.
+struct Replica {
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+/// `jwtgate_sessions_total{event}` of the gateway whose admin listener is `admin`.
+async fn sessions_metric(admin: std::net::SocketAddr, event: &str) -> f64 {
+    let m = get(admin, "/metrics", None).await.body;
+    metric_or_zero(&m, "jwtgate_sessions_total", &[("event", event)])
+}
+
+type Http1 = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// An HTTP/1.1 connection over TLS (to `localhost`, the dev certificate) to `addr`.
+async fn tls_http1(addr: std::net::SocketAddr) -> Http1 {
+    let tls = common::tls::connect(addr, common::tls::dev_client(&[b"http/1.1"], false)).await;
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("http/1.1 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// GET `path` with `Host: host` and a `Cookie` header on an open connection.
+async fn get_on(send: &mut Http1, host: &str, path: &str, cookie: &str) -> Answer {
+    let req = http::Request::get(path)
+        .header("host", host)
+        .header("cookie", cookie)
+        .header("accept", "application/json")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let res = send.send_request(req).await.expect("answer");
+    common::client::read_answer(res, path).await.expect("body")
 }
 
 impl Drop for E2e {
@@ -1531,4 +1589,85 @@ async fn redis_store_keeps_sessions_server_side_and_refreshes_them_once() {
         .expect("KEYS");
     assert!(keys.is_empty(), "{keys:?}");
     assert_eq!(e.get_with_cookie("/api", &cookie).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn two_replicas_on_one_redis_refresh_a_session_once_for_concurrent_requests_to_both() {
+    const TTL: u64 = 12;
+    const EACH: usize = 5;
+    let redis = common::redis_server::RedisServer::start();
+    let e = E2e::start_with(TTL, Some(&redis)).await;
+    let r = e.second_replica().await;
+    let b = Browser::start(Some(&common::tls::cert_file("server.crt")));
+    b.goto(&format!("{}/home", e.origin));
+    b.log_in_as("erin");
+    eventually(Duration::from_secs(20), "lands on /home", || async {
+        let u = b.url();
+        if u == format!("{}/home", e.origin) {
+            Ok(())
+        } else {
+            Err(u)
+        }
+    })
+    .await;
+    let cookie = b.session_cookie_header();
+    let both = || async {
+        let mut sum = [0.0; 2];
+        for (i, event) in ["refresh", "refresh_failed"].into_iter().enumerate() {
+            sum[i] = e.metric(event).await + sessions_metric(r.admin, event).await;
+        }
+        sum
+    };
+    // At the refresh moment, five requests to each replica at once (connections opened first,
+    // the requests sent together): all pass, and the provider sees one refresh in total.
+    tokio::time::sleep(Duration::from_secs(TTL / 2 + 1)).await;
+    let before = both().await;
+    let start = Arc::new(tokio::sync::Barrier::new(2 * EACH));
+    let mut set = tokio::task::JoinSet::new();
+    for (replica, addr) in [("A", e.addr), ("B", r.addr)] {
+        for i in 0..EACH {
+            let (start, host, cookie) = (start.clone(), e.host().to_owned(), cookie.clone());
+            set.spawn(async move {
+                let mut send = tls_http1(addr).await;
+                start.wait().await;
+                let a = get_on(&mut send, &host, &format!("/api/{replica}{i}"), &cookie).await;
+                (replica, a)
+            });
+        }
+    }
+    let mut answers = Vec::new();
+    while let Some(done) = set.join_next().await {
+        answers.push(done.expect("request task"));
+    }
+    for (replica, a) in &answers {
+        assert_eq!(
+            a.status,
+            200,
+            "replica {replica}: {}\n{}",
+            a.body,
+            e.stderr()
+        );
+        assert_eq!(
+            a.json()["headers"]["x-auth-sub"],
+            json!(["erin"]),
+            "{replica}"
+        );
+        assert!(
+            a.headers.get("set-cookie").is_none(),
+            "replica {replica}: the cookie never changes with store = \"redis\""
+        );
+    }
+    let after = both().await;
+    assert_eq!(
+        (after[0] - before[0], after[1] - before[1]),
+        (1.0, 0.0),
+        "refreshes and failed refreshes over both replicas (A: {}, B: {})\n{}",
+        e.metric("refresh").await,
+        sessions_metric(r.admin, "refresh").await,
+        e.stderr()
+    );
+    // Replica B reads the refreshed session from Redis: the same cookie passes, no new refresh.
+    let late = e.get_with_cookie_at(r.addr, "/api/late", &cookie).await;
+    assert_eq!(late.status, 200, "{}", late.body);
+    assert_eq!(both().await, after, "no second refresh");
 }
