@@ -293,7 +293,9 @@ impl Sessions {
                 match outcome {
                     Ok(new) => {
                         s = (*new).clone();
-                        changed = true;
+                        // In Redis the refresher saved it under the session's lock: a request
+                        // that shared its result must not write its own copy.
+                        changed = handle.is_none();
                     }
                     Err(Failure::Refused) if now >= s.at_exp => return dead(),
                     Err(Failure::Unavailable) if now >= s.at_exp => {
@@ -310,17 +312,20 @@ impl Sessions {
         // that most requests cost no encryption and no Set-Cookie.
         let idle = cfg.idle_timeout.as_secs() as i64;
         let touched = (now + idle).min(s.exp);
-        if touched - s.idle >= (idle / 10).max(1) {
+        let touch = touched - s.idle >= (idle / 10).max(1);
+        if touch {
             s.idle = touched;
-            changed = true;
         }
         let mut set_cookies = Vec::new();
-        if let (true, Some(h), Some(db)) = (changed, &handle, &self.store) {
-            // The cookie (id and key) never changes: the session is rewritten in Redis.
-            if let Err(e) = store::save(db, h, &s, now).await {
-                tracing::warn!(error = %e, "writing a session to Redis failed");
+        if let (Some(h), Some(db)) = (&handle, &self.store) {
+            // The cookie (id and key) never changes: the session is rewritten in Redis, under
+            // its lock, so an older copy never overwrites a refresh.
+            if touch {
+                if let Err(e) = store::touch(db, h, &s, now).await {
+                    tracing::warn!(error = %e, "writing a session to Redis failed");
+                }
             }
-        } else if changed {
+        } else if changed || touch {
             match seal_session(rt, &s, now, had_second) {
                 Ok(c) => set_cookies = c,
                 // Refreshed tokens grew past two cookies: the session goes on from this
@@ -363,41 +368,44 @@ impl Sessions {
     ) -> Result<Arc<Session>, Failure> {
         let db = self.store.as_ref().ok_or(Failure::Unavailable)?;
         let newer = |cur: &Session| cur.rt != s.rt;
-        match store::lock(db, h).await {
-            Ok(true) => {
-                // Another replica may have finished just before this one took the lock.
-                if let Ok(Some(cur)) = store::load(db, h).await {
-                    if newer(&cur) {
-                        store::unlock(db, h).await;
-                        return Ok(Arc::new(cur));
+        let deadline = tokio::time::Instant::now() + store::WAIT_FOR_REFRESH;
+        loop {
+            match store::lock(db, h).await {
+                Ok(true) => {
+                    // Another replica may have finished just before this one took the lock.
+                    if let Ok(Some(cur)) = store::load(db, h).await {
+                        if newer(&cur) {
+                            store::unlock(db, h).await;
+                            return Ok(Arc::new(cur));
+                        }
                     }
-                }
-                let result = self.refresh(rt, config, metrics, s).await;
-                if let Ok(next) = &result {
-                    if let Err(e) = store::save(db, h, next, crate::unix_now()).await {
-                        tracing::warn!(error = %e, "writing a refreshed session to Redis failed");
-                        store::unlock(db, h).await;
-                        return Err(Failure::Unavailable);
+                    let result = self.refresh(rt, config, metrics, s).await;
+                    if let Ok(next) = &result {
+                        if let Err(e) = store::save(db, h, next, crate::unix_now()).await {
+                            tracing::warn!(error = %e, "writing a refreshed session to Redis failed");
+                            store::unlock(db, h).await;
+                            return Err(Failure::Unavailable);
+                        }
                     }
+                    store::unlock(db, h).await;
+                    return result;
                 }
-                store::unlock(db, h).await;
-                result
+                // Held by a refresh elsewhere (wait for its result) or by a short idle touch
+                // (take the lock once it is free).
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking a session's refresh lock in Redis failed");
+                    return Err(Failure::Unavailable);
+                }
             }
-            Ok(false) => {
-                let deadline = tokio::time::Instant::now() + store::WAIT_FOR_REFRESH;
-                while tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    match store::load(db, h).await {
-                        Ok(Some(cur)) if newer(&cur) => return Ok(Arc::new(cur)),
-                        Ok(None) => return Err(Failure::Refused),
-                        _ => {}
-                    }
-                }
-                Err(Failure::Unavailable)
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Failure::Unavailable);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "taking a session's refresh lock in Redis failed");
-                Err(Failure::Unavailable)
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            match store::load(db, h).await {
+                Ok(Some(cur)) if newer(&cur) => return Ok(Arc::new(cur)),
+                Ok(None) => return Err(Failure::Refused),
+                _ => {}
             }
         }
     }

@@ -77,6 +77,29 @@ pub async fn save(store: &Store, h: &Handle, s: &Session, now: i64) -> Result<()
         .await
 }
 
+/// Moves the stored session's idle expiry to `s`'s, under the session's lock, and only while
+/// the stored session is the one `s` was read as (same refresh token): a request that read the
+/// session before another replica refreshed it must not write the old tokens back. Skipped
+/// while a refresh holds the lock (the next request touches it).
+pub async fn touch(store: &Store, h: &Handle, s: &Session, now: i64) -> Result<(), StoreError> {
+    if !lock(store, h).await? {
+        return Ok(());
+    }
+    let result = async {
+        match load(store, h).await? {
+            Some(mut cur) if cur.rt == s.rt => {
+                cur.idle = cur.idle.max(s.idle);
+                save(store, h, &cur, now).await
+            }
+            // Refreshed meanwhile, or logged out: nothing of this copy is written.
+            _ => Ok(()),
+        }
+    }
+    .await;
+    unlock(store, h).await;
+    result
+}
+
 /// Deletes the session (logout).
 pub async fn delete(store: &Store, h: &Handle) -> Result<(), StoreError> {
     store
