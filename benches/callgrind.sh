@@ -5,7 +5,7 @@
 # deciding whether a change to the request path helps, and for finding where the time goes.
 #
 #   benches/callgrind.sh [--requests N] [--path /open/x] [--token-alg RS256] [--no-access-log]
-#                        [--binary PATH]
+#                        [--binary PATH] [--dpop]
 #
 # It builds jwtgate with line tables (cargo, target/callgrind), starts an nginx backend (the
 # one benches/load.sh uses) and jwtgate under callgrind on 127.0.0.1, sends 200 warm-up
@@ -27,6 +27,7 @@ REQ_PATH=/open/x
 ALG=""
 LOG="info"
 BINARY=""
+DPOP=0
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -35,6 +36,9 @@ while [[ $# -gt 0 ]]; do
         --token-alg) ALG="$2"; REQ_PATH=/api/x; shift ;;
         --no-access-log) LOG="info,access=off" ;;
         --binary) BINARY="$2"; shift ;;
+        # A DPoP-bound ES256 token (a cache hit after the first) with a fresh proof per request,
+        # minted by the release bench binary (cargo build --release --bench gateway).
+        --dpop) DPOP=1; ALG=ES256; REQ_PATH=/api/x ;;
         -h|--help) sed -n '2,/^set -euo/{/^#/p}' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "callgrind.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -88,6 +92,19 @@ if [[ -n "$ALG" ]]; then
         --ttl 1h) || die "dev-token failed"
 fi
 
+SCHEME=Bearer
+PROOFS=""
+if [[ $DPOP == 1 ]]; then
+    MINT=$(ls -t "$ROOT"/target/release/deps/gateway-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+    [[ -x $MINT ]] || die "--dpop needs the release bench binary: cargo build --release --bench gateway"
+    PROOFS="$WORK/dpop-proofs.txt"
+    # The client sends `Host: 127.0.0.1`, so that is the proofs' htu.
+    JWTGATE_BENCH_MINT_DPOP=1 "$MINT" "$WORK/es256.key" $((REQUESTS + 200)) "$WORK/dpop-token.txt" \
+        "$PROOFS" "https://issuer.example/es256" bench es256 "http://127.0.0.1$REQ_PATH" || die "minting DPoP proofs failed"
+    TOKEN=$(cat "$WORK/dpop-token.txt")
+    SCHEME=DPoP
+fi
+
 nginx -p "$WORK" -c "$WORK/nginx-backend.conf" -e "$WORK/nginx-backend.error.log" &
 PIDS+=($!)
 env JWTGATE_LOG="$LOG" TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
@@ -101,16 +118,18 @@ for _ in $(seq 300); do
 done
 curl -s -o /dev/null "http://127.0.0.1:$P_ADMIN/readyz" || die "jwtgate did not start (see $WORK/jwtgate.log)"
 
-client() { # client N: N sequential requests on one keep-alive connection; every one must be 200
-    python3 - "$P_GW" "$1" "$REQ_PATH" "$TOKEN" <<'EOF'
+client() { # client N SKIP: N sequential requests (DPoP: proofs from SKIP on) on one keep-alive connection; every one must be 200
+    python3 - "$P_GW" "$1" "$REQ_PATH" "$TOKEN" "$SCHEME" "$PROOFS" "$2" <<'EOF'
 import socket, sys
-port, n, path, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-auth = f"Authorization: Bearer {token}\r\n" if token else ""
-req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: callgrind\r\n"
-       f"Accept: */*\r\n{auth}\r\n").encode()
+port, n, path, token, scheme, proofs, skip = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
+                                               sys.argv[4], sys.argv[5], sys.argv[6], int(sys.argv[7]))
+auth = f"Authorization: {scheme} {token}\r\n" if token else ""
+proof = open(proofs).read().split() if proofs else []
+prefix = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: callgrind\r\nAccept: */*\r\n{auth}"
 s = socket.create_connection(("127.0.0.1", port))
-for _ in range(n):
-    s.sendall(req)
+for i in range(n):
+    dpop = f"DPoP: {proof[skip + i]}\r\n" if proof else ""
+    s.sendall((prefix + dpop + "\r\n").encode())
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = s.recv(65536)
@@ -128,9 +147,9 @@ for _ in range(n):
         body += s.recv(65536)
 EOF
 }
-client 200
+client 200 0
 callgrind_control -z "$GW" >/dev/null
-client "$REQUESTS"
+client "$REQUESTS" 200
 callgrind_control -d "$GW" >/dev/null
 sleep 1
 PROFILE=$(ls -t "$WORK"/exit-dump.* 2>/dev/null | head -1)
@@ -138,7 +157,7 @@ PROFILE=$(ls -t "$WORK"/exit-dump.* 2>/dev/null | head -1)
 mv "$PROFILE" "$WORK/profile"
 callgrind_annotate --inclusive=yes "$WORK/profile" >"$WORK/annotate.txt" 2>/dev/null
 total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}' "$WORK/annotate.txt")
-echo "path $REQ_PATH${ALG:+ with one $ALG token}, access log ${LOG#info}${LOG#info,access=off}"
+echo "path $REQ_PATH${ALG:+ with one $ALG token}$([[ $DPOP == 1 ]] && echo " (DPoP-bound, a fresh proof each)"), access log ${LOG#info}${LOG#info,access=off}"
 python3 -c "print(f'{$total / $REQUESTS:,.0f} instructions per request ({$total:,} for $REQUESTS)')"
 echo "most costly functions, inclusive (full list: $WORK/annotate.txt):"
 grep -E '^ *[0-9,]+ \( *[0-9.]+%\)  ' "$WORK/annotate.txt" | grep -v "PROGRAM TOTALS" \

@@ -859,6 +859,7 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     bench_verify(&mut c, &keys);
+    bench_signature(&mut c, &keys);
     bench_routes(&mut c, &keys);
     bench_headers(&mut c, &keys);
     bench_handle(&mut c, &keys);
@@ -1451,6 +1452,80 @@ auth = "session"
         });
         g.bench_function(name, |b| {
             b.iter(|| rt.block_on(round_trip_with(&client, &gateway, header, value)))
+        });
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// signature/*: one signature verification per implementation (issue 18)
+// ---------------------------------------------------------------------------------------------
+
+/// One `signature/*` case: the algorithm, the public key, the signature, and each
+/// implementation's verification algorithm.
+type SignatureCase<'a> = (
+    &'a str,
+    &'a [u8],
+    &'a [u8],
+    &'static dyn sig::VerificationAlgorithm,
+    &'static dyn ring::signature::VerificationAlgorithm,
+);
+
+/// `signature/<impl>/<alg>`: the same JWS signature over the same signing input, verified by
+/// aws-lc-rs (what jwtgate uses) and by ring, each from a public key parsed once, so the rows
+/// compare the primitives alone. OpenSSL's figure for the same curves comes from `openssl
+/// speed` (benches/README.md); jsonwebtoken's from `verify/jsonwebtoken/*`.
+fn bench_signature(c: &mut Criterion, keys: &Keys) {
+    let input = keys.sign("ES256", &claims());
+    let message = input.rsplit_once('.').map_or("", |(m, _)| m).as_bytes();
+    let rng = SystemRandom::new();
+    let es = keys.ec256.sign(&rng, message).expect("sign");
+    let mut rs = vec![0; keys.rsa.public_modulus_len()];
+    keys.rsa
+        .sign(&sig::RSA_PKCS1_SHA256, &rng, message, &mut rs)
+        .expect("sign");
+    let ed = keys.ed25519.sign(message);
+    let (ec_pub, rsa_pub, ed_pub) = (
+        keys.ec256.public_key().as_ref().to_vec(),
+        keys.rsa.public_key().as_ref().to_vec(),
+        keys.ed25519.public_key().as_ref().to_vec(),
+    );
+    let cases: [SignatureCase; 3] = [
+        (
+            "ES256",
+            &ec_pub,
+            es.as_ref(),
+            &sig::ECDSA_P256_SHA256_FIXED,
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+        ),
+        (
+            "RS256",
+            &rsa_pub,
+            &rs,
+            &sig::RSA_PKCS1_2048_8192_SHA256,
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        ),
+        (
+            "EdDSA",
+            &ed_pub,
+            ed.as_ref(),
+            &sig::ED25519,
+            &ring::signature::ED25519,
+        ),
+    ];
+    let mut g = c.benchmark_group("signature");
+    for (alg, public, signature, aws, ring_alg) in cases {
+        let aws_key = sig::UnparsedPublicKey::new(aws, public.to_vec());
+        let ring_key = ring::signature::UnparsedPublicKey::new(ring_alg, public.to_vec());
+        aws_key
+            .verify(message, signature)
+            .expect("aws-lc-rs verifies");
+        ring_key.verify(message, signature).expect("ring verifies");
+        g.bench_function(format!("aws_lc_rs/{alg}"), |b| {
+            b.iter(|| aws_key.verify(black_box(message), black_box(signature)))
+        });
+        g.bench_function(format!("ring/{alg}"), |b| {
+            b.iter(|| ring_key.verify(black_box(message), black_box(signature)))
         });
     }
     g.finish();

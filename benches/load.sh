@@ -2,6 +2,7 @@
 # Load benchmark of issue 6: jwtgate against HAProxy's jwt_verify and a plain nginx proxy.
 #
 #   benches/load.sh [--quick] [--duration S] [--tokens N] [--no-access-log] [--keep] [--no-build]
+#                   [--alt-binary PATH]
 #
 # On 127.0.0.1 it starts an nginx backend (answers 200 "ok"), nginx as a plain proxy,
 # HAProxy (a no-auth frontend and one jwt_verify frontend per algorithm) and jwtgate
@@ -33,6 +34,7 @@ IDLE_CONNS=10000
 ACCESS_LOG=1
 KEEP=0
 BUILD=1
+ALT_BINARY=""
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -42,6 +44,7 @@ while [[ $# -gt 0 ]]; do
         --no-access-log) ACCESS_LOG=0 ;;
         --keep) KEEP=1 ;;
         --no-build) BUILD=0 ;;
+        --alt-binary) ALT_BINARY="$2"; shift ;;
         -h|--help) sed -n '2,/^set -euo/{/^#/p}' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "load.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -580,8 +583,9 @@ DPOP_HEADER=()
 rss0=$(rss_kib "$PID_GW")
 read -r d_rps d_cpu d_req d_bad <<<"$(dpop_run dpop WRK_PROOFS="$WORK/dpop-proofs.txt" WRK_AUTH="DPoP $DPOP_TOKEN")"
 rss1=$(rss_kib "$PID_GW")
-u_cpu=$(awk -F'\t' '$1 == "tp" && $2 == "plain" && $3 == "jwtgate" && $4 == "ES256" && $5 == "unique" { print $9 }' "$RESULTS")
-r_cpu=$(awk -F'\t' '$1 == "tp" && $2 == "plain" && $3 == "jwtgate" && $4 == "ES256" && $5 == "repeated" { print $9 }' "$RESULTS")
+# The latest row of each (the denylist section repeats the repeated-token rows).
+u_cpu=$(awk -F'\t' '$1 == "tp" && $2 == "plain" && $3 == "jwtgate" && $4 == "ES256" && $5 == "unique" { v = $9 } END { print v }' "$RESULTS")
+r_cpu=$(awk -F'\t' '$1 == "tp" && $2 == "plain" && $3 == "jwtgate" && $4 == "ES256" && $5 == "repeated" { v = $9 } END { print v }' "$RESULTS")
 {
     echo
     echo "DPoP (issue 16), plain HTTP, ES256, ${DPOP_DUR} s each, back to back on one jwtgate:"
@@ -595,3 +599,41 @@ r_cpu=$(awk -F'\t' '$1 == "tp" && $2 == "plain" && $3 == "jwtgate" && $4 == "ES2
         printf "  RSS grew %.1f MiB over %d remembered proofs: %.0f bytes each; one minute at 20,000/s: %.0f MiB (target <= 64 MiB)\n",
             (z - a) / 1024, n, per, per * 1200000 / 1048576 }'
 } | tee -a "$WORK/report.txt"
+
+# --- --alt-binary PATH: another jwtgate build against this one, in this run ------------------
+# For build-level trials (issue 18: the allocator): the same plain configs served by the binary
+# at PATH (rows `jwtgate-alt`, `jwtgate-alt-unique`), each row alternating with this build's
+# twice: repeated and unique ES256 tokens. Prints CPU per request and rps of both, and ratios.
+if [[ -n $ALT_BINARY ]]; then
+    [[ -x $ALT_BINARY ]] || die "--alt-binary $ALT_BINARY is not an executable"
+    P_ALT=$((BASE + 60)) P_ALT_ADMIN=$((BASE + 61)) P_ALTU=$((BASE + 62)) P_ALTU_ADMIN=$((BASE + 63))
+    for p in "$P_ALT" "$P_ALT_ADMIN" "$P_ALTU" "$P_ALTU_ADMIN"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use; set BENCH_PORT_BASE"; fi
+    done
+    render "$HERE/jwtgate.toml.tmpl" "$WORK/jwtgate-alt.toml" "${COMMON[@]}" PORT "$P_ALT" ADMIN "$P_ALT_ADMIN" TLS "" LIMITS ""
+    render "$HERE/jwtgate.toml.tmpl" "$WORK/jwtgate-alt-unique.toml" "${COMMON[@]}" PORT "$P_ALTU" ADMIN "$P_ALTU_ADMIN" TLS "" LIMITS "$SMALL_CACHE"
+    main_binary=$JWTGATE
+    JWTGATE=$ALT_BINARY
+    start_jwtgate jwtgate-alt "$WORK/jwtgate-alt.toml" "$P_ALT_ADMIN"
+    PID_ALT=$LAST_PID
+    start_jwtgate jwtgate-alt-unique "$WORK/jwtgate-alt-unique.toml" "$P_ALTU_ADMIN"
+    PID_ALTU=$LAST_PID
+    JWTGATE=$main_binary
+    log "--alt-binary $ALT_BINARY: ES256 rows alternating with this build ($DUR s each, twice)"
+    for round in 1 2; do
+        run tp plain jwtgate-main ES256 repeated "$P_GW" /api/bench "$PID_GW" "$P_GW_ADMIN"
+        run tp plain jwtgate-alt ES256 repeated "$P_ALT" /api/bench "$PID_ALT" "$P_ALT_ADMIN"
+        run tp plain jwtgate-main-unique ES256 unique "$P_GWU" /api/bench "$PID_GWU" "$P_GWU_ADMIN"
+        run tp plain jwtgate-alt-unique ES256 unique "$P_ALTU" /api/bench "$PID_ALTU" "$P_ALTU_ADMIN"
+    done
+    awk -F'\t' -v alt="$ALT_BINARY" '
+        $3 ~ /^jwtgate-(main|alt)/ { cpu[$3] += $9; rps[$3] += $6; n[$3]++ }
+        END {
+            printf "\n--alt-binary %s against this build (plain HTTP, ES256, mean of %d runs each):\n", alt, n["jwtgate-main"]
+            printf "%-22s %10s %12s\n", "row", "rps", "cpu us/req"
+            split("jwtgate-main jwtgate-alt jwtgate-main-unique jwtgate-alt-unique", order, " ")
+            for (i = 1; i <= 4; i++) { s = order[i]; printf "%-22s %10.0f %12.2f\n", s, rps[s] / n[s], cpu[s] / n[s] }
+            printf "alt / main CPU per request: repeated %.3f, unique %.3f\n",
+                cpu["jwtgate-alt"] / cpu["jwtgate-main"], cpu["jwtgate-alt-unique"] / cpu["jwtgate-main-unique"]
+        }' "$RESULTS" | tee -a "$WORK/report.txt" "$WORK/alt.txt"
+fi

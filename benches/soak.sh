@@ -12,13 +12,14 @@
 # installed, Redis is restarted once (at 60%).
 #
 # Reports per 10 s window: requests, failed valid requests, p50/p99 latency, jwtgate's RSS and
-# open file descriptors (report.txt, windows.tsv and soak.svg in target/soak). Exits non-zero
+# open file descriptors (report.txt, windows.tsv, soak.svg and soak.png in target/soak). Exits non-zero
 # when a valid request failed outside the upstream's restart gap (a connection refused while
 # nginx is down is counted apart, as `during upstream restart`), or when RSS or open fds grew
 # (last window above the larger of 1.5x and +32 MiB / +64 fds of the second window).
 # Everything it starts is stopped on exit, by PID.
 #
-# Needs: cargo, python3 with `cryptography`, nginx, curl; redis-server optional.
+# Needs: cargo, python3 with `cryptography`, nginx, curl, gnuplot (installed when missing);
+# redis-server optional.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,6 +41,8 @@ done
 # shellcheck source=benches/common.sh
 source "$ROOT/benches/common.sh"
 install_missing nginx
+# gnuplot draws target/soak/soak.png; Debian's gnuplot-nox has it without X.
+command -v gnuplot >/dev/null 2>&1 || install_missing gnuplot-nox
 for tool in cargo python3 nginx curl; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
 done

@@ -9,6 +9,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use jwtgate::commands::{self, CommandError};
 
+/// The allocator trial (issue 18): mimalloc instead of the system allocator, with
+/// `--features mimalloc` only.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "jwtgate", version, about = "JWT-verifying reverse proxy")]
 struct Cli {

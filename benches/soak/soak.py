@@ -345,6 +345,19 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def png(work):
+    """The windows as one PNG with gnuplot (benches/soak/soak.gp); says where, or why not."""
+    out = os.path.join(work, "soak.png")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "soak.gp")
+    tsv = os.path.join(work, "windows.tsv")
+    try:
+        subprocess.run(["gnuplot", "-e", f"tsv='{tsv}'; png='{out}'", script], check=True,
+                       capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"soak.png not drawn ({e}): install gnuplot-nox"
+    return f"plot: {out}"
+
+
 def svg(rows, path):
     """p50/p99 (ms), RSS (MiB) and open fds per window, as three small line charts."""
     width, height, pad = 720, 170, 40
@@ -495,6 +508,7 @@ async def main():
             f.write(f"{r['start_s']}\t{r['ok']}\t{r['failed']}\t{r['gap']}\t{r['p50']:.2f}\t"
                     f"{r['p99']:.2f}\t{r['rss_mib']:.1f}\t{r['fds']}\n")
     svg(rows, os.path.join(work, "soak.svg"))
+    png_note = png(work)
 
     failed = sum(r["failed"] for r in rows)
     gap = sum(r["gap"] for r in rows)
@@ -520,6 +534,7 @@ async def main():
         f"gateway: {reload_ok:.0f} reloads ok, {reload_bad:.0f} failed; "
         f"{refresh_ok:.0f} JWKS fetches ok",
         f"failed valid requests: {failed}; 502 while the upstream was down: {gap}",
+        png_note,
         "",
         "window_s   ok  failed  gap   p50_ms   p99_ms  rss_MiB  fds",
     ]
