@@ -809,45 +809,111 @@ fn mint_dpop(args: &[String]) -> Result<(), String> {
         return Err("usage: JWTGATE_BENCH_MINT_DPOP=1 gateway ES256_KEY COUNT TOKEN_OUT PROOFS_OUT ISS AUD KID HTU".into());
     };
     let count: u64 = count.parse().map_err(|e| format!("COUNT: {e}"))?;
-    let pem = std::fs::read(key).map_err(|e| format!("{key}: {e}"))?;
-    let der = pem::parse(pem)
-        .map_err(|e| format!("{key}: {e}"))?
-        .into_contents();
-    let issuer_key = EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &der)
-        .map_err(|e| format!("{key}: {e}"))?;
+    let issuer_key = es256_key(key)?;
     let pk = ProofKey::new();
     let t = now();
     let claims = json!({
         "iss": iss, "aud": aud, "sub": "dpop-user", "iat": t, "exp": t + 7200,
         "cnf": { "jkt": pk.jkt },
     });
+    let token = sign_es256(&issuer_key, kid, &claims)?;
+    std::fs::write(token_out, &token).map_err(|e| format!("{token_out}: {e}"))?;
+    let proofs = lines_on_every_cpu(count, |n| pk.proof("GET", htu, &token, n));
+    std::fs::write(proofs_out, proofs).map_err(|e| format!("{proofs_out}: {e}"))
+}
+
+/// A live session of `sub` created at `t` around `token` (two hours, no refresh token).
+fn bench_session_of(token: &str, sub: &str, t: i64) -> jwtgate::session::cookie::Session {
+    jwtgate::session::cookie::Session {
+        id: "bench".into(),
+        sub: sub.into(),
+        sid: Some("sid-1".into()),
+        iat: t,
+        exp: t + 7200,
+        idle: t + 3600,
+        at: token.into(),
+        at_iat: t,
+        at_exp: t + 3600,
+        rt: None,
+        idt: None,
+    }
+}
+
+/// The ES256 key of a PKCS#8 PEM file (the load script's issuer key).
+fn es256_key(path: &str) -> Result<EcdsaKeyPair, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let der = pem::parse(pem)
+        .map_err(|e| format!("{path}: {e}"))?
+        .into_contents();
+    EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// A compact ES256 JWS of `claims` with `kid` in its header.
+fn sign_es256(key: &EcdsaKeyPair, kid: &str, claims: &Value) -> Result<String, String> {
     let header = json!({ "alg": "ES256", "typ": "JWT", "kid": kid });
     let input = format!(
         "{}.{}",
         b64(header.to_string().as_bytes()),
         b64(claims.to_string().as_bytes())
     );
-    let signature = issuer_key
+    let signature = key
         .sign(&SystemRandom::new(), input.as_bytes())
         .map_err(|e| e.to_string())?;
-    let token = format!("{input}.{}", b64(signature.as_ref()));
-    std::fs::write(token_out, &token).map_err(|e| format!("{token_out}: {e}"))?;
-    let proofs = lines_on_every_cpu(count, |n| pk.proof("GET", htu, &token, n));
-    std::fs::write(proofs_out, proofs).map_err(|e| format!("{proofs_out}: {e}"))
+    Ok(format!("{input}.{}", b64(signature.as_ref())))
+}
+
+/// `JWTGATE_BENCH_MINT_SESSION=1 <bench binary> ES256_PKCS8_PEM ISS AUD KID OUT_DIR` writes
+/// into OUT_DIR what the session row of benches/load.sh needs: `cookie-keys` (one random
+/// key), `token.txt` (an ES256 access token of ISS for AUD, 2 h), `cookie.txt` (a `Cookie`
+/// header value with that token sealed in a session) and `jwks.json` (the key's public JWK).
+fn mint_session(args: &[String]) -> Result<(), String> {
+    use jwtgate::session::cookie::{Keyring, SESSION_COOKIE};
+    let [key, iss, aud, kid, out] = args else {
+        return Err(
+            "usage: JWTGATE_BENCH_MINT_SESSION=1 gateway ES256_KEY ISS AUD KID OUT_DIR".into(),
+        );
+    };
+    let out = Path::new(out);
+    let signer = es256_key(key)?;
+    let t = now();
+    let claims = json!({ "iss": iss, "aud": aud, "sub": "session-user", "iat": t, "exp": t + 7200,
+        "email": "session-user@example.com" });
+    let token = sign_es256(&signer, kid, &claims)?;
+    let mut ring_key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut ring_key).map_err(|e| e.to_string())?;
+    let session = bench_session_of(&token, "session-user", t);
+    let plain = serde_json::to_vec(&session).map_err(|e| e.to_string())?;
+    let sealed = Keyring::new(&[ring_key]).seal(SESSION_COOKIE, &plain);
+    let p = signer.public_key().as_ref();
+    let jwks = json!({ "keys": [{ "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+        "x": b64(&p[1..33]), "y": b64(&p[33..]) }] });
+    let write = |name: &str, text: String| {
+        std::fs::write(out.join(name), text).map_err(|e| format!("{name}: {e}"))
+    };
+    write(
+        "cookie-keys",
+        format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode(ring_key)
+        ),
+    )?;
+    write("token.txt", token)?;
+    write("cookie.txt", format!("{SESSION_COOKIE}={sealed}"))?;
+    write("jwks.json", jwks.to_string())
 }
 
 fn main() {
-    if std::env::var_os("JWTGATE_BENCH_MINT_DPOP").is_some() {
+    // The minting modes of benches/load.sh and benches/callgrind.sh.
+    type Mint = fn(&[String]) -> Result<(), String>;
+    let modes: [(&str, Mint); 3] = [
+        ("JWTGATE_BENCH_MINT_SESSION", mint_session),
+        ("JWTGATE_BENCH_MINT_DPOP", mint_dpop),
+        ("JWTGATE_BENCH_MINT", mint::run),
+    ];
+    if let Some((_, mint)) = modes.iter().find(|(v, _)| std::env::var_os(v).is_some()) {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        if let Err(e) = mint_dpop(&args) {
-            eprintln!("mint: {e}");
-            std::process::exit(2);
-        }
-        return;
-    }
-    if std::env::var_os("JWTGATE_BENCH_MINT").is_some() {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        if let Err(e) = mint::run(&args) {
+        if let Err(e) = mint(&args) {
             eprintln!("mint: {e}");
             std::process::exit(2);
         }
@@ -1398,17 +1464,9 @@ auth = "session"
     let token = keys.sign("ES256", &claims());
     let n = now();
     let session = Session {
-        id: "bench".into(),
-        sub: "alice".into(),
-        sid: Some("sid-1".into()),
-        iat: n,
-        exp: n + 7200,
-        idle: n + 3600,
-        at: token.clone(),
-        at_iat: n,
-        at_exp: n + 3600,
         rt: Some("r".repeat(43)),
         idt: Some(token.clone()),
+        ..bench_session_of(&token, "alice", n)
     };
     let sealed =
         Keyring::new(&[key]).seal(SESSION_COOKIE, &serde_json::to_vec(&session).expect("json"));

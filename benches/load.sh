@@ -564,22 +564,24 @@ for want in 200 401; do
     got=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: DPoP $DPOP_TOKEN" -H "DPoP: $last_proof" "$DPOP_URL")
     [[ $got == "$want" ]] || die "DPoP check: $DPOP_URL answered $got, expected $want"
 done
-dpop_run() { # dpop_run NAME [WRK_ENV...] -> "rps cpu_us requests non2xx"
-    local name="$1" out t0 t1 result
-    shift
-    t0=$(ticks "$PID_GW")
+header_run() { # header_run PID URL SECONDS NAME [WRK_ENV...] -> "rps cpu_us requests non2xx"
+    # wrk with the headers in RUN_HEADER, CPU of PID per request.
+    local pid="$1" url="$2" dur="$3" name="$4" out t0 t1 result
+    shift 4
+    t0=$(ticks "$pid")
     out=$("${PIN_CLIENT[@]}" env WRK_THREADS="$THREADS" "$@" wrk -t"$THREADS" -c"$CONNS" --timeout 5s \
-        -s "$HERE/wrk.lua" "${DPOP_HEADER[@]}" -d"${DPOP_DUR}s" "$DPOP_URL" 2>&1) || { echo "$out" >&2; die "wrk failed ($name)"; }
-    t1=$(ticks "$PID_GW")
+        -s "$HERE/wrk.lua" "${RUN_HEADER[@]}" -d"${dur}s" "$url" 2>&1) || { echo "$out" >&2; die "wrk failed ($name)"; }
+    t1=$(ticks "$pid")
     result=$(grep '^RESULT' <<<"$out") || { echo "$out" >&2; die "no result from wrk ($name)"; }
     sed 's/^RESULT //' <<<"$result" | tr ' ' '\n' | awk -F= -v dt="$((t1 - t0))" -v tck="$CLK_TCK" '
         { v[$1] = $2 }
         END { printf "%.1f %.2f %d %d\n", v["requests"] / (v["duration_us"] / 1e6),
               v["requests"] ? dt / tck * 1e6 / v["requests"] : 0, v["requests"], v["non2xx"] + v["errors"] }'
 }
-DPOP_HEADER=(-H "Authorization: Bearer $(cat "$WORK/token-ES256.txt")")
+dpop_run() { header_run "$PID_GW" "$DPOP_URL" "$DPOP_DUR" "$@"; }
+RUN_HEADER=(-H "Authorization: Bearer $(cat "$WORK/token-ES256.txt")")
 read -r b_rps b_cpu _ b_bad <<<"$(dpop_run bearer)"
-DPOP_HEADER=()
+RUN_HEADER=()
 rss0=$(rss_kib "$PID_GW")
 read -r d_rps d_cpu d_req d_bad <<<"$(dpop_run dpop WRK_PROOFS="$WORK/dpop-proofs.txt" WRK_AUTH="DPoP $DPOP_TOKEN")"
 rss1=$(rss_kib "$PID_GW")
@@ -599,6 +601,92 @@ r_cpu=$(awk -F'\t' '$1 == "tp" && $2 == "plain" && $3 == "jwtgate" && $4 == "ES2
         printf "  RSS grew %.1f MiB over %d remembered proofs: %.0f bytes each; one minute at 20,000/s: %.0f MiB (target <= 64 MiB)\n",
             (z - a) / 1024, n, per, per * 1200000 / 1048576 }'
 } | tee -a "$WORK/report.txt"
+
+# --- browser sessions (issue 15) ---------------------------------------------------------------
+# One more jwtgate with [session]: the same ES256 access token as a repeated bearer token on an
+# `auth = "required"` route and sealed in a session cookie on an `auth = "session"` route, rows
+# alternating twice. The session issuer needs discovery: a python http.server on 127.0.0.1
+# serves the discovery document and the JWKS. Target: a cookie request at most 1.3x the
+# bearer one's CPU (a cookie scan, one AES-256-GCM open, a small JSON parse).
+P_SESS=$((BASE + 52)) P_SESS_ADMIN=$((BASE + 53)) P_DISC=$((BASE + 54))
+for p in "$P_SESS" "$P_SESS_ADMIN" "$P_DISC"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use; set BENCH_PORT_BASE"; fi
+done
+mkdir -p "$WORK/session/.well-known"
+SESS_ISS="http://127.0.0.1:$P_DISC"
+JWTGATE_BENCH_MINT_SESSION=1 "$MINT" "$WORK/es256.key" "$SESS_ISS" "$AUD" sess "$WORK/session" \
+    || die "minting the session cookie failed"
+printf '{"issuer":"%s","jwks_uri":"%s/jwks.json","authorization_endpoint":"%s/auth","token_endpoint":"%s/token"}' \
+    "$SESS_ISS" "$SESS_ISS" "$SESS_ISS" "$SESS_ISS" >"$WORK/session/.well-known/openid-configuration"
+start discovery "${PIN_CLIENT[@]}" python3 -m http.server "$P_DISC" --bind 127.0.0.1 --directory "$WORK/session"
+wait_http "$SESS_ISS/jwks.json"
+cat >"$WORK/session/gateway.toml" <<EOF
+[listen]
+addr = "127.0.0.1:$P_SESS"
+[admin]
+addr = "127.0.0.1:$P_SESS_ADMIN"
+[[issuer]]
+name = "sess"
+issuer = "$SESS_ISS"
+audiences = ["$AUD"]
+algorithms = ["ES256"]
+discovery_url = "$SESS_ISS/.well-known/openid-configuration"
+[session]
+issuer = "sess"
+client_id = "load-bench"
+cookie_keys_file = "cookie-keys"
+external_url = "http://localhost"
+[[route]]
+name = "bearer"
+path_prefix = "/api"
+upstream = "http://127.0.0.1:$P_BACKEND"
+auth = "required"
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+[[route]]
+name = "app"
+path_prefix = "/app"
+upstream = "http://127.0.0.1:$P_BACKEND"
+auth = "session"
+[route.claim_headers]
+"X-Auth-Sub" = "sub"
+"X-Auth-Email" = "email"
+EOF
+start_jwtgate jwtgate-session "$WORK/session/gateway.toml" "$P_SESS_ADMIN"
+PID_SESS=$LAST_PID
+SESS_TOKEN=$(cat "$WORK/session/token.txt")
+SESS_COOKIE=$(cat "$WORK/session/cookie.txt")
+# The remote keys arrive a moment after start: wait for a 200 on both routes.
+for _ in $(seq 100); do
+    a=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $SESS_TOKEN" "http://127.0.0.1:$P_SESS/api/bench")
+    c=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $SESS_COOKIE" "http://127.0.0.1:$P_SESS/app/bench")
+    [[ $a == 200 && $c == 200 ]] && break
+    sleep 0.1
+done
+[[ $a == 200 && $c == 200 ]] || die "session gateway: bearer $a, cookie $c (see $WORK/jwtgate-session.log)"
+log "sessions: bearer vs cookie rows ($DUR s each, twice in alternation)"
+sb_cpu=0 sc_cpu=0 sb_rps=0 sc_rps=0 s_bad=0
+for round in 1 2; do
+    RUN_HEADER=(-H "Authorization: Bearer $SESS_TOKEN")
+    read -r rps cpu _ bad <<<"$(header_run "$PID_SESS" "http://127.0.0.1:$P_SESS/api/bench" "$DUR" session-bearer)"
+    sb_cpu=$(awk -v a="$sb_cpu" -v b="$cpu" 'BEGIN { print a + b / 2 }')
+    sb_rps=$(awk -v a="$sb_rps" -v b="$rps" 'BEGIN { print a + b / 2 }')
+    s_bad=$((s_bad + bad))
+    RUN_HEADER=(-H "Cookie: $SESS_COOKIE")
+    read -r rps cpu _ bad <<<"$(header_run "$PID_SESS" "http://127.0.0.1:$P_SESS/app/bench" "$DUR" session-cookie)"
+    sc_cpu=$(awk -v a="$sc_cpu" -v b="$cpu" 'BEGIN { print a + b / 2 }')
+    sc_rps=$(awk -v a="$sc_rps" -v b="$rps" 'BEGIN { print a + b / 2 }')
+    s_bad=$((s_bad + bad))
+done
+RUN_HEADER=()
+{
+    echo
+    echo "browser sessions (issue 15), plain HTTP, ES256, one jwtgate, mean of 2 runs each:"
+    printf '  bearer token   %8.0f rps  %6.2f us CPU/request\n' "$sb_rps" "$sb_cpu"
+    printf '  session cookie %8.0f rps  %6.2f us CPU/request%s\n' "$sc_rps" "$sc_cpu" "$([[ $s_bad -gt 0 ]] && echo "  !! $s_bad non-2xx/errors")"
+    awk -v b="$sb_cpu" -v c="$sc_cpu" 'BEGIN { printf "  cookie / bearer CPU per request: %.3f (target <= 1.3)\n", c / b }'
+} | tee -a "$WORK/report.txt" "$WORK/session.txt"
 
 # --- --alt-binary PATH: another jwtgate build against this one, in this run ------------------
 # For build-level trials (issue 18: the allocator): the same plain configs served by the binary
