@@ -504,7 +504,9 @@ impl<M> Conn<M> {
         });
         let handler = (self.make)(info);
         let result = if h2 {
-            self.serve_h2(io, handler, deadline, sends).await
+            // Boxed: a task is as large as its largest state, and an HTTP/2 connection's is
+            // several KiB that every idle HTTP/1 keep-alive connection would otherwise carry.
+            Box::pin(self.serve_h2(io, handler, deadline, sends)).await
         } else {
             self.serve_h1(io, handler, deadline, sends).await
         };
