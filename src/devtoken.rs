@@ -62,7 +62,7 @@ pub fn mint(
         }
         Family::Ed25519 => EncodingKey::from_ed_pem(&bytes).map_err(|e| key_err(e.to_string()))?,
     };
-    let now = u64::try_from(crate::unix_now()).unwrap_or(0);
+    let now = crate::unix_secs(crate::unix_now());
     let mut body = Map::new();
     body.insert("iss".into(), DEV_ISSUER.into());
     body.insert("aud".into(), DEV_AUDIENCE.into());

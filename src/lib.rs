@@ -355,3 +355,8 @@ pub fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
+
+/// Unix seconds as the stores keep them (denylist, replay cache): a time before 1970 is 0.
+pub fn unix_secs(t: i64) -> u64 {
+    u64::try_from(t).unwrap_or(0)
+}

@@ -69,7 +69,7 @@ impl ReplayCache {
         when_down: WhenDown,
     ) -> Result<bool, ReplayUnavailable> {
         let hash = id_hash(namespace, id);
-        let now = crate::unix_now().max(0) as u64;
+        let now = crate::unix_secs(crate::unix_now());
         let until = until.max(now + 1);
         let Some(store) = &self.store else {
             return self.first_use_local(hash, until, now);

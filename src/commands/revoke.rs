@@ -114,7 +114,7 @@ pub fn revoke(path: &Path, args: RevokeArgs) -> Result<String, CommandError> {
     let entry = if list {
         None
     } else {
-        let now = u64::try_from(crate::unix_now()).unwrap_or(0);
+        let now = crate::unix_secs(crate::unix_now());
         Some(entry_of(args, &config, now)?)
     };
     let rt = runtime()?;

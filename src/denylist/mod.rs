@@ -97,7 +97,7 @@ fn unix_ms() -> u64 {
 }
 
 fn now_secs() -> u64 {
-    u64::try_from(crate::unix_now()).unwrap_or(0)
+    crate::unix_secs(crate::unix_now())
 }
 
 /// Each issuer's leeway, in seconds, as the index reads it.

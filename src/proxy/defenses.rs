@@ -103,7 +103,7 @@ impl Gateway {
     /// forgets nothing. While Redis cannot answer, 503: a replay must never pass.
     async fn use_once(&self, iss: &str, jti: &str, until: i64) -> Result<(), ProxyError> {
         let namespace = format!("once:{iss}");
-        let until = u64::try_from(until).unwrap_or(0);
+        let until = crate::unix_secs(until);
         match self
             .replay
             .first_use(&namespace, jti, until, WhenDown::Refuse)

@@ -124,7 +124,7 @@ impl Presented<'_> {
         let checked = dpop::check(proof, &issuer.dpop, &request).map_err(refuse)?;
         // Last, so only proofs that passed everything else take room in the cache. While
         // Redis is down each replica remembers on its own (SPEC: logged, counted).
-        let until = u64::try_from(checked.until).unwrap_or(0);
+        let until = crate::unix_secs(checked.until);
         let first = match replay
             .first_use(REPLAY_NAMESPACE, &checked.replay_id, until, WhenDown::Local)
             .await

@@ -565,14 +565,9 @@ impl Gateway {
             }
         }
         let mut answer = if lookup.unavailable {
-            let mut a = session::page(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                "Try again shortly",
+            session::unavailable_page(
                 "The identity provider cannot be reached to renew your session.",
-            );
-            a.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            a
+            )
         } else if session::is_navigation(&parts.method, &parts.headers) {
             let origin = session::origin(cfg, host, conn.tls).ok_or(ProxyError::BadRequest(
                 "the request has no Host to build the login callback from",
@@ -582,14 +577,9 @@ impl Gateway {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start a login: the identity provider's discovery failed");
-                    let mut a = session::page(
-                        http::StatusCode::SERVICE_UNAVAILABLE,
-                        "Try again shortly",
+                    session::unavailable_page(
                         "The identity provider cannot be reached to log you in.",
-                    );
-                    a.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                    a
+                    )
                 }
             }
         } else {

@@ -272,7 +272,7 @@ impl Sessions {
                 &rt.issuer_name,
                 s.sid.as_deref(),
                 &s.sub,
-                u64::try_from(s.iat).unwrap_or(0),
+                crate::unix_secs(s.iat),
             )
         {
             return dead();
@@ -682,6 +682,14 @@ pub fn page(status: StatusCode, title: &str, text: &str) -> Answer {
         HeaderValue::from_static("default-src 'none'"),
     );
     res
+}
+
+/// The 503 page of a provider that cannot be reached now, with `Retry-After`.
+pub fn unavailable_page(text: &str) -> Answer {
+    let mut a = page(StatusCode::SERVICE_UNAVAILABLE, "Try again shortly", text);
+    a.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    a
 }
 
 fn html_escape(s: &str) -> String {

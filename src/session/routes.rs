@@ -17,12 +17,7 @@ use crate::proxy::{Gateway, ProxyError};
 use crate::replay::WhenDown;
 use crate::server::ConnInfo;
 use crate::state::Snapshot;
-use crate::unix_now;
-
-/// Unix seconds as the denylist keeps them (a time before 1970 is 0).
-fn secs(t: i64) -> u64 {
-    u64::try_from(t).unwrap_or(0)
-}
+use crate::{unix_now, unix_secs};
 
 /// A back-channel logout request body larger than this is refused.
 const MAX_LOGOUT_BODY_BYTES: usize = 16 << 10;
@@ -298,8 +293,8 @@ async fn logout(
                 issuer: rt.issuer_name.clone(),
                 kind: Kind::Sid,
                 id: sid.clone(),
-                before: Some(secs(now + 1)),
-                until: Some(secs(s.exp.max(now) + 60)),
+                before: Some(unix_secs(now + 1)),
+                until: Some(unix_secs(s.exp.max(now) + 60)),
             };
             if let Err(e) = gw.denylist.revoke(entry).await {
                 tracing::warn!(error = %e, "logout: the session's sid could not be denylisted");
@@ -396,7 +391,7 @@ async fn backchannel(
     if let Some(jti) = &target.jti {
         let ns = format!("logout:{}", rt.issuer);
         let leeway = rt.logout_issuer[0].config.leeway.as_secs() as i64;
-        let until = secs(now + oidc::LOGOUT_TOKEN_MAX_AGE_SECS + leeway);
+        let until = unix_secs(now + oidc::LOGOUT_TOKEN_MAX_AGE_SECS + leeway);
         match gw.replay.first_use(&ns, jti, until, WhenDown::Local).await {
             Ok(true) => {}
             Ok(false) => return Ok(bad("the logout token was used before (its jti)")),
@@ -418,8 +413,8 @@ async fn backchannel(
         issuer: rt.issuer_name.clone(),
         kind,
         id,
-        before: Some(secs(now + 1)),
-        until: Some(secs(now + cfg.lifetime.as_secs() as i64 + 60)),
+        before: Some(unix_secs(now + 1)),
+        until: Some(unix_secs(now + cfg.lifetime.as_secs() as i64 + 60)),
     };
     if let Err(e) = gw.denylist.revoke(entry).await {
         tracing::warn!(error = %e, "back-channel logout: the revocation could not be recorded");
