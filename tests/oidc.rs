@@ -11,7 +11,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
 use common::client::get;
+use common::node::oidc_dir;
 use common::{eventually, Answer};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -33,10 +33,6 @@ const CLIENT_ID: &str = "jwtgate-test-client";
 const CLIENT_SECRET: &str = "jwtgate-test-secret-that-is-long-enough";
 const RESOURCE: &str = "urn:jwtgate:api";
 const AUDIENCE: &str = "jwtgate-api";
-
-fn oidc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
 
 /// True when the provider can run here; otherwise prints why (or fails when CI requires it).
 fn prerequisites() -> bool {

@@ -15,7 +15,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use common::browser::Browser;
 use common::client::get;
 use common::jwks::{jwks_of, Provider, Signer};
 use common::metrics::metric_or_zero;
+use common::node::{oidc_dir, require_node};
 use common::{eventually, Answer, ChildGuard};
 use jwtgate::session::cookie::{Keyring, Session, Transaction, SESSION_COOKIE};
 use serde_json::{json, Value};
@@ -750,27 +751,6 @@ async fn the_session_endpoint_answers_single_page_apps_and_reserved_paths_are_ne
 
 // ---------------------------------------------------------------------------------------------
 // End to end: oidc-provider and Chromium
-
-fn oidc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
-
-/// Fails (never skips) without node and the npm packages, naming what to install.
-fn require_node() {
-    let node = Command::new("node")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success());
-    assert!(
-        node.is_some(),
-        "`node` is not on PATH: install the Debian package `nodejs` (>= 20.19)"
-    );
-    assert!(
-        oidc_dir().join("node_modules/oidc-provider").is_dir(),
-        "tests/oidc/node_modules is missing: run `npm ci --prefix tests/oidc` (scripts/test.sh does)"
-    );
-}
 
 /// oidc-provider running tests/oidc/session-provider.mjs; killed by its PID on drop.
 struct Idp {

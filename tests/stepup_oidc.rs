@@ -11,16 +11,13 @@ mod common;
 
 use std::io::Write;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::client::get;
+use common::node::{oidc_dir, require_node};
 use tokio::sync::mpsc;
-
-fn oidc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
 
 /// The node child running tests/oidc/stepup.mjs; killed (by its PID) and reaped on drop.
 struct Provider {
@@ -34,15 +31,7 @@ struct Provider {
 
 impl Provider {
     async fn start() -> Provider {
-        let node = Command::new("node").arg("--version").output();
-        assert!(
-            node.is_ok_and(|o| o.status.success()),
-            "`node` (package nodejs, >= 20.19) is needed to run the OpenID provider of this test"
-        );
-        assert!(
-            oidc_dir().join("node_modules/oidc-provider").is_dir(),
-            "the npm package oidc-provider is missing: run `npm ci --prefix tests/oidc`"
-        );
+        require_node();
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr = dir.path().join("stderr");
         let mut child = Command::new("node")

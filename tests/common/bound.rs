@@ -6,13 +6,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::node::{oidc_dir, require_node};
 use super::tls::CERTS;
 use super::ChildGuard;
 
@@ -115,25 +115,6 @@ pub async fn echo() -> String {
 const CLIENT_WITHIN: Duration = Duration::from_secs(60);
 /// The provider not listening within this long fails the test.
 const PROVIDER_WITHIN: Duration = Duration::from_secs(30);
-
-fn oidc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
-
-/// Panics, naming the package to install, unless node and the npm packages are there.
-pub fn require_node() {
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "these tests need node (>= 20.19): install the `nodejs` package"
-    );
-    for package in ["oidc-provider", "openid-client", "dpop", "jose"] {
-        assert!(
-            oidc_dir().join("node_modules").join(package).is_dir(),
-            "these tests need the npm package {package}: run `npm ci --prefix tests/oidc`"
-        );
-    }
-}
 
 /// tests/oidc/bound.mjs, killed (by PID) when dropped.
 pub struct BoundProvider {

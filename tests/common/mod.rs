@@ -10,6 +10,7 @@ pub mod der;
 pub mod edge;
 pub mod jwks;
 pub mod metrics;
+pub mod node;
 pub mod redis_server;
 pub mod tls;
 
