@@ -1,11 +1,13 @@
-// The resource server both test providers (provider.mjs, bound.mjs) issue access tokens for:
-// "urn:jwtgate:api", JWT access tokens (RFC 9068) with aud "jwtgate-api" and scope
-// "api:read", signed ES256, valid five minutes.
+// The resource server every test provider (provider.mjs, bound.mjs, stepup.mjs,
+// session-provider.mjs) issues access tokens for: "urn:jwtgate:api", JWT access tokens
+// (RFC 9068) with aud "jwtgate-api" and scope "api:read", signed ES256, valid five minutes
+// unless the provider says otherwise.
 
 export const RESOURCE = 'urn:jwtgate:api';
 
-// oidc-provider's features.resourceIndicators for that one resource.
-export function resourceIndicators(Provider) {
+// oidc-provider's features.resourceIndicators for that one resource; access tokens live
+// `accessTokenTTL` seconds.
+export function resourceIndicators(Provider, accessTokenTTL = 300) {
   return {
     enabled: true,
     defaultResource: () => RESOURCE,
@@ -17,7 +19,7 @@ export function resourceIndicators(Provider) {
       return {
         scope: 'api:read',
         audience: 'jwtgate-api',
-        accessTokenTTL: 300,
+        accessTokenTTL,
         accessTokenFormat: 'jwt',
         jwt: { sign: { alg: 'ES256' } },
       };

@@ -18,9 +18,10 @@ import * as readline from 'node:readline';
 import { exportJWK, generateKeyPair } from 'jose';
 import Provider from 'oidc-provider';
 
+import { RESOURCE, resourceIndicators } from './resource.mjs';
+
 const CLIENT_ID = 'jwtgate-web';
 const CLIENT_SECRET = 'jwtgate-web-secret-that-is-long-enough';
-const RESOURCE = 'urn:jwtgate:api';
 
 const origin = process.argv[2];
 const ttl = Number(process.argv[3] ?? '300');
@@ -109,23 +110,7 @@ const provider = new Provider(issuer, {
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
     revocation: { enabled: true },
-    resourceIndicators: {
-      enabled: true,
-      defaultResource: () => RESOURCE,
-      useGrantedResource: () => true,
-      getResourceServerInfo: (_ctx, resourceIndicator) => {
-        if (resourceIndicator !== RESOURCE) {
-          throw new Provider.errors.InvalidTarget();
-        }
-        return {
-          scope: 'api:read',
-          audience: 'jwtgate-api',
-          accessTokenTTL: ttl,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: 'ES256' } },
-        };
-      },
-    },
+    resourceIndicators: resourceIndicators(Provider, ttl),
   },
 });
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));

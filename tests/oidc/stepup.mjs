@@ -22,10 +22,11 @@ import * as readline from 'node:readline';
 import { exportJWK, generateKeyPair } from 'jose';
 import Provider from 'oidc-provider';
 
+import { RESOURCE, resourceIndicators } from './resource.mjs';
+
 const CLIENT_ID = 'jwtgate-stepup-client';
 const CLIENT_SECRET = 'jwtgate-stepup-secret-that-is-long-enough';
 const REDIRECT_URI = 'http://127.0.0.1/callback';
-const RESOURCE = 'urn:jwtgate:api';
 
 const wanted = Number(process.argv[2] ?? '0');
 if (!Number.isInteger(wanted) || wanted < 0 || wanted > 65535) {
@@ -70,23 +71,7 @@ const provider = new Provider(issuer, {
   cookies: { keys: ['jwtgate-stepup-test-cookie-key'] },
   features: {
     devInteractions: { enabled: false },
-    resourceIndicators: {
-      enabled: true,
-      defaultResource: () => RESOURCE,
-      useGrantedResource: () => true,
-      getResourceServerInfo: (_ctx, resourceIndicator) => {
-        if (resourceIndicator !== RESOURCE) {
-          throw new Provider.errors.InvalidTarget();
-        }
-        return {
-          scope: 'api:read',
-          audience: 'jwtgate-api',
-          accessTokenTTL: 300,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: 'ES256' } },
-        };
-      },
-    },
+    resourceIndicators: resourceIndicators(Provider),
   },
   // The access token carries the authentication its code was issued for (RFC 9470 §4).
   extraTokenClaims: async (ctx) => {
