@@ -49,9 +49,7 @@ done
 source "$ROOT/benches/common.sh"
 
 install_missing valgrind nginx
-for tool in cargo valgrind callgrind_annotate nginx python3 curl openssl; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
-done
+require_tools cargo valgrind callgrind_annotate nginx python3 curl openssl
 
 trap stop_started EXIT
 trap 'exit 130' INT TERM

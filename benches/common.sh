@@ -18,6 +18,14 @@ install_missing() {
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# require_tools TOOL...: dies naming the first tool that is not on PATH.
+require_tools() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
+    done
+}
+
 # Every background process a script starts goes into PIDS; stop_started stops them (on exit).
 PIDS=()
 stop_started() {

@@ -32,9 +32,7 @@ source "$ROOT/benches/common.sh"
 trap stop_started EXIT
 install_missing redis-server curl python3
 command -v redis-cli >/dev/null 2>&1 || install_missing redis-tools
-for tool in cargo python3 curl redis-server redis-cli; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
-done
+require_tools cargo python3 curl redis-server redis-cli
 
 rm -rf "$WORK"
 mkdir -p "$WORK/redis"

@@ -56,9 +56,7 @@ source "$ROOT/benches/common.sh"
 
 # --- tools ---------------------------------------------------------------------------------
 install_missing wrk haproxy nginx
-for tool in cargo openssl python3 curl wrk haproxy nginx; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
-done
+require_tools cargo openssl python3 curl wrk haproxy nginx
 HAPROXY_VERSION=$(haproxy -v | sed -n 's/^HA-\{0,1\}Proxy version \([0-9][0-9.]*\).*/\1/p' | head -1)
 IFS=. read -r hmaj hmin _ <<<"$HAPROXY_VERSION"
 if (( hmaj < 2 || (hmaj == 2 && hmin < 5) )); then

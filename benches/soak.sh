@@ -43,9 +43,7 @@ source "$ROOT/benches/common.sh"
 install_missing nginx
 # gnuplot draws target/soak/soak.png; Debian's gnuplot-nox has it without X.
 command -v gnuplot >/dev/null 2>&1 || install_missing gnuplot-nox
-for tool in cargo python3 nginx curl; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
-done
+require_tools cargo python3 nginx curl
 python3 -c 'import cryptography' 2>/dev/null \
     || die "python3's cryptography module is required (Debian package python3-cryptography)"
 
