@@ -149,13 +149,6 @@ impl Presented<'_> {
             .flatten())
     }
 
-    /// A refusal of the token itself (verification, requirements) as this request's answer:
-    /// a `DPoP` challenge when it used the `DPoP` scheme, with the algorithms of the route's
-    /// issuers.
-    pub fn challenge(&self, e: ProxyError, snap: &Snapshot, route: &RouteConfig) -> ProxyError {
-        challenge(self.source, e, snap, route)
-    }
-
     fn refuse(&self, error: AuthError, issuer: &Issuer, dpop_context: bool) -> ProxyError {
         if !dpop_context {
             return ProxyError::Auth(error);
@@ -204,8 +197,9 @@ fn has_port(authority: &str) -> bool {
         .is_some_and(|i| !authority[i..].contains(']'))
 }
 
-/// A refusal as the answer to a token that came from `source`: a `DPoP` challenge naming the
-/// route's proof algorithms when the request used the `DPoP` scheme, else unchanged.
+/// A refusal of the token itself (verification, denylist, requirements, step-up, one_time) as
+/// the answer to a token that came from `source`: a `DPoP` challenge naming the algorithms of
+/// the route's issuers when the request used the `DPoP` scheme, else unchanged.
 pub fn challenge(
     source: Source,
     e: ProxyError,

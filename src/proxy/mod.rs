@@ -299,7 +299,7 @@ impl Gateway {
                         proof: proof.as_ref(),
                     };
                     // A refusal of a DPoP request is a DPoP challenge (RFC 9449 §7.1).
-                    let challenge = |e: ProxyError| presented.challenge(e, snap, route);
+                    let challenge = |e: ProxyError| dpop::challenge(*source, e, snap, route);
                     let v = self
                         .verify(snap, token, &route.issuers)
                         .await
