@@ -1379,11 +1379,10 @@ fn session_config_is_validated_with_positions() {
     assert_eq!(config_errors(&session_config(&local, "session", true)), "");
 }
 
-#[tokio::test]
-async fn a_missing_or_bad_cookie_keys_file_refuses_the_config_with_its_line() {
-    let l = Local::start(&[[7; 32]]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = format!(
+/// A session config for the provider at `iss` (keys in `cookie-keys` next to it), one `session`
+/// route on `/` to a closed port, then `route_extra`.
+fn small_session_config(iss: &str, route_extra: &str) -> String {
+    format!(
         r#"[listen]
 addr = "127.0.0.1:0"
 [[issuer]]
@@ -1401,9 +1400,15 @@ name = "app"
 path_prefix = "/"
 upstream = "http://127.0.0.1:9"
 auth = "session"
-"#,
-        iss = l.issuer
-    );
+{route_extra}"#
+    )
+}
+
+#[tokio::test]
+async fn a_missing_or_bad_cookie_keys_file_refuses_the_config_with_its_line() {
+    let l = Local::start(&[[7; 32]]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = small_session_config(&l.issuer, "");
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, &text).expect("write");
     let load = || match jwtgate::App::load(&path) {
@@ -1422,28 +1427,9 @@ async fn check_fetches_the_discovery_document_and_explain_opens_a_cookie() {
     let l = Local::start(&[[7; 32]]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     write_keys(&dir.path().join("cookie-keys"), &[[7; 32]]);
-    let text = format!(
-        r#"[listen]
-addr = "127.0.0.1:0"
-[[issuer]]
-name = "idp"
-issuer = "{iss}"
-audiences = ["{AUDIENCE}"]
-algorithms = ["ES256"]
-discovery_url = "{iss}/.well-known/openid-configuration"
-[session]
-issuer = "idp"
-client_id = "{CLIENT_ID}"
-cookie_keys_file = "cookie-keys"
-[[route]]
-name = "app"
-path_prefix = "/"
-upstream = "http://127.0.0.1:9"
-auth = "session"
-[route.claim_headers]
-"X-Auth-Sub" = "sub"
-"#,
-        iss = l.issuer
+    let text = small_session_config(
+        &l.issuer,
+        "[route.claim_headers]\n\"X-Auth-Sub\" = \"sub\"\n",
     );
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, &text).expect("write");
