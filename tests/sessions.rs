@@ -1030,6 +1030,23 @@ impl Drop for E2e {
 }
 
 /// The echo upstream's report of the page the browser shows.
+/// Waits (20 s at most) until the browser's page is `url`.
+async fn lands_on(b: &Browser, url: String) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("lands on {url}"),
+        || async {
+            let u = b.url();
+            if u == url {
+                Ok(())
+            } else {
+                Err(u)
+            }
+        },
+    )
+    .await;
+}
+
 fn echoed(b: &Browser) -> Value {
     let text = b.text();
     serde_json::from_str(&text).unwrap_or_else(|e| {
@@ -1077,19 +1094,7 @@ async fn browser_logs_in_with_several_tabs_outlives_token_expiry_and_logs_out_of
 
     b.switch_to(&first);
     b.log_in_as("alice");
-    eventually(
-        Duration::from_secs(20),
-        "tab 1 lands on its page",
-        || async {
-            let u = b.url();
-            if u == format!("{}/orders/7?view=full", e.origin) {
-                Ok(())
-            } else {
-                Err(u)
-            }
-        },
-    )
-    .await;
+    lands_on(&b, format!("{}/orders/7?view=full", e.origin)).await;
     let page = echoed(&b);
     assert_eq!(page["path"], "/orders/7", "{page}");
     assert_eq!(page["query"], "view=full", "{page}");
@@ -1104,19 +1109,7 @@ async fn browser_logs_in_with_several_tabs_outlives_token_expiry_and_logs_out_of
 
     b.switch_to(&second);
     b.log_in_as("alice");
-    eventually(
-        Duration::from_secs(20),
-        "tab 2 lands on its page",
-        || async {
-            let u = b.url();
-            if u == format!("{}/invoices/3", e.origin) {
-                Ok(())
-            } else {
-                Err(u)
-            }
-        },
-    )
-    .await;
+    lands_on(&b, format!("{}/invoices/3", e.origin)).await;
     assert_eq!(echoed(&b)["headers"]["x-auth-sub"], json!(["alice"]));
     assert_eq!(e.metric("login").await, 2.0, "{}", e.stderr());
 
@@ -1195,15 +1188,7 @@ async fn backchannel_logout_from_the_provider_ends_a_live_session_within_seconds
     let b = Browser::start(Some(&common::tls::cert_file("server.crt")));
     b.goto(&format!("{}/home", e.origin));
     b.log_in_as("carol");
-    eventually(Duration::from_secs(20), "lands on /home", || async {
-        let u = b.url();
-        if u == format!("{}/home", e.origin) {
-            Ok(())
-        } else {
-            Err(u)
-        }
-    })
-    .await;
+    lands_on(&b, format!("{}/home", e.origin)).await;
     assert_eq!(fetch_all(&b, "/api", 1), [200]);
     // The provider ends its session on its own page (not through the gateway).
     b.goto(&format!(
@@ -1507,15 +1492,7 @@ async fn redis_store_keeps_sessions_server_side_and_refreshes_them_once() {
     let b = Browser::start(Some(&common::tls::cert_file("server.crt")));
     b.goto(&format!("{}/home", e.origin));
     b.log_in_as("dave");
-    eventually(Duration::from_secs(20), "lands on /home", || async {
-        let u = b.url();
-        if u == format!("{}/home", e.origin) {
-            Ok(())
-        } else {
-            Err(u)
-        }
-    })
-    .await;
+    lands_on(&b, format!("{}/home", e.origin)).await;
     assert_eq!(echoed(&b)["headers"]["x-auth-sub"], json!(["dave"]));
     let cookie = b.session_cookie_header();
     assert!(
@@ -1567,15 +1544,7 @@ async fn two_replicas_on_one_redis_refresh_a_session_once_for_concurrent_request
     let b = Browser::start(Some(&common::tls::cert_file("server.crt")));
     b.goto(&format!("{}/home", e.origin));
     b.log_in_as("erin");
-    eventually(Duration::from_secs(20), "lands on /home", || async {
-        let u = b.url();
-        if u == format!("{}/home", e.origin) {
-            Ok(())
-        } else {
-            Err(u)
-        }
-    })
-    .await;
+    lands_on(&b, format!("{}/home", e.origin)).await;
     let cookie = b.session_cookie_header();
     let both = || async {
         let mut sum = [0.0; 2];
