@@ -1241,39 +1241,20 @@ fn bench_edge(c: &mut Criterion, keys: &Keys) {
         )),
     )
     .expect("write assertion key");
-    let (gateway, _stop) = rt.block_on(async {
-        let up = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-        let echo = format!("http://{}", up.local_addr().expect("addr"));
-        let (stop_echo, echo_stopped) = oneshot::channel::<()>();
-        tokio::spawn(jwtgate::echo::serve(up, async move {
-            let _ = echo_stopped.await;
-        }));
-        let route = |name: &str, extra: &str| {
-            format!(
-                "\n[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"{echo}\"\nauth = \"required\"\n{extra}[route.claim_headers]\n\"X-Auth-Sub\" = \"sub\"\n\"X-Auth-Email\" = \"email\"\n\"X-Auth-Roles\" = \"/realm_access/roles\"\n"
-            )
-        };
-        let body = format!(
-            "[assertion]\nkeys = [\"assertion.pem\"]\nissuer = \"https://jwtgate.bench\"\n{}{}{}[route.rate_limit]\nkey = \"sub\"\nrate = \"1000000000/s\"\nburst = 1000000\n",
-            route("baseline", ""),
-            route("assertion", "assertion = true\n"),
-            route("rate_limit", ""),
-        );
-        let metrics = jwtgate::metrics::Metrics::new();
-        let snapshot = Snapshot::build_from(config(dir.path(), keys, &body), None, &metrics)
-            .expect("snapshot");
-        let app = Arc::new(jwtgate::App::new(snapshot, metrics, None).expect("gateway starts"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
-        let gateway = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop_gw, gw_stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            jwtgate::run(listener, app, async move {
-                let _ = gw_stopped.await;
-            })
-            .await;
-        });
-        (gateway, vec![stop_echo, stop_gw])
-    });
+    let route = |name: &str, extra: &str| {
+        format!(
+            "\n[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"{{echo}}\"\nauth = \"required\"\n{extra}[route.claim_headers]\n\"X-Auth-Sub\" = \"sub\"\n\"X-Auth-Email\" = \"email\"\n\"X-Auth-Roles\" = \"/realm_access/roles\"\n"
+        )
+    };
+    let body = format!(
+        "[assertion]\nkeys = [{:?}]\nissuer = \"https://jwtgate.bench\"\n{}{}{}[route.rate_limit]\nkey = \"sub\"\nrate = \"1000000000/s\"\nburst = 1000000\n",
+        dir.path().join("assertion.pem").display().to_string(),
+        route("baseline", ""),
+        route("assertion", "assertion = true\n"),
+        route("rate_limit", ""),
+    );
+    let running = start(&rt, keys, &body);
+    let gateway = &running.gateway;
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(300))
         .build_http();
